@@ -11,6 +11,8 @@
 #include <string_view>
 #include <vector>
 
+#include "runtime/mmap.h"
+
 namespace ds3::hf {
 
 enum class DType { F8_E4M3, BF16, F16, F32, F64, I8, I16, I32, I64, U8, BOOL };
@@ -41,8 +43,7 @@ public:
 private:
     SafetensorsFile() = default;
     std::string path_;
-    void* map_ = nullptr;
-    size_t map_size_ = 0;
+    MappedFile map_;
     std::vector<StTensor> tensors_;
     std::map<std::string, size_t, std::less<>> index_;
     std::map<std::string, std::string> metadata_;

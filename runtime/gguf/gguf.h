@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "quantize/types.h"
+#include "runtime/mmap.h"
 
 namespace ds3::gguf {
 
@@ -142,8 +143,7 @@ private:
 
     std::string path_;
     std::span<const uint8_t> bytes_;
-    void* map_ = nullptr;  // owned mmap, or nullptr for parse()
-    size_t map_size_ = 0;
+    MappedFile map_;  // empty for parse()
     uint32_t version_ = 0;
     uint64_t alignment_ = kDefaultAlignment;
     uint64_t data_offset_ = 0;
