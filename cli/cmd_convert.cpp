@@ -1,0 +1,50 @@
+// `ds3 convert HF_DIR -o OUT.gguf [--outtype f32|bf16|f16]`: a Hugging Face DeepSeek
+// release to one GGUF file. bf16 is the default: it holds FP8 and BF16 releases exactly
+// at half the size of f32.
+#include <cstdio>
+
+#include "cli/command.h"
+#include "convert/convert.h"
+#include "runtime/error.h"
+#include "runtime/progress.h"
+#include "runtime/signals.h"
+
+namespace {
+
+struct Args {
+    std::string hf_dir;
+    std::string out;
+    std::string outtype = "bf16";
+    std::string name;
+    bool no_progress = false;
+    bool no_tokenizer = false;
+};
+
+ds3::cli::Registrar reg{
+    "convert", "Convert a Hugging Face DeepSeek release (FP8 or BF16 safetensors) to GGUF", [](CLI::App& sub) {
+        auto a = std::make_shared<Args>();
+        sub.add_option("HF_DIR", a->hf_dir, "Release directory (config.json, *.safetensors, tokenizer.json)")
+            ->required();
+        sub.add_option("-o,--output", a->out, "Output GGUF file")->required();
+        sub.add_option("--outtype", a->outtype, "Type of the matrices: f32, bf16 (default) or f16; norms, "
+                                                "router, biases and embeddings are always f32");
+        sub.add_option("--name", a->name, "general.name (default: the directory's name)");
+        sub.add_flag("--no-progress", a->no_progress, "No progress bar even on a terminal");
+        sub.add_flag("--no-tokenizer", a->no_tokenizer, "Leave out the tokenizer keys");
+        return [a]() {
+            const auto ot = ds3::hf::outtype_from_name(a->outtype);
+            if (!ot) throw ds3::Error("convert", "--outtype '" + a->outtype + "': expected f32, bf16 or f16");
+            ds3::install_interrupt_handler();  // Ctrl-C removes the temporary output
+            ds3::hf::ConvertOptions o;
+            o.outtype = *ot;
+            o.name = a->name;
+            o.progress = a->no_progress ? ds3::Progress::Mode::Off : ds3::Progress::Mode::Auto;
+            o.tokenizer = !a->no_tokenizer;
+            const ds3::hf::ConvertStats s = ds3::hf::convert(a->hf_dir, a->out, o);
+            std::fprintf(stderr, "convert: wrote %s: %zu tensors, %s in %.1f s\n", a->out.c_str(), s.n_tensors,
+                         ds3::format_bytes(double(s.bytes)).c_str(), s.seconds);
+            return 0;
+        };
+    }};
+
+}  // namespace
