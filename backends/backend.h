@@ -1,0 +1,57 @@
+// The backend interface every device implements (CPU now; CUDA and Vulkan later).
+// Modelled on ggml-backend's split, kept small:
+//   - supports(node): can this backend run this op with these weight types?
+//   - Buffer: device memory for activations and state (the latent KV cache), moved to
+//     and from the host with upload()/download(); host_ptr() is non-null when the bytes
+//     are directly addressable (the CPU), which lets the scheduler skip staging.
+//   - compute(node, ...): run one node whose inputs are already resident here.
+// Weights are not uploaded through this interface: a node carries Weight views on the
+// mapped file and a device backend keeps its own resident copy keyed by the view (so
+// weights never cross the bus during decode, ARCHITECTURE.md "Placement").
+// compute() may return before the work is done; synchronize() waits. The scheduler
+// calls synchronize() before reading a result on another backend, which is what lets
+// the moe_ffn partials of several backends overlap.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "runtime/graph/graph.h"
+
+namespace ds3 {
+
+class Buffer {
+public:
+    virtual ~Buffer() = default;
+    virtual size_t size() const = 0;
+    virtual void* host_ptr() { return nullptr; }
+};
+
+class Backend {
+public:
+    virtual ~Backend() = default;
+    virtual const std::string& name() const = 0;
+    virtual bool supports(const Node& n) const = 0;
+    virtual std::unique_ptr<Buffer> alloc(size_t bytes) = 0;
+    virtual void upload(Buffer& dst, size_t offset, const void* src, size_t n) = 0;
+    virtual void download(const Buffer& src, size_t offset, void* dst, size_t n) = 0;
+    // Computes `n` into `out`. inputs[i] holds n.src[i]; `state` is the node's layer of
+    // the latent cache for mla_attn (nullptr otherwise).
+    virtual void compute(const Node& n, std::span<Buffer* const> inputs, Buffer& out, Buffer* state) = 0;
+    virtual void synchronize() {}
+};
+
+struct BackendOptions {
+    int n_threads = 0;  // CPU: 0 = OpenMP's default
+};
+
+// Creates a backend by name ("cpu"); throws Error("backend", ...) for an unknown or
+// unavailable one, listing those that exist.
+std::unique_ptr<Backend> create_backend(std::string_view name, const BackendOptions& opts = {});
+std::vector<std::string> available_backends();
+
+}  // namespace ds3

@@ -1,0 +1,57 @@
+// `ds3 run`: generate tokens from a prompt.
+//   ds3 run -m MODEL --tokens IDS [-n N] [--temp 0] [--print-ids]
+// The prompt comes as token ids today; text input (-p) plugs in by producing the same
+// id list through the tokenizer before generation (see prompt_ids()).
+#include <cstdio>
+#include <string>
+
+#include "cli/command.h"
+#include "cli/model_args.h"
+#include "models/runner.h"
+#include "runtime/error.h"
+
+namespace ds3::cli {
+namespace {
+
+struct RunArgs {
+    ModelArgs m;
+    std::string tokens;
+    int64_t n_predict = 32;
+    double temp = 0.0;
+    bool print_ids = false;
+};
+
+// The prompt as ids: from --tokens now; a text prompt would be tokenized here.
+std::vector<int32_t> prompt_ids(const RunArgs& a) {
+    if (a.tokens.empty()) throw Error("cli", "run: give the prompt with --tokens IDS");
+    return parse_token_ids(a.tokens);
+}
+
+int run_run(const RunArgs& a) {
+    if (a.temp != 0.0) throw Error("cli", "run: only greedy decoding (--temp 0) is implemented so far");
+    if (!a.print_ids) throw Error("cli", "run: without a tokenizer only --print-ids output is available");
+    const std::vector<int32_t> prompt = prompt_ids(a);
+    Deepseek2Model model = load_deepseek2(a.m.model);
+    BackendOptions bo;
+    bo.n_threads = a.m.threads;
+    auto backend = create_backend(a.m.backend, bo);
+    Runner runner(model, {backend.get()}, a.m.n_ctx);
+    const std::vector<int32_t> out = generate_greedy(runner, prompt, a.n_predict);
+    std::string line;
+    for (size_t i = 0; i < out.size(); ++i) line += (i ? "," : "") + std::to_string(out[i]);
+    std::printf("%s\n", line.c_str());
+    return 0;
+}
+
+Registrar reg{"run", "Generate tokens from a prompt", [](CLI::App& app) {
+    auto a = std::make_shared<RunArgs>();
+    a->m.add_to(app);
+    app.add_option("--tokens", a->tokens, "Prompt as comma-separated token ids");
+    app.add_option("-n,--n-predict", a->n_predict, "Number of tokens to generate");
+    app.add_option("--temp", a->temp, "Sampling temperature (0: greedy)");
+    app.add_flag("--print-ids", a->print_ids, "Print the generated ids, comma-separated, on one line");
+    return [a]() { return run_run(*a); };
+}};
+
+}  // namespace
+}  // namespace ds3::cli

@@ -1,0 +1,66 @@
+#include "models/runner.h"
+
+#include <algorithm>
+#include <numeric>
+
+#include "runtime/error.h"
+
+namespace ds3 {
+
+Runner::Runner(const Deepseek2Model& model, std::vector<Backend*> backends, int64_t n_ctx, ExpertPlacement placement)
+    : model_(model),
+      sched_(std::move(backends), std::move(placement)),
+      cache_(static_cast<int>(model.hp.n_layer), n_ctx, model.hp.kv_lora, model.hp.qk_rope) {}
+
+std::vector<float> Runner::eval(std::span<const int32_t> tokens, bool all_logits, const std::vector<std::string>& dump,
+                                std::map<std::string, std::vector<float>>* dumped) {
+    const int64_t T = static_cast<int64_t>(tokens.size());
+    check(T > 0, "model", "eval needs at least one token");
+    for (int32_t t : tokens)
+        if (t < 0 || t >= model_.hp.n_vocab)
+            throw Error("model", "token id " + std::to_string(t) + " outside the vocabulary [0, " +
+                                     std::to_string(model_.hp.n_vocab) + ")");
+    cache_.check_fits(T);
+
+    BatchSpec b;
+    b.n_tokens = T;
+    b.pos0 = cache_.n_past();
+    b.all_logits = all_logits;
+    Graph placed = sched_.place(build_graph(model_, b));
+
+    std::vector<int32_t> positions(static_cast<size_t>(T));
+    std::iota(positions.begin(), positions.end(), static_cast<int32_t>(b.pos0));
+    const GraphInput inputs[] = {{placed.find("tokens"), tokens.data()}, {placed.find("positions"), positions.data()}};
+
+    std::vector<int> fetch = {placed.find("logits")};
+    for (const std::string& name : dump) {
+        int id = placed.find(name);
+        if (id < 0) throw Error("model", "--dump: no intermediate named '" + name + "' (e.g. embd, l0.kv_latent, l0.resid)");
+        if (placed.node(id).type != DType::f32) throw Error("model", "--dump: '" + name + "' is not an f32 activation");
+        fetch.push_back(id);
+    }
+    auto results = sched_.run(placed, inputs, &cache_, fetch);
+    cache_.advance(T);
+    if (dumped)
+        for (size_t i = 1; i < fetch.size(); ++i) (*dumped)[placed.node(fetch[i]).name] = results[fetch[i]];
+    return std::move(results[fetch[0]]);
+}
+
+int32_t argmax(std::span<const float> logits) {
+    // First maximum on ties, as torch.argmax does.
+    return static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+}
+
+std::vector<int32_t> generate_greedy(Runner& r, std::span<const int32_t> prompt, int64_t n_new) {
+    std::vector<int32_t> out;
+    if (n_new <= 0) return out;
+    std::vector<float> logits = r.eval(prompt, false);
+    for (int64_t i = 0; i < n_new; ++i) {
+        const int32_t next = argmax(logits);
+        out.push_back(next);
+        if (i + 1 < n_new) logits = r.eval(std::span<const int32_t>(&next, 1), false);
+    }
+    return out;
+}
+
+}  // namespace ds3

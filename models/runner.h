@@ -1,0 +1,51 @@
+// Runner: one model, its backends, the scheduler and the latent KV cache — what the
+// CLI and the C API drive. eval() appends a batch of tokens to the sequence (the
+// prompt in one batch, or decoding one token at a time) and returns logits.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "models/deepseek2.h"
+#include "runtime/kv_cache.h"
+#include "runtime/sched/sched.h"
+
+namespace ds3 {
+
+class Runner {
+public:
+    // backends[0] is the primary. n_ctx: the context size (positions) of the cache.
+    Runner(const Deepseek2Model& model, std::vector<Backend*> backends, int64_t n_ctx,
+           ExpertPlacement placement = {});
+
+    // Runs `tokens` at positions n_past()..n_past()+T-1 and returns logits, row-major
+    // [T][n_vocab] (all_logits) or [1][n_vocab] (the last token's). Intermediates named
+    // in `dump` are returned in *dumped ([T][cols] each). Throws Error("kv_cache", ...)
+    // when the batch would not fit in the context, Error("model", ...) for a token id
+    // outside the vocabulary or an unknown dump name.
+    std::vector<float> eval(std::span<const int32_t> tokens, bool all_logits,
+                            const std::vector<std::string>& dump = {},
+                            std::map<std::string, std::vector<float>>* dumped = nullptr);
+
+    void reset() { cache_.clear(); }
+    int64_t n_past() const { return cache_.n_past(); }
+    int64_t n_vocab() const { return model_.hp.n_vocab; }
+    const KvCache& cache() const { return cache_; }
+    const Deepseek2Model& model() const { return model_; }
+
+private:
+    const Deepseek2Model& model_;
+    Scheduler sched_;
+    KvCache cache_;
+};
+
+// Greedy generation (temperature 0): feeds `prompt` as one batch, then decodes n_new
+// tokens one at a time; returns the new ids.
+std::vector<int32_t> generate_greedy(Runner& r, std::span<const int32_t> prompt, int64_t n_new);
+
+int32_t argmax(std::span<const float> logits);
+
+}  // namespace ds3
