@@ -130,7 +130,7 @@ public:
         const uint64_t min = detail::min_encoded_size(et);
         if (count > remaining() / min)
             fail("array of " + std::to_string(count) + " " + std::string(value_type_name(a.elem_type)) +
-                 " needs at least " + std::to_string(min) + " bytes each but only " +
+                 " elements needs at least " + std::to_string(min) + " bytes each but only " +
                  std::to_string(remaining()) + " bytes are left in the file");
         a.items.reserve(count);
         for (uint64_t i = 0; i < count; ++i) a.items.push_back(read_value(et, depth));

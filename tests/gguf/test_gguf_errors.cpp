@@ -190,11 +190,11 @@ TEST_CASE("strings longer than the file", "[gguf][errors]") {
 TEST_CASE("array counts beyond the file, bad value types, nesting", "[gguf][errors]") {
     Image im;
     im.kvs[1].value = Bytes().put<uint32_t>(4).put<uint64_t>(1ull << 61).b;
-    CHECK_REJECTS(im.build(), "key 'list': array of 2305843009213693952 u32 needs at least 4 bytes each");
+    CHECK_REJECTS(im.build(), "key 'list': array of 2305843009213693952 u32 elements needs at least 4 bytes each");
     im.kvs[1].value = Bytes().put<uint32_t>(8).put<uint64_t>(~0ull / 2).b;
-    CHECK_REJECTS(im.build(), "string needs at least 8 bytes each");
+    CHECK_REJECTS(im.build(), "string elements needs at least 8 bytes each");
     im.kvs[1].value = Bytes().put<uint32_t>(9).put<uint64_t>(1ull << 40).b;
-    CHECK_REJECTS(im.build(), "array needs at least 12 bytes each");
+    CHECK_REJECTS(im.build(), "array elements needs at least 12 bytes each");
     im = Image{};
     im.kvs[1].type = 13;
     CHECK_REJECTS(im.build(), "key 'list': unknown value type 13");
