@@ -1,0 +1,263 @@
+// The executor on in-memory random models: batch vs incremental, experts split across
+// two CPU backends, the MLA layouts, the context limit and the error paths.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <cstring>
+
+#include "backends/backend.h"
+#include "backends/cpu/cpu_backend.h"
+#include "models/runner.h"
+#include "quantize/float.h"
+#include "runtime/error.h"
+#include "tiny_model.h"
+
+using namespace ds3;
+using namespace ds3::test;
+
+namespace {
+
+float max_diff(const std::vector<float>& a, const std::vector<float>& b) {
+    REQUIRE(a.size() == b.size());
+    float m = 0;
+    for (size_t i = 0; i < a.size(); ++i) m = std::max(m, std::abs(a[i] - b[i]));
+    return m;
+}
+
+const std::vector<int32_t> kPrompt = {0, 7, 52, 3, 3, 19, 41, 2, 30, 11, 5};
+
+std::vector<float> run_batch(const Deepseek2Model& m, std::vector<Backend*> bs, ExpertPlacement pl = {}) {
+    Runner r(m, std::move(bs), 64, std::move(pl));
+    return r.eval(kPrompt, true);
+}
+
+std::vector<float> run_incremental(const Deepseek2Model& m, Backend* b) {
+    Runner r(m, {b}, 64);
+    std::vector<float> all;
+    for (int32_t t : kPrompt) {
+        auto l = r.eval(std::span<const int32_t>(&t, 1), true);
+        all.insert(all.end(), l.begin(), l.end());
+    }
+    return all;
+}
+
+// A CPU backend that refuses nodes with BF16 weights, to exercise fallback placement.
+class PickyBackend final : public Backend {
+public:
+    PickyBackend() : inner_(make_cpu_backend({}, "picky")) {}
+    const std::string& name() const override { return inner_->name(); }
+    bool supports(const Node& n) const override {
+        for (const Weight* w : n.w)
+            if (w->type == TypeId::BF16) return false;
+        return inner_->supports(n);
+    }
+    std::unique_ptr<Buffer> alloc(size_t n) override { return inner_->alloc(n); }
+    void upload(Buffer& d, size_t o, const void* s, size_t n) override { inner_->upload(d, o, s, n); }
+    void download(const Buffer& s, size_t o, void* d, size_t n) override { inner_->download(s, o, d, n); }
+    void compute(const Node& n, std::span<Buffer* const> in, Buffer& out, Buffer* st) override {
+        ++computed;
+        inner_->compute(n, in, out, st);
+    }
+    int computed = 0;
+
+private:
+    std::unique_ptr<Backend> inner_;
+};
+
+}  // namespace
+
+TEST_CASE("batch and token-by-token decoding give the same logits", "[model]") {
+    auto cpu = create_backend("cpu", {2});
+    TinyOptions o;
+    SECTION("V3 layout, F32") {}
+    SECTION("BF16 weights") { o.matrix_type = TypeId::BF16; }
+    SECTION("F16 weights") { o.matrix_type = TypeId::F16; }
+    SECTION("no q_lora, V2 routing") {
+        o.q_lora = false;
+        o.v2_routing = true;
+    }
+    Deepseek2Model m = tiny_model(o);
+    auto batch = run_batch(m, {cpu.get()});
+    auto inc = run_incremental(m, cpu.get());
+    REQUIRE(batch.size() == kPrompt.size() * size_t(m.hp.n_vocab));
+    for (float v : batch) REQUIRE(std::isfinite(v));
+    CHECK(max_diff(batch, inc) < 1e-5f);
+    // Logits of the last token only, from a prefix then a continuation batch.
+    Runner r(m, {cpu.get()}, 64);
+    r.eval(std::span<const int32_t>(kPrompt.data(), 4), false);
+    auto last = r.eval(std::span<const int32_t>(kPrompt.data() + 4, kPrompt.size() - 4), false);
+    std::vector<float> want(batch.end() - m.hp.n_vocab, batch.end());
+    CHECK(max_diff(last, want) < 1e-5f);
+    CHECK(r.n_past() == int64_t(kPrompt.size()));
+}
+
+TEST_CASE("experts split across two CPU backends give the unsplit logits", "[model][sched]") {
+    auto a = make_cpu_backend({2}, "cpu0");
+    auto b = make_cpu_backend({1}, "cpu1");
+    Deepseek2Model m = tiny_model({TypeId::BF16});
+    ExpertPlacement pl;
+    pl.expert_backend.resize(size_t(m.hp.n_layer));
+    // Layer 0 is dense (no entry needed); layer 1 an arbitrary split; layer 2 all remote.
+    pl.expert_backend[1] = {1, 0, 0, 1, 1, 0, 1, 0};
+    pl.expert_backend[2] = std::vector<int>(size_t(m.hp.n_expert), 1);
+    auto unsplit = run_batch(m, {a.get()});
+    auto split = run_batch(m, {a.get(), b.get()}, pl);
+    CHECK(max_diff(unsplit, split) < 1e-5f);
+
+    // The placed graph shows one partial node per backend and the sum on the primary.
+    Scheduler s({a.get(), b.get()}, pl);
+    Graph g = s.place(build_graph(m, {5, 0, true}));
+    REQUIRE(g.find("l1.moe_out.part0") >= 0);
+    REQUIRE(g.find("l1.moe_out.part1") >= 0);
+    CHECK(g.node(g.find("l1.moe_out.part0")).backend == 0);
+    CHECK(g.node(g.find("l1.moe_out.part1")).backend == 1);
+    CHECK(g.node(g.find("l1.moe_out")).op == Op::add);
+    CHECK(g.node(g.find("l1.moe_out")).backend == 0);
+    CHECK(g.node(g.find("l2.moe_out")).backend == 1);
+    CHECK(g.node(g.find("l2.attn_ctx")).backend == 0);
+
+    // Incremental decoding through the split gives the same logits too.
+    Runner r(m, {a.get(), b.get()}, 32, pl);
+    std::vector<float> inc;
+    for (int32_t t : kPrompt) {
+        auto l = r.eval(std::span<const int32_t>(&t, 1), true);
+        inc.insert(inc.end(), l.begin(), l.end());
+    }
+    CHECK(max_diff(unsplit, inc) < 1e-5f);
+}
+
+TEST_CASE("the scheduler places nodes by supports() and explains what nothing supports", "[sched]") {
+    Deepseek2Model m = tiny_model({TypeId::BF16});
+    PickyBackend picky;
+    auto cpu = create_backend("cpu");
+    auto want = run_batch(m, {cpu.get()});
+    auto got = run_batch(m, {&picky, cpu.get()});
+    CHECK(max_diff(want, got) < 1e-6f);
+    CHECK(picky.computed > 0);  // norms, views, rope, adds stay on the primary
+    Scheduler only_picky({&picky});
+    CHECK_THROWS_WITH(only_picky.place(build_graph(m, {3, 0, true})),
+                      Catch::Contains("no backend supports op get_rows") && Catch::Contains("bf16"));
+    ExpertPlacement pl;
+    pl.expert_backend = {{}, std::vector<int>(8, 0)};
+    Scheduler to_picky({&picky, cpu.get()}, pl);
+    CHECK_THROWS_WITH(to_picky.place(build_graph(m, {3, 0, true})), Catch::Contains("holds experts but does not support"));
+    pl.expert_backend = {{}, std::vector<int>(8, 2)};
+    CHECK_THROWS_WITH(Scheduler({cpu.get()}, pl), Catch::Contains("names backend 2"));
+    pl.expert_backend = {{}, std::vector<int>(5, 0)};
+    CHECK_THROWS_WITH(Scheduler({cpu.get()}, pl).place(build_graph(m, {3, 0, true})),
+                      Catch::Contains("5 entries, layer has 8 experts"));
+    CHECK_THROWS_WITH(create_backend("tpu"), Catch::Contains("unknown or unavailable backend 'tpu'"));
+}
+
+TEST_CASE("older files with only attn_kv_b are split into W_kb and W_vb", "[model]") {
+    TinyOptions o;
+    o.kv_b_only = true;
+    o.matrix_type = TypeId::BF16;
+    Deepseek2Model m = tiny_model(o);
+    const auto& hp = m.hp;
+    const Weight& kvb = *m.store.find("blk.1.attn_kv_b.weight");
+    const Weight& kb = *m.layers[1].k_b;
+    const Weight& vb = *m.layers[1].v_b;
+    REQUIRE(kb.type == TypeId::F32);
+    auto at = [&](int64_t row, int64_t col) {
+        uint16_t h;
+        std::memcpy(&h, kvb.row(row) + 2 * col, 2);
+        return bf16_to_f32(h);
+    };
+    const float* kbf = reinterpret_cast<const float*>(kb.data);
+    const float* vbf = reinterpret_cast<const float*>(vb.data);
+    const int64_t per = hp.qk_nope + hp.v_head;
+    for (int64_t h = 0; h < hp.n_head; ++h)
+        for (int64_t j = 0; j < hp.kv_lora; ++j) {
+            for (int64_t i = 0; i < hp.qk_nope; ++i)
+                REQUIRE(kbf[(h * hp.kv_lora + j) * hp.qk_nope + i] == at(h * per + i, j));
+            for (int64_t i = 0; i < hp.v_head; ++i)
+                REQUIRE(vbf[(h * hp.v_head + i) * hp.kv_lora + j] == at(h * per + hp.qk_nope + i, j));
+        }
+    auto cpu = create_backend("cpu");
+    CHECK(max_diff(run_batch(m, {cpu.get()}), run_incremental(m, cpu.get())) < 1e-5f);
+}
+
+TEST_CASE("a sequence beyond the context size is refused and leaves the cache intact", "[model][kv_cache]") {
+    Deepseek2Model m = tiny_model();
+    auto cpu = create_backend("cpu");
+    Runner r(m, {cpu.get()}, 6);
+    r.eval(std::span<const int32_t>(kPrompt.data(), 4), false);
+    CHECK_THROWS_WITH(r.eval(std::span<const int32_t>(kPrompt.data() + 4, 3), false),
+                      Catch::Contains("[kv_cache] context size exceeded: 4 cached + 3 new tokens > 6"));
+    CHECK(r.n_past() == 4);
+    r.eval(std::span<const int32_t>(kPrompt.data() + 4, 2), false);
+    CHECK(r.n_past() == 6);
+    CHECK_THROWS_WITH(r.eval(std::span<const int32_t>(kPrompt.data(), 1), false), Catch::Contains("context size exceeded"));
+    r.reset();
+    CHECK(r.n_past() == 0);
+    CHECK(r.cache().bytes_per_token() == uint64_t((m.hp.kv_lora + m.hp.qk_rope) * 4 * m.hp.n_layer));
+    CHECK_THROWS_WITH(KvCache(2, 0, 8, 4), Catch::Contains("context size must be positive"));
+}
+
+TEST_CASE("bad token ids and unknown dump names are errors; dumps return named intermediates", "[model]") {
+    Deepseek2Model m = tiny_model();
+    auto cpu = create_backend("cpu");
+    Runner r(m, {cpu.get()}, 16);
+    const int32_t bad[] = {0, 53};
+    CHECK_THROWS_WITH(r.eval(bad, true), Catch::Contains("token id 53 outside the vocabulary [0, 53)"));
+    const int32_t neg[] = {-1};
+    CHECK_THROWS_WITH(r.eval(neg, true), Catch::Contains("token id -1"));
+    CHECK(r.n_past() == 0);
+    CHECK_THROWS_WITH(r.eval(std::span<const int32_t>(kPrompt.data(), 2), true, {"l9.nothing"}),
+                      Catch::Contains("no intermediate named 'l9.nothing'"));
+    std::map<std::string, std::vector<float>> d;
+    r.eval(std::span<const int32_t>(kPrompt.data(), 3), true, {"embd", "l1.kv_latent", "l2.resid", "l1.moe_route"}, &d);
+    CHECK(d["embd"].size() == size_t(3 * m.hp.n_embd));
+    CHECK(d["l1.kv_latent"].size() == size_t(3 * m.hp.kv_lora));
+    CHECK(d["l2.resid"].size() == size_t(3 * m.hp.n_embd));
+    CHECK(d["l1.moe_route"].size() == size_t(3 * 2 * m.hp.n_expert_used));
+}
+
+TEST_CASE("hyperparameters and tensors are validated with the culprit named", "[model]") {
+    Deepseek2HParams hp = tiny_hparams();
+    hp.n_group = 3;  // does not divide 8 experts
+    CHECK_THROWS_WITH(hp.validate(), Catch::Contains("expert_group_count 3 must divide expert_count 8"));
+    hp = tiny_hparams();
+    hp.qk_rope = 5;
+    CHECK_THROWS_WITH(hp.validate(), Catch::Contains("qk_rope_head_dim must be positive and even"));
+    hp = tiny_hparams();
+    hp.n_expert_used = 9;
+    CHECK_THROWS_WITH(hp.validate(), Catch::Contains("expert_used_count 9"));
+
+    WeightStore s;
+    std::vector<uint8_t> bytes(40 * 53 * 4);
+    s.add_owned("token_embd.weight", TypeId::F32, {40, 53}, bytes);
+    CHECK_THROWS_WITH(bind_deepseek2(tiny_hparams(), std::move(s)), Catch::Contains("missing tensor output_norm.weight"));
+    WeightStore s2;
+    s2.add_owned("token_embd.weight", TypeId::F32, {40, 52}, std::vector<uint8_t>(40 * 52 * 4));
+    CHECK_THROWS_WITH(bind_deepseek2(tiny_hparams(), std::move(s2)),
+                      Catch::Contains("token_embd.weight: expected shape {40, 53}, found {40, 52}"));
+    WeightStore s3;
+    CHECK_THROWS_WITH(s3.add_owned("x", TypeId::F32, {3, 4}, std::vector<uint8_t>(7)), Catch::Contains("7 bytes given, 48 expected"));
+}
+
+TEST_CASE("YaRN tables follow DeepSeek's correction range, ramp and mscale", "[model]") {
+    Deepseek2HParams hp = tiny_hparams();
+    hp.qk_rope = 64;
+    hp.rope_base = 10000;
+    hp.yarn_factor = 40;
+    hp.yarn_orig_ctx = 4096;
+    hp.mscale = 1.0;
+    hp.mscale_all_dim = 1.0;
+    RopeTable t = hp.rope_table();
+    // DeepSeek-V3's numbers: correction range [10, 23] of 32 frequencies.
+    for (int i = 0; i <= 10; ++i) CHECK(t.inv_freq[size_t(i)] == Approx(std::pow(10000.0, -2.0 * i / 64)));
+    for (int i = 23; i < 32; ++i) CHECK(t.inv_freq[size_t(i)] == Approx(std::pow(10000.0, -2.0 * i / 64) / 40));
+    CHECK(t.attn_factor == 1.0f);
+    const double m = 0.1 * std::log(40.0) + 1.0;
+    CHECK(hp.softmax_scale() == Approx((1.0 / std::sqrt(double(hp.qk_nope + 64))) * m * m));
+    hp.mscale = 0.707;
+    hp.mscale_all_dim = 0.5;
+    CHECK(hp.rope_table().attn_factor == Approx((0.0707 * std::log(40.0) + 1) / (0.05 * std::log(40.0) + 1)));
+    hp.yarn = false;
+    RopeTable plain = hp.rope_table();
+    CHECK(plain.attn_factor == 1.0f);
+    CHECK(plain.inv_freq[31] == Approx(std::pow(10000.0, -62.0 / 64)));
+    CHECK(hp.softmax_scale() == Approx(1.0 / std::sqrt(double(hp.qk_nope + 64))));
+}
