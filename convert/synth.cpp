@@ -57,6 +57,42 @@ const char* kV2LiteTiny = R"({
                           "weight_block_size": [128, 128]}
 })";
 
+// Real configurations (config.json of the public releases, fields the model uses). With
+// SynthOptions::layers they give models of the real width and fewer layers.
+const char* kV2Lite = R"({
+  "architectures": ["DeepseekV2ForCausalLM"], "model_type": "deepseek_v2",
+  "vocab_size": 102400, "hidden_size": 2048, "intermediate_size": 10944, "moe_intermediate_size": 1408,
+  "num_hidden_layers": 27, "num_attention_heads": 16, "num_key_value_heads": 16,
+  "n_shared_experts": 2, "n_routed_experts": 64, "routed_scaling_factor": 1.0, "kv_lora_rank": 512,
+  "q_lora_rank": null, "qk_rope_head_dim": 64, "v_head_dim": 128, "qk_nope_head_dim": 128,
+  "topk_method": "greedy", "n_group": 1, "topk_group": 1, "num_experts_per_tok": 6, "moe_layer_freq": 1,
+  "first_k_dense_replace": 1, "norm_topk_prob": false, "scoring_func": "softmax", "hidden_act": "silu",
+  "max_position_embeddings": 163840, "rms_norm_eps": 1e-06, "rope_theta": 10000,
+  "rope_scaling": {"type": "yarn", "factor": 40, "original_max_position_embeddings": 4096,
+                   "beta_fast": 32, "beta_slow": 1, "mscale": 0.707, "mscale_all_dim": 0.707},
+  "bos_token_id": 100000, "eos_token_id": 100001, "tie_word_embeddings": false, "attention_bias": false,
+  "torch_dtype": "bfloat16",
+  "quantization_config": {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
+                          "weight_block_size": [128, 128]}
+})";
+
+const char* kV3 = R"({
+  "architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3",
+  "vocab_size": 129280, "hidden_size": 7168, "intermediate_size": 18432, "moe_intermediate_size": 2048,
+  "num_hidden_layers": 61, "num_nextn_predict_layers": 1, "num_attention_heads": 128, "num_key_value_heads": 128,
+  "n_shared_experts": 1, "n_routed_experts": 256, "routed_scaling_factor": 2.5, "kv_lora_rank": 512,
+  "q_lora_rank": 1536, "qk_rope_head_dim": 64, "v_head_dim": 128, "qk_nope_head_dim": 128,
+  "topk_method": "noaux_tc", "n_group": 8, "topk_group": 4, "num_experts_per_tok": 8, "moe_layer_freq": 1,
+  "first_k_dense_replace": 3, "norm_topk_prob": true, "scoring_func": "sigmoid", "hidden_act": "silu",
+  "max_position_embeddings": 163840, "rms_norm_eps": 1e-06, "rope_theta": 10000,
+  "rope_scaling": {"type": "yarn", "factor": 40, "original_max_position_embeddings": 4096,
+                   "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0},
+  "bos_token_id": 0, "eos_token_id": 1, "tie_word_embeddings": false, "attention_bias": false,
+  "torch_dtype": "bfloat16",
+  "quantization_config": {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
+                          "weight_block_size": [128, 128]}
+})";
+
 // Deterministic on every platform (std distributions are not): splitmix64 to uniform.
 struct Rng {
     uint64_t s;
@@ -143,6 +179,9 @@ const std::vector<SynthPreset>& synth_presets() {
          kV3Tiny, 2},
         {"v2-lite-tiny", "DeepSeek-V2-Lite layout at the v2-lite-tiny fixture's shapes: q_proj, softmax, greedy",
          kV2LiteTiny, 2},
+        {"v2-lite", "DeepSeek-V2-Lite's real configuration (27 layers, 15.7B parameters; --layers for fewer)", kV2Lite,
+         4},
+        {"v3", "DeepSeek-V3's real configuration (61 layers + MTP, 671B parameters; --layers for fewer)", kV3, 8},
     };
     return p;
 }
@@ -160,7 +199,9 @@ SynthStats synth(const SynthOptions& opts) {
         for (const SynthPreset& p : synth_presets()) names += (names.empty() ? "" : ", ") + p.name;
         fail("unknown preset '" + opts.preset + "' (known: " + names + ")");
     }
-    const HfConfig cfg = parse_config(preset->config_json, "preset " + preset->name);
+    json config = json::parse(preset->config_json);
+    if (opts.layers > 0) config["num_hidden_layers"] = opts.layers;
+    const HfConfig cfg = parse_config(config.dump(), "preset " + preset->name);
     const fs::path dir(opts.out_dir);
     std::error_code ec;
     fs::create_directories(dir, ec);
@@ -246,7 +287,7 @@ SynthStats synth(const SynthOptions& opts) {
     for (const std::string& k : names) sorted[k] = weight_map[k];
     index["weight_map"] = sorted;
     write_text(dir / "model.safetensors.index.json", index.dump(2) + "\n");
-    write_text(dir / "config.json", json::parse(preset->config_json).dump(2) + "\n");
+    write_text(dir / "config.json", config.dump(2) + "\n");
     json gen = {{"_from_model_config", true}, {"do_sample", true}, {"temperature", 0.6}, {"top_p", 0.95}};
     if (cfg.bos_token_id) gen["bos_token_id"] = *cfg.bos_token_id;
     if (cfg.eos_token_id) gen["eos_token_id"] = *cfg.eos_token_id;

@@ -33,6 +33,7 @@ struct SynthOptions {
     std::string out_dir;
     uint64_t seed = 0;
     std::string tokenizer_dir;  // copy tokenizer.json / tokenizer_config.json from here
+    uint64_t layers = 0;        // num_hidden_layers instead of the preset's (0: the preset's)
 };
 
 struct SynthStats {

@@ -16,8 +16,21 @@ using namespace ds3::hf;
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
-TEST_CASE("synth: release layout for every preset", "[convert][synth]") {
+TEST_CASE("synth: every preset's config parses", "[convert][synth]") {
+    CHECK(synth_presets().size() >= 4);
     for (const SynthPreset& p : synth_presets()) {
+        INFO(p.name);
+        const HfConfig c = parse_config(p.config_json, p.name);
+        CHECK(c.hidden_size > 0);
+        CHECK(p.n_shards >= 2);
+    }
+    CHECK(parse_config(find_synth_preset("v3")->config_json).n_layers_total() == 62);
+    CHECK_FALSE(parse_config(find_synth_preset("v2-lite")->config_json).q_lora_rank);
+}
+
+TEST_CASE("synth: release layout of the tiny presets", "[convert][synth]") {
+    for (const char* name : {"v3-tiny", "v2-lite-tiny"}) {
+        const SynthPreset& p = *find_synth_preset(name);
         INFO(p.name);
         const fs::path d = ds3::test::scratch_dir("synth") / p.name;
         synth({p.name, d.string(), 1, ""});
@@ -83,6 +96,17 @@ TEST_CASE("synth -> convert -> load", "[convert][synth]") {
     for (float x : w) amax = std::max(amax, std::fabs(x));
     CHECK(amax > 0.01f);
     CHECK(amax < 1.0f);
+}
+
+TEST_CASE("synth: --layers", "[convert][synth]") {
+    const fs::path d = ds3::test::scratch_dir("layers");
+    synth({"v3-tiny", d.string(), 0, "", 2});
+    const HfConfig c = read_config(d.string());
+    CHECK(c.num_hidden_layers == 2);
+    CHECK(c.num_nextn_predict_layers == 1);
+    Checkpoint ck = Checkpoint::open(d.string());
+    CHECK(ck.has("model.layers.2.eh_proj.weight"));  // the MTP layer follows the main ones
+    CHECK_FALSE(ck.has("model.layers.3.input_layernorm.weight"));
 }
 
 TEST_CASE("synth: errors and --tokenizer", "[convert][synth]") {
