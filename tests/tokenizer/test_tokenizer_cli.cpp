@@ -1,8 +1,9 @@
 // `ds3 tokenize` and `ds3 template` end to end, on a GGUF written here with only the
-// tokenizer keys of the real DeepSeek-V3 tokenizer.
+// tokenizer keys of the real DeepSeek-V3 tokenizer, and on v3-realvocab converted by `ds3 convert`.
 #include <catch2/catch.hpp>
 
 #include "runtime/gguf/gguf.h"
+#include "runtime/sampling.h"
 #include "tok_fixture.h"
 
 using namespace ds3;
@@ -89,4 +90,25 @@ TEST_CASE("ds3 template renders the golden chat rows", "[template][cli]") {
     r = run_ds3({"template", "-m", m.string(), "--messages", bad.string(), "--vars", "[1]"});
     CHECK(r.exit_code == 1);
     CHECK(r.err.find("--vars") != std::string::npos);
+}
+
+TEST_CASE("a converted v3-realvocab carries the tokenizer, template and sampling defaults", "[tokenizer][cli][convert]") {
+    DS3_REQUIRE_FIXTURES(fx);
+    fs::path out = scratch_dir("tok-convert") / "rv.gguf";
+    RunResult c = run_ds3({"convert", (fx / "v3-realvocab").string(), "-o", out.string(), "--outtype", "f32", "--no-progress"});
+    REQUIRE(c.exit_code == 0);
+    gguf::File f = gguf::File::open(out.string());
+    Tokenizer tok(read_tokenizer(f));
+    CHECK(tok.n_vocab() == 129280);
+    for (const auto& row : golden_rows(fx))
+        if (row.contains("text")) CHECK(tok.encode(row["text"].get<std::string>()) == row["ids"].get<std::vector<int32_t>>());
+    SamplingParams p = sampling_defaults(f);
+    CHECK(p.temperature == Approx(0.6f));
+    CHECK(p.top_p == Approx(0.95f));
+    RunResult r = run_ds3({"tokenize", "-m", out.string(), "--text", "Hello world", "--json"});
+    CHECK(r.out == "[19923,2058]\n");
+    fs::path msgs = scratch_dir("tok-convert") / "m.json";
+    write_file(msgs, R"([{"role":"user","content":"Hello!"}])");
+    r = run_ds3({"template", "-m", out.string(), "--messages", msgs.string(), "--add-generation-prompt"});
+    CHECK(r.out == "<｜begin▁of▁sentence｜><｜User｜>Hello!<｜Assistant｜>");
 }
