@@ -32,6 +32,10 @@ float silu(float x) { return x / (1.0f + std::exp(-x)); }
 
 int threads_or_default(int n) { return n > 0 ? n : omp_get_max_threads(); }
 
+// Below this many multiply-adds a parallel region costs more than it saves (thread
+// wake-up is microseconds; on a loaded machine much more).
+constexpr int64_t kParallelMinWork = int64_t{1} << 16;
+
 }  // namespace
 
 bool weight_type_supported(TypeId t) {
@@ -104,7 +108,8 @@ void matmul(const Weight& w, int64_t mat, const float* x, int64_t n_rows, float*
     const TypeId t = w.type;
     const bool direct = t == TypeId::F32;
     const bool fused_bf16 = t == TypeId::BF16 && n_rows == 1;
-#pragma omp parallel num_threads(threads_or_default(n_threads))
+    const bool parallel = in * out * n_rows >= kParallelMinWork;
+#pragma omp parallel num_threads(threads_or_default(n_threads)) if (parallel)
     {
         std::vector<float> row;
         if (!direct && !fused_bf16) row.resize(static_cast<size_t>(in));
@@ -193,7 +198,8 @@ void mla_attn(const Node& n, const float* q, const float* latent, const float* k
     const Weight& k_b = *n.w[0];
     const Weight& v_b = *n.w[1];
     const int64_t n_kv = p.pos0 + T;
-#pragma omp parallel num_threads(threads_or_default(n_threads))
+    const bool parallel = p.n_head > 1 && p.n_head * T * n_kv * p.kv_lora >= kParallelMinWork;
+#pragma omp parallel num_threads(threads_or_default(n_threads)) if (parallel)
     {
         std::vector<float> kb(static_cast<size_t>(p.kv_lora * p.qk_nope));  // [kv_lora][qk_nope]
         std::vector<float> vb(static_cast<size_t>(p.v_head * p.kv_lora));   // [v_head][kv_lora]
