@@ -10,23 +10,13 @@
 #include <string>
 #include <vector>
 
+#include "backends/cpu/simd.h"
 #include "quantize/float.h"
 #include "runtime/error.h"
 
 namespace ds3::cpu {
 
 namespace {
-
-// f16 → f32 through a table: the conversion sits in the innermost loop of every F16
-// matmul, and a 256 KiB table is cheaper than the bit manipulation.
-const float* f16_table() {
-    static const std::vector<float> table = [] {
-        std::vector<float> t(65536);
-        for (uint32_t i = 0; i < 65536; ++i) t[i] = f16_to_f32(static_cast<uint16_t>(i));
-        return t;
-    }();
-    return table.data();
-}
 
 float silu(float x) { return x / (1.0f + std::exp(-x)); }
 
@@ -48,76 +38,38 @@ void dequant_row(TypeId t, const uint8_t* src, float* dst, int64_t n) {
             std::memcpy(dst, src, static_cast<size_t>(n) * 4);
             return;
         case TypeId::BF16:
-            for (int64_t i = 0; i < n; ++i) {
-                uint16_t h;
-                std::memcpy(&h, src + 2 * i, 2);
-                dst[i] = bf16_to_f32(h);
-            }
+            best_kernels().bf16_to_f32(src, dst, n);
             return;
-        case TypeId::F16: {
-            const float* tab = f16_table();
-            for (int64_t i = 0; i < n; ++i) {
-                uint16_t h;
-                std::memcpy(&h, src + 2 * i, 2);
-                dst[i] = tab[h];
-            }
+        case TypeId::F16:
+            best_kernels().f16_to_f32(src, dst, n);
             return;
-        }
         default:
             throw Error("cpu", std::string("weight type ") + std::string(type_traits(t).name) +
                                    " is not supported by the CPU backend yet");
     }
 }
 
-float dot_f32(const float* a, const float* b, int64_t n) {
-    // Eight independent accumulators: lets the compiler vectorise without -ffast-math
-    // (a single accumulator forces the sequential order).
-    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int j = 0; j < 8; ++j) acc[j] += a[i + j] * b[i + j];
-    float s = 0.0f;
-    for (; i < n; ++i) s += a[i] * b[i];
-    return s + ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-}
-
-namespace {
-// Decode (one activation row) on BF16 weights: convert while multiplying, so the weight
-// row is read once and never written back out.
-float dot_bf16(const uint8_t* w, const float* x, int64_t n) {
-    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int j = 0; j < 8; ++j) {
-            uint16_t h;
-            std::memcpy(&h, w + 2 * (i + j), 2);
-            acc[j] += bf16_to_f32(h) * x[i + j];
-        }
-    float s = 0.0f;
-    for (; i < n; ++i) {
-        uint16_t h;
-        std::memcpy(&h, w + 2 * i, 2);
-        s += bf16_to_f32(h) * x[i];
-    }
-    return s + ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-}
-}  // namespace
+float dot_f32(const float* a, const float* b, int64_t n) { return best_kernels().dot_f32(a, b, n); }
 
 void matmul(const Weight& w, int64_t mat, const float* x, int64_t n_rows, float* y, int n_threads) {
     const int64_t in = w.ne[0], out = w.ne[1];
     const TypeId t = w.type;
+    const RowKernels& k = best_kernels();
     const bool direct = t == TypeId::F32;
-    const bool fused_bf16 = t == TypeId::BF16 && n_rows == 1;
+    // Decode (one activation row): convert while multiplying, so each weight row is
+    // read once and never written back out. Batches convert a row once for all rows.
+    float (*fused)(const uint8_t*, const float*, int64_t) =
+        n_rows != 1 ? nullptr : t == TypeId::BF16 ? k.dot_bf16 : t == TypeId::F16 ? k.dot_f16 : nullptr;
     const bool parallel = in * out * n_rows >= kParallelMinWork;
 #pragma omp parallel num_threads(threads_or_default(n_threads)) if (parallel)
     {
         std::vector<float> row;
-        if (!direct && !fused_bf16) row.resize(static_cast<size_t>(in));
-#pragma omp for schedule(static)
+        if (!direct && !fused) row.resize(static_cast<size_t>(in));
+#pragma omp for schedule(dynamic, 32)
         for (int64_t o = 0; o < out; ++o) {
             const uint8_t* src = w.row(o, mat);
-            if (fused_bf16) {
-                y[o] = dot_bf16(src, x, in);
+            if (fused) {
+                y[o] = fused(src, x, in);
                 continue;
             }
             const float* wr;
@@ -127,7 +79,7 @@ void matmul(const Weight& w, int64_t mat, const float* x, int64_t n_rows, float*
                 dequant_row(t, src, row.data(), in);
                 wr = row.data();
             }
-            for (int64_t r = 0; r < n_rows; ++r) y[r * out + o] = dot_f32(wr, x + r * in, in);
+            for (int64_t r = 0; r < n_rows; ++r) y[r * out + o] = k.dot_f32(wr, x + r * in, in);
         }
     }
 }
