@@ -10,6 +10,7 @@
 #include <random>
 
 #include "backends/cpu/ops.h"
+#include "backends/cpu/simd.h"
 #include "quantize/float.h"
 #include "runtime/error.h"
 #include "runtime/weights.h"
@@ -373,4 +374,31 @@ TEST_CASE("graph builders reject shapes that do not fit", "[graph]") {
     RouteParams bad{5, 3, 2, 1, ScoringFunc::softmax, TopkMethod::greedy, false, 1.0f};  // 2 groups do not divide 5
     int z = g.input("z", DType::f32, 3, 12);
     CHECK_THROWS_WITH(g.moe_route("r", z, w, nullptr, bad), Catch::Contains("inconsistent routing"));
+}
+
+TEST_CASE("the run-time-selected row kernels agree with the scalar reference", "[ops][simd]") {
+    const cpu::RowKernels& best = cpu::best_kernels();
+    const cpu::RowKernels& ref = cpu::scalar_kernels();
+    INFO("kernels: " << best.name);
+    for (int64_t n : {1, 7, 8, 15, 16, 17, 33, 129, 1000}) {
+        auto a = randn(size_t(n), uint32_t(100 + n)), b = randn(size_t(n), uint32_t(200 + n));
+        std::vector<uint8_t> bf(size_t(n) * 2), hf(size_t(n) * 2);
+        for (int64_t i = 0; i < n; ++i) {
+            uint16_t h = f32_to_bf16(a[size_t(i)]);
+            std::memcpy(&bf[size_t(2 * i)], &h, 2);
+            h = f32_to_f16(a[size_t(i)]);
+            std::memcpy(&hf[size_t(2 * i)], &h, 2);
+        }
+        const float tol = 1e-5f * float(n);
+        CHECK(std::abs(best.dot_f32(a.data(), b.data(), n) - ref.dot_f32(a.data(), b.data(), n)) <= tol);
+        CHECK(std::abs(best.dot_bf16(bf.data(), b.data(), n) - ref.dot_bf16(bf.data(), b.data(), n)) <= tol);
+        CHECK(std::abs(best.dot_f16(hf.data(), b.data(), n) - ref.dot_f16(hf.data(), b.data(), n)) <= tol);
+        std::vector<float> x(size_t(n)), y(size_t(n));
+        best.bf16_to_f32(bf.data(), x.data(), n);
+        ref.bf16_to_f32(bf.data(), y.data(), n);
+        CHECK(x == y);
+        best.f16_to_f32(hf.data(), x.data(), n);
+        ref.f16_to_f32(hf.data(), y.data(), n);
+        CHECK(x == y);
+    }
 }
