@@ -393,7 +393,7 @@ TEST_CASE("the run-time-selected row kernels agree with the scalar reference", "
         CHECK(std::abs(best.dot_f32(a.data(), b.data(), n) - ref.dot_f32(a.data(), b.data(), n)) <= tol);
         CHECK(std::abs(best.dot_bf16(bf.data(), b.data(), n) - ref.dot_bf16(bf.data(), b.data(), n)) <= tol);
         CHECK(std::abs(best.dot_f16(hf.data(), b.data(), n) - ref.dot_f16(hf.data(), b.data(), n)) <= tol);
-        std::vector<float> x(size_t(n)), y(size_t(n));
+        std::vector<float> x(static_cast<size_t>(n)), y(static_cast<size_t>(n));
         best.bf16_to_f32(bf.data(), x.data(), n);
         ref.bf16_to_f32(bf.data(), y.data(), n);
         CHECK(x == y);
