@@ -25,6 +25,7 @@ int threads_or_default(int n) { return n > 0 ? n : omp_get_max_threads(); }
 // Below this many multiply-adds a parallel region costs more than it saves (thread
 // wake-up is microseconds; on a loaded machine much more).
 constexpr int64_t kParallelMinWork = int64_t{1} << 16;
+constexpr int64_t kChunkWork = int64_t{1} << 15;
 
 }  // namespace
 
@@ -61,11 +62,15 @@ void matmul(const Weight& w, int64_t mat, const float* x, int64_t n_rows, float*
     float (*fused)(const uint8_t*, const float*, int64_t) =
         n_rows != 1 ? nullptr : t == TypeId::BF16 ? k.dot_bf16 : t == TypeId::F16 ? k.dot_f16 : nullptr;
     const bool parallel = in * out * n_rows >= kParallelMinWork;
+    // Dynamic chunks of ~kChunkWork multiply-adds: a descheduled thread (a shared
+    // machine) does not hold the others at the barrier, and short rows (a 129k-row
+    // lm_head of 32 columns) do not turn into thousands of tiny chunks.
+    const int64_t chunk = std::max<int64_t>(1, kChunkWork / std::max<int64_t>(1, in * n_rows));
 #pragma omp parallel num_threads(threads_or_default(n_threads)) if (parallel)
     {
         std::vector<float> row;
         if (!direct && !fused) row.resize(static_cast<size_t>(in));
-#pragma omp for schedule(dynamic, 32)
+#pragma omp for schedule(dynamic, chunk)
         for (int64_t o = 0; o < out; ++o) {
             const uint8_t* src = w.row(o, mat);
             if (fused) {
