@@ -22,15 +22,23 @@ namespace {
 // Writes bytes to path through a temporary name, so a failure never leaves a partial file.
 void write_atomic(const std::string& path, const void* data, size_t n) {
     const std::string tmp = path + ".tmp";
+    std::error_code ec;
     {
         std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
         if (!f) throw Error("cli", "cannot write " + tmp);
         f.write(static_cast<const char*>(data), static_cast<std::streamsize>(n));
-        if (!f) throw Error("cli", "write to " + tmp + " failed");
+        f.close();
+        if (!f) {
+            std::filesystem::remove(tmp, ec);
+            throw Error("cli", "write to " + tmp + " failed");
+        }
     }
-    std::error_code ec;
     std::filesystem::rename(tmp, path, ec);
-    if (ec) throw Error("cli", "cannot rename " + tmp + " to " + path + ": " + ec.message());
+    if (ec) {
+        const std::string why = ec.message();
+        std::filesystem::remove(tmp, ec);
+        throw Error("cli", "cannot rename " + tmp + " to " + path + ": " + why);
+    }
 }
 
 struct EvalArgs {

@@ -33,6 +33,13 @@ int run_run(const RunArgs& a) {
     if (a.temp != 0.0) throw Error("cli", "run: only greedy decoding (--temp 0) is implemented so far");
     if (!a.print_ids) throw Error("cli", "run: without a tokenizer only --print-ids output is available");
     const std::vector<int32_t> prompt = prompt_ids(a);
+    if (a.n_predict < 0) throw Error("cli", "run: -n must be non-negative");
+    // The last generated token is never fed back, so the cache needs prompt + n - 1.
+    const int64_t needed = static_cast<int64_t>(prompt.size()) + std::max<int64_t>(a.n_predict - 1, 0);
+    if (needed > a.m.n_ctx)
+        throw Error("cli", "run: " + std::to_string(prompt.size()) + " prompt tokens + " + std::to_string(a.n_predict) +
+                               " new ones need a context of " + std::to_string(needed) + ", -c is " +
+                               std::to_string(a.m.n_ctx));
     Deepseek2Model model = load_deepseek2(a.m.model);
     BackendOptions bo;
     bo.n_threads = a.m.threads;

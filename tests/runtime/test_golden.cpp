@@ -227,6 +227,10 @@ TEST_CASE("ds3 eval and ds3 run reproduce the goldens through the CLI", "[golden
     CHECK(r.exit_code == 0);
     CHECK(r.out == want + "\n");
 
+    RunResult small = run_ds3({"run", "-m", model.string(), "--tokens", prompt, "-n", "12", "--print-ids", "-c", "20"});
+    CHECK(small.exit_code != 0);
+    CHECK(small.err.find("need a context of 28, -c is 20") != std::string::npos);
+
     RunResult over = run_ds3({"eval", "-m", model.string(), "--tokens", ids, "--logits-out", (dir / "x.bin").string(), "-c", "8"});
     CHECK(over.exit_code != 0);
     CHECK(over.err.find("context size exceeded") != std::string::npos);
