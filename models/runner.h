@@ -18,6 +18,7 @@ namespace ds3 {
 class Runner {
 public:
     // backends[0] is the primary. n_ctx: the context size (positions) of the cache.
+    // The model and the backends must outlive the runner (it keeps references).
     Runner(const Deepseek2Model& model, std::vector<Backend*> backends, int64_t n_ctx,
            ExpertPlacement placement = {});
 

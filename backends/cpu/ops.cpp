@@ -53,6 +53,9 @@ void dequant_row(TypeId t, const uint8_t* src, float* dst, int64_t n) {
 float dot_f32(const float* a, const float* b, int64_t n) { return best_kernels().dot_f32(a, b, n); }
 
 void matmul(const Weight& w, int64_t mat, const float* x, int64_t n_rows, float* y, int n_threads) {
+    // Checked here: an exception must not escape the OpenMP region below.
+    if (!weight_type_supported(w.type))
+        throw Error("cpu", w.name + ": weight type " + std::string(type_traits(w.type).name) + " is not supported yet");
     const int64_t in = w.ne[0], out = w.ne[1];
     const TypeId t = w.type;
     const RowKernels& k = best_kernels();
@@ -154,6 +157,9 @@ void mla_attn(const Node& n, const float* q, const float* latent, const float* k
     }
     const Weight& k_b = *n.w[0];
     const Weight& v_b = *n.w[1];
+    for (const Weight* w : {&k_b, &v_b})  // before the parallel region: no throwing inside it
+        if (!weight_type_supported(w->type))
+            throw Error("cpu", w->name + ": weight type " + std::string(type_traits(w->type).name) + " is not supported yet");
     const int64_t n_kv = p.pos0 + T;
     const bool parallel = p.n_head > 1 && p.n_head * T * n_kv * p.kv_lora >= kParallelMinWork;
 #pragma omp parallel num_threads(threads_or_default(n_threads)) if (parallel)

@@ -48,9 +48,8 @@ const char* op_name(Op op) {
 }
 
 int Graph::find(const std::string& name) const {
-    for (size_t i = 0; i < nodes_.size(); ++i)
-        if (nodes_[i].name == name) return static_cast<int>(i);
-    return -1;
+    auto it = index_.find(name);
+    return it == index_.end() ? -1 : it->second;
 }
 
 int Graph::push(Node n) {
@@ -58,6 +57,7 @@ int Graph::push(Node n) {
     for (int s : n.src)
         if (s < 0 || s >= size()) shape_error(n.name, "source index " + std::to_string(s) + " out of range");
     if (n.layer < 0) n.layer = cur_layer_;
+    index_.emplace(n.name, size());
     nodes_.push_back(std::move(n));
     return size() - 1;
 }

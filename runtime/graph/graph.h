@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "quantize/types.h"
@@ -160,6 +161,7 @@ public:
 private:
     const Node& check_src(int id, const char* what) const;
     std::vector<Node> nodes_;
+    std::unordered_map<std::string, int> index_;  // name → node (a 61-layer graph has ~1,500)
     int cur_layer_ = -1;
 };
 

@@ -64,6 +64,7 @@ Graph Scheduler::place(const Graph& g) const {
                                              " holds experts but does not support weight types " + weight_types(p));
                 parts.push_back(std::move(p));
             }
+            if (parts.empty()) throw Error("sched", n.name + ": the expert mask selects no expert");
             if (parts.size() == 1) {
                 remap[static_cast<size_t>(i)] = out.push(std::move(parts[0]));
                 continue;

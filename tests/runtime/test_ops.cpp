@@ -98,6 +98,11 @@ TEST_CASE("unsupported weight types are refused with the type named", "[ops]") {
     float out[32];
     uint8_t blk[144] = {};
     CHECK_THROWS_WITH(cpu::dequant_row(TypeId::Q4_K, blk, out, 32), Catch::Contains("q4_K"));
+    WeightStore s;
+    const Weight& q = s.add_owned("blk.0.ffn_up.weight", TypeId::Q4_K, {256, 2}, std::vector<uint8_t>(2 * 144));
+    std::vector<float> x(256), y(2);
+    CHECK_THROWS_WITH(cpu::matmul(q, 0, x.data(), 1, y.data(), 2),
+                      Catch::Contains("blk.0.ffn_up.weight: weight type q4_K is not supported yet"));
 }
 
 TEST_CASE("rms_norm and swiglu match their definitions", "[ops]") {
