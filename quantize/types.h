@@ -44,7 +44,18 @@ enum class TypeId : uint32_t {
     TQ1_0 = 34,
     TQ2_0 = 35,
     MXFP4 = 39,
+    // Private range (docs/gguf.md "Private types"): ids >= 1000 are never ggml's.
+    FP8_E4M3_B128 = 1000,  // FP8 e4m3, 128-element blocks each with its f32 tile scale
 };
+
+// Row kernels of a type (quantize/formats.h has the formats' own). `n` counts elements and
+// is a whole number of blocks; rows are independent, so callers split work by rows.
+using ToFloatFn = void (*)(const void* blocks, float* out, int64_t n);
+// `importance` (nullable): one non-negative weight per element of the row (per column of
+// the matrix, e.g. from an imatrix); the quantiser minimises Σ importance·(x - x̂)².
+using FromFloatFn = void (*)(const float* in, void* blocks, int64_t n, const float* importance);
+// Σ w_row[i]·act_row[i] with act_row in the type's vec_dot_type.
+using VecDotFn = float (*)(int64_t n, const void* w_row, const void* act_row);
 
 struct TypeTraits {
     TypeId id;
@@ -52,6 +63,12 @@ struct TypeTraits {
     uint32_t block_size;    // elements per block
     uint32_t type_size;     // bytes per block
     bool quantized;
+    // Kernels; nullptr where the type has none (the ggml types we only name, I8, ...).
+    ToFloatFn to_float = nullptr;          // dequantise (scalar reference)
+    FromFloatFn from_float_ref = nullptr;  // scalar reference quantiser
+    FromFloatFn from_float = nullptr;      // same bytes as from_float_ref, SIMD where it exists
+    VecDotFn vec_dot = nullptr;            // best kernel for this CPU, chosen at first call
+    TypeId vec_dot_type = TypeId::F32;     // the activation format vec_dot pairs with
 };
 
 // Traits of a known type, or nullptr for an id we do not know (a file from a newer
