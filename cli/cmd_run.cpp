@@ -8,6 +8,7 @@
 #include <string>
 
 #include "cli/command.h"
+#include "cli/generate_args.h"
 #include "cli/model_args.h"
 #include "models/runner.h"
 #include "runtime/error.h"
@@ -21,15 +22,17 @@ struct RunArgs {
     int64_t n_predict = 32;
     double temp = 0.0;
     bool print_ids = false;
+    TextRunArgs text;  // -p TEXT [--chat]: the text path (cmd_chat.cpp)
 };
 
 // The prompt as ids: from --tokens now; a text prompt would be tokenized here.
 std::vector<int32_t> prompt_ids(const RunArgs& a) {
-    if (a.tokens.empty()) throw Error("cli", "run: give the prompt with --tokens IDS");
+    if (a.tokens.empty()) throw Error("cli", "run: give the prompt with -p TEXT or --tokens IDS");
     return parse_token_ids(a.tokens);
 }
 
 int run_run(const RunArgs& a) {
+    if (a.text.given()) return run_text(a.m, a.text, a.temp, a.n_predict, a.print_ids);
     if (a.temp != 0.0) throw Error("cli", "run: only greedy decoding (--temp 0) is implemented so far");
     if (!a.print_ids) throw Error("cli", "run: without a tokenizer only --print-ids output is available");
     const std::vector<int32_t> prompt = prompt_ids(a);
@@ -76,6 +79,7 @@ Registrar reg{"run", "Generate tokens from a prompt", [](CLI::App& app) {
     app.add_option("-n,--n-predict", a->n_predict, "Number of tokens to generate");
     app.add_option("--temp", a->temp, "Sampling temperature (0: greedy)");
     app.add_flag("--print-ids", a->print_ids, "Print the generated ids, comma-separated, on one line");
+    a->text.add_to(app);
     return [a]() { return run_run(*a); };
 }};
 

@@ -27,7 +27,28 @@ extern "C" void on_interrupt(int sig) {
     _exit(128 + sig);
 }
 
+// SIGINTs not yet taken by the command (soft mode). Lock-free, so safe in a handler.
+std::atomic<int> g_soft_count{0};
+static_assert(std::atomic<int>::is_always_lock_free);
+
+extern "C" void on_soft_interrupt(int sig) {
+    if (g_soft_count.fetch_add(1, std::memory_order_relaxed) + 1 >= 3) on_interrupt(sig);
+}
+
 }  // namespace
+
+void install_soft_interrupt() {
+    install_interrupt_handler();  // SIGTERM (and SIGINT until replaced just below)
+    struct sigaction sa {};
+    sa.sa_handler = on_soft_interrupt;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = 0;  // no SA_RESTART: a read() waiting for input wakes up with EINTR
+    sigaction(SIGINT, &sa, nullptr);
+}
+
+int interrupt_count() { return g_soft_count.load(std::memory_order_relaxed); }
+
+int take_interrupts() { return g_soft_count.exchange(0, std::memory_order_relaxed); }
 
 void install_interrupt_handler() {
     if (g_installed.exchange(true)) return;
