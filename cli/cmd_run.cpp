@@ -1,7 +1,8 @@
 // `ds3 run`: generate tokens from a prompt.
 //   ds3 run -m MODEL --tokens IDS [-n N] [--temp 0] [--print-ids]
-// The prompt comes as token ids today; text input (-p) plugs in by producing the same
-// id list through the tokenizer before generation (see prompt_ids()).
+//   ds3 run -m MODEL -p TEXT [--chat] [sampling options] [--print-ids]
+// A text prompt goes through the shared generation loop (run_text in cmd_chat.cpp,
+// docs/chat.md); --tokens runs stay the greedy id path below.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
