@@ -61,7 +61,7 @@ void matmul(const Weight& w, int64_t mat, const float* x, int64_t n_rows, float*
     const RowKernels& k = best_kernels();
     const bool direct = t == TypeId::F32;
     // Decode (one activation row): convert while multiplying, so each weight row is
-    // read once and never written back out. Batches convert a row once for all rows.
+    // read once and never written back out.
     float (*fused)(const uint8_t*, const float*, int64_t) =
         n_rows != 1 ? nullptr : t == TypeId::BF16 ? k.dot_bf16 : t == TypeId::F16 ? k.dot_f16 : nullptr;
     const bool parallel = in * out * n_rows >= kParallelMinWork;
@@ -69,25 +69,45 @@ void matmul(const Weight& w, int64_t mat, const float* x, int64_t n_rows, float*
     // machine) does not hold the others at the barrier, and short rows (a 129k-row
     // lm_head of 32 columns) do not turn into thousands of tiny chunks.
     const int64_t chunk = std::max<int64_t>(1, kChunkWork / std::max<int64_t>(1, in * n_rows));
-#pragma omp parallel num_threads(threads_or_default(n_threads)) if (parallel)
-    {
-        std::vector<float> row;
-        if (!direct && !fused) row.resize(static_cast<size_t>(in));
-#pragma omp for schedule(dynamic, chunk)
+    if (n_rows == 1) {
+#pragma omp parallel for num_threads(threads_or_default(n_threads)) if (parallel) schedule(dynamic, chunk)
         for (int64_t o = 0; o < out; ++o) {
             const uint8_t* src = w.row(o, mat);
-            if (fused) {
-                y[o] = fused(src, x, in);
-                continue;
+            y[o] = fused ? fused(src, x, in) : k.dot_f32(reinterpret_cast<const float*>(src), x, in);
+        }
+        return;
+    }
+    // Batches: blocks of 4 weight rows (converted to f32 once) against pairs of
+    // activation rows through the 4x2 micro-kernel.
+    const int64_t n_blocks = (out + 3) / 4;
+    const int64_t block_chunk = std::max<int64_t>(1, chunk / 4);
+#pragma omp parallel num_threads(threads_or_default(n_threads)) if (parallel)
+    {
+        std::vector<float> rows(direct ? 0 : static_cast<size_t>(4 * in));
+#pragma omp for schedule(dynamic, block_chunk)
+        for (int64_t b = 0; b < n_blocks; ++b) {
+            const int64_t o0 = 4 * b, nr = std::min<int64_t>(4, out - o0);
+            const float* wr[4];
+            for (int64_t i = 0; i < 4; ++i) {
+                const int64_t o = o0 + std::min(i, nr - 1);  // a short last block repeats its last row
+                if (direct) {
+                    wr[i] = reinterpret_cast<const float*>(w.row(o, mat));
+                } else {
+                    if (i < nr) dequant_row(t, w.row(o, mat), rows.data() + i * in, in);
+                    wr[i] = rows.data() + std::min(i, nr - 1) * in;
+                }
             }
-            const float* wr;
-            if (direct) {
-                wr = reinterpret_cast<const float*>(src);
-            } else {
-                dequant_row(t, src, row.data(), in);
-                wr = row.data();
+            float acc[8];
+            int64_t r = 0;
+            for (; r + 2 <= n_rows; r += 2) {
+                k.dot_4x2_f32(wr, x + r * in, x + (r + 1) * in, in, acc);
+                for (int64_t i = 0; i < nr; ++i) {
+                    y[r * out + o0 + i] = acc[2 * i];
+                    y[(r + 1) * out + o0 + i] = acc[2 * i + 1];
+                }
             }
-            for (int64_t r = 0; r < n_rows; ++r) y[r * out + o] = k.dot_f32(wr, x + r * in, in);
+            for (; r < n_rows; ++r)
+                for (int64_t i = 0; i < nr; ++i) y[r * out + o0 + i] = k.dot_f32(wr[i], x + r * in, in);
         }
     }
 }

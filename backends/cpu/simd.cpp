@@ -59,6 +59,13 @@ void f16_to_f32_scalar(const uint8_t* src, float* dst, int64_t n) {
     for (int64_t i = 0; i < n; ++i) dst[i] = tab[load_u16(src + 2 * i)];
 }
 
+void dot_4x2_f32_scalar(const float* const* w, const float* x0, const float* x1, int64_t n, float* out) {
+    for (int i = 0; i < 4; ++i) {
+        out[2 * i] = dot_f32_scalar(w[i], x0, n);
+        out[2 * i + 1] = dot_f32_scalar(w[i], x1, n);
+    }
+}
+
 #if defined(__x86_64__)
 #define DS3_AVX2 __attribute__((target("avx2,fma,f16c")))
 
@@ -104,6 +111,31 @@ DS3_DOT_AVX2(dot_f16_avx2, uint8_t, LOAD_F16, f16_table()[load_u16(w + 2 * i)] *
 #undef LOAD_F16
 #undef DS3_DOT_AVX2
 
+// 8 accumulators (4 weight rows × 2 activation rows) + 2 activation loads + 1 weight
+// load live in 11 of the 16 ymm registers.
+DS3_AVX2 void dot_4x2_f32_avx2(const float* const* w, const float* x0, const float* x1, int64_t n, float* out) {
+    __m256 acc[8];
+    for (auto& a : acc) a = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 a0 = _mm256_loadu_ps(x0 + i), a1 = _mm256_loadu_ps(x1 + i);
+        for (int r = 0; r < 4; ++r) {
+            const __m256 wv = _mm256_loadu_ps(w[r] + i);
+            acc[2 * r] = _mm256_fmadd_ps(wv, a0, acc[2 * r]);
+            acc[2 * r + 1] = _mm256_fmadd_ps(wv, a1, acc[2 * r + 1]);
+        }
+    }
+    for (int r = 0; r < 4; ++r) {
+        float s0 = hsum(acc[2 * r]), s1 = hsum(acc[2 * r + 1]);
+        for (int64_t j = i; j < n; ++j) {
+            s0 += w[r][j] * x0[j];
+            s1 += w[r][j] * x1[j];
+        }
+        out[2 * r] = s0;
+        out[2 * r + 1] = s1;
+    }
+}
+
 DS3_AVX2 void bf16_to_f32_avx2(const uint8_t* src, float* dst, int64_t n) {
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, load_bf16x8(src + 2 * i));
@@ -121,8 +153,8 @@ DS3_AVX2 void f16_to_f32_avx2(const uint8_t* src, float* dst, int64_t n) {
 }  // namespace
 
 const RowKernels& scalar_kernels() {
-    static const RowKernels k{dot_f32_scalar, dot_bf16_scalar, dot_f16_scalar, bf16_to_f32_scalar, f16_to_f32_scalar,
-                              "scalar"};
+    static const RowKernels k{dot_f32_scalar,     dot_bf16_scalar,    dot_f16_scalar, bf16_to_f32_scalar,
+                              f16_to_f32_scalar, dot_4x2_f32_scalar, "scalar"};
     return k;
 }
 
@@ -130,7 +162,8 @@ const RowKernels& best_kernels() {
 #if defined(__x86_64__)
     static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
                              __builtin_cpu_supports("f16c");
-    static const RowKernels k{dot_f32_avx2, dot_bf16_avx2, dot_f16_avx2, bf16_to_f32_avx2, f16_to_f32_avx2, "avx2"};
+    static const RowKernels k{dot_f32_avx2,    dot_bf16_avx2,    dot_f16_avx2, bf16_to_f32_avx2,
+                              f16_to_f32_avx2, dot_4x2_f32_avx2, "avx2"};
     if (avx2) return k;
 #endif
     return scalar_kernels();

@@ -14,6 +14,9 @@ struct RowKernels {
     float (*dot_f16)(const uint8_t* w, const float* x, int64_t n);   // w: n f16 values
     void (*bf16_to_f32)(const uint8_t* src, float* dst, int64_t n);
     void (*f16_to_f32)(const uint8_t* src, float* dst, int64_t n);
+    // Batch micro-kernel: out[2·i + j] = w[i] · x_j for 4 weight rows and 2 activation
+    // rows, so every load feeds more than one FMA (prompt processing is compute-bound).
+    void (*dot_4x2_f32)(const float* const* w, const float* x0, const float* x1, int64_t n, float* out);
     const char* name;
 };
 

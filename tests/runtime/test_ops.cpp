@@ -398,6 +398,12 @@ TEST_CASE("the run-time-selected row kernels agree with the scalar reference", "
         CHECK(std::abs(best.dot_f32(a.data(), b.data(), n) - ref.dot_f32(a.data(), b.data(), n)) <= tol);
         CHECK(std::abs(best.dot_bf16(bf.data(), b.data(), n) - ref.dot_bf16(bf.data(), b.data(), n)) <= tol);
         CHECK(std::abs(best.dot_f16(hf.data(), b.data(), n) - ref.dot_f16(hf.data(), b.data(), n)) <= tol);
+        auto c = randn(size_t(4 * n), uint32_t(300 + n)), d = randn(size_t(n), uint32_t(400 + n));
+        const float* w4[4] = {c.data(), c.data() + n, c.data() + 2 * n, c.data() + 3 * n};
+        float o1[8], o2[8];
+        best.dot_4x2_f32(w4, b.data(), d.data(), n, o1);
+        ref.dot_4x2_f32(w4, b.data(), d.data(), n, o2);
+        for (int i = 0; i < 8; ++i) CHECK(std::abs(o1[i] - o2[i]) <= tol);
         std::vector<float> x(static_cast<size_t>(n)), y(static_cast<size_t>(n));
         best.bf16_to_f32(bf.data(), x.data(), n);
         ref.bf16_to_f32(bf.data(), y.data(), n);
