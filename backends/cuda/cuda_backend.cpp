@@ -1,0 +1,561 @@
+// The CUDA backend: buffers from a caching pool, resident weights, and the dispatch of
+// every op to the launchers of kernels.h. Host code only; kernels live in kernels.cu.
+#include "backends/cuda/cuda_backend.h"
+
+#include <cuda_runtime.h>
+#include <xxhash.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <unordered_map>
+#include <vector>
+
+#include "backends/cuda/kernels.h"
+#include "runtime/error.h"
+
+namespace ds3 {
+
+namespace {
+
+void cu_check(cudaError_t e, const char* what) {
+    if (e != cudaSuccess) throw Error("cuda", std::string(what) + " failed: " + cudaGetErrorString(e));
+}
+#define DS3_CU(call) cu_check((call), #call)
+// Launch errors (bad configuration) surface here; faults inside kernels at the next sync.
+void launched(const std::string& what) {
+    cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) throw Error("cuda", what + ": kernel launch failed: " + cudaGetErrorString(e));
+}
+
+// Device memory is recycled by size class: the scheduler allocates and frees one buffer
+// per node per step, and cudaMalloc/cudaFree would synchronise the device each time.
+// All work runs on one stream, so a block freed after enqueuing kernels that use it can
+// be handed to later work on the same stream without waiting.
+class Pool {
+public:
+    ~Pool() {
+        for (auto& [size, list] : free_)
+            for (void* p : list) cudaFree(p);
+    }
+    static size_t size_class(size_t n) {
+        if (n <= 4096) return (n + 255) / 256 * 256;
+        // Eight classes per power of two: ≤ 12.5% waste, good reuse across steps.
+        size_t p = 1;
+        while (p * 2 <= n) p *= 2;
+        const size_t step = p / 8;
+        return (n + step - 1) / step * step;
+    }
+    void* get(size_t n, size_t& cap) {
+        cap = size_class(std::max<size_t>(n, 1));
+        auto it = free_.find(cap);
+        if (it != free_.end() && !it->second.empty()) {
+            void* p = it->second.back();
+            it->second.pop_back();
+            return p;
+        }
+        void* p = nullptr;
+        cudaError_t e = cudaMalloc(&p, cap);
+        if (e != cudaSuccess) {
+            // Give cached blocks back and try once more before failing.
+            cudaGetLastError();
+            trim();
+            e = cudaMalloc(&p, cap);
+        }
+        if (e != cudaSuccess)
+            throw Error("cuda", "out of device memory: " + std::to_string(cap) + " bytes requested (" +
+                                    cudaGetErrorString(e) + ")");
+        return p;
+    }
+    void put(void* p, size_t cap) { free_[cap].push_back(p); }
+    void trim() {
+        cudaDeviceSynchronize();
+        for (auto& [size, list] : free_) {
+            for (void* p : list) cudaFree(p);
+            list.clear();
+        }
+    }
+
+private:
+    std::map<size_t, std::vector<void*>> free_;
+};
+
+class CudaBuffer final : public Buffer {
+public:
+    CudaBuffer(std::shared_ptr<Pool> pool, size_t bytes) : pool_(std::move(pool)), bytes_(bytes) {
+        ptr_ = pool_->get(bytes, cap_);
+    }
+    ~CudaBuffer() override { pool_->put(ptr_, cap_); }
+    CudaBuffer(const CudaBuffer&) = delete;
+    CudaBuffer& operator=(const CudaBuffer&) = delete;
+    size_t size() const override { return bytes_; }
+    void* dev() const { return ptr_; }
+
+private:
+    std::shared_ptr<Pool> pool_;
+    size_t bytes_;
+    size_t cap_ = 0;
+    void* ptr_ = nullptr;
+};
+
+// Temporary device memory for one compute(): back to the pool at scope exit, which is
+// safe because later users are ordered after this op on the same stream.
+class Scratch {
+public:
+    Scratch(Pool& pool, size_t bytes) : pool_(pool) { ptr_ = pool_.get(bytes, cap_); }
+    ~Scratch() { pool_.put(ptr_, cap_); }
+    Scratch(const Scratch&) = delete;
+    Scratch& operator=(const Scratch&) = delete;
+    float* f() const { return static_cast<float*>(ptr_); }
+    int* i() const { return static_cast<int*>(ptr_); }
+
+private:
+    Pool& pool_;
+    size_t cap_ = 0;
+    void* ptr_ = nullptr;
+};
+
+float* f32(Buffer* b) { return static_cast<float*>(static_cast<CudaBuffer*>(b)->dev()); }
+const int32_t* i32(Buffer* b) { return static_cast<const int32_t*>(static_cast<CudaBuffer*>(b)->dev()); }
+
+bool weight_type_ok(TypeId t) { return t == TypeId::F32 || t == TypeId::BF16 || t == TypeId::F16; }
+
+cuda::WType wtype(TypeId t) {
+    switch (t) {
+        case TypeId::BF16: return cuda::WType::bf16;
+        case TypeId::F16: return cuda::WType::f16;
+        default: return cuda::WType::f32;
+    }
+}
+
+// A sample of a weight's bytes: a later Weight at the same address with other contents
+// (a model unloaded and another mapped in its place) is uploaded afresh.
+uint64_t fingerprint(const Weight& w) {
+    const size_t n = static_cast<size_t>(w.nbytes), k = std::min<size_t>(n, 256);
+    uint64_t h = XXH3_64bits(w.data, k);
+    if (n > k) h ^= XXH3_64bits(w.data + n - k, k) * 0x9E3779B97F4A7C15ull;
+    if (n > 2 * k) h ^= XXH3_64bits(w.data + n / 2, k) * 0xC2B2AE3D27D4EB4Full;
+    return h;
+}
+
+class CudaBackend final : public Backend {
+public:
+    CudaBackend(const BackendOptions&, std::string name) : name_(std::move(name)) {
+        int count = 0;
+        cudaError_t e = cudaGetDeviceCount(&count);
+        if (e != cudaSuccess || count == 0) {
+            cudaGetLastError();
+            throw Error("cuda", std::string("no CUDA device is available (") +
+                                    (e != cudaSuccess ? cudaGetErrorString(e) : "0 devices") + ")");
+        }
+        if (const char* env = std::getenv("DS3_CUDA_DEVICE")) device_ = std::atoi(env);
+        check(device_ >= 0 && device_ < count, "cuda",
+              "DS3_CUDA_DEVICE=" + std::to_string(device_) + " but " + std::to_string(count) + " devices exist");
+        DS3_CU(cudaSetDevice(device_));
+        DS3_CU(cudaDeviceGetAttribute(&n_sm_, cudaDevAttrMultiProcessorCount, device_));
+        DS3_CU(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+        DS3_CU(cudaMalloc(&err_, sizeof(cuda::DevError)));
+        DS3_CU(cudaMemset(err_, 0, sizeof(cuda::DevError)));
+        pool_ = std::make_shared<Pool>();
+    }
+
+    ~CudaBackend() override {
+        cudaStreamSynchronize(stream_);
+        for (auto& [k, w] : weights_) cudaFree(w.ptr);
+        cudaFree(err_);
+        cudaStreamDestroy(stream_);
+    }
+
+    const std::string& name() const override { return name_; }
+
+    bool supports(const Node& n) const override {
+        for (const Weight* w : n.w)
+            if (!weight_type_ok(w->type)) return false;
+        switch (n.op) {
+            case Op::rope_yarn:
+                return n.rope && n.rope_dim / 2 <= cuda::kMaxRopeHalf &&
+                       static_cast<int>(n.rope->inv_freq.size()) >= n.rope_dim / 2;
+            case Op::mla_attn:
+                return n.attn.kv_lora + n.attn.qk_rope <= cuda::kMlaMaxWidth;
+            case Op::moe_route:
+                return n.route.n_expert <= cuda::kMaxExperts && n.route.n_used <= 32 && n.route.n_group >= 1 &&
+                       n.route.n_expert % n.route.n_group == 0;
+            case Op::moe_ffn:
+                return n.route.n_expert <= cuda::kMaxExperts;
+            default:
+                return true;
+        }
+    }
+
+    std::unique_ptr<Buffer> alloc(size_t bytes) override { return std::make_unique<CudaBuffer>(pool_, bytes); }
+
+    void upload(Buffer& dst, size_t offset, const void* src, size_t n) override {
+        check(offset + n <= dst.size(), "cuda", "upload past the end of a buffer");
+        DS3_CU(cudaMemcpyAsync(static_cast<uint8_t*>(static_cast<CudaBuffer&>(dst).dev()) + offset, src, n,
+                               cudaMemcpyHostToDevice, stream_));
+    }
+
+    void download(const Buffer& src, size_t offset, void* dst, size_t n) override {
+        check(offset + n <= src.size(), "cuda", "download past the end of a buffer");
+        DS3_CU(cudaMemcpyAsync(dst, static_cast<const uint8_t*>(static_cast<const CudaBuffer&>(src).dev()) + offset,
+                               n, cudaMemcpyDeviceToHost, stream_));
+        synchronize();
+    }
+
+    void synchronize() override {
+        DS3_CU(cudaStreamSynchronize(stream_));
+        cuda::DevError e;
+        DS3_CU(cudaMemcpy(&e, err_, sizeof e, cudaMemcpyDeviceToHost));
+        if (e.code == 0) return;
+        DS3_CU(cudaMemset(err_, 0, sizeof e));
+        if (e.code == 1)
+            throw Error("cuda", "token id " + std::to_string(e.value) + " outside [0, " + std::to_string(e.limit) + ")");
+        throw Error("cuda", "expert id " + std::to_string(e.value) + " out of range [0, " + std::to_string(e.limit) + ")");
+    }
+
+    void compute(const Node& n, std::span<Buffer* const> in, Buffer& out_buf, Buffer* state) override {
+        DS3_CU(cudaSetDevice(device_));
+        float* out = f32(&out_buf);
+        switch (n.op) {
+            case Op::input:
+                return;
+            case Op::get_rows: {
+                const Weight& w = *n.w[0];
+                cuda::get_rows(weight(w), wtype(w.type), w.ne[0], w.ne[1], i32(in[0]), n.rows, out, err_, stream_);
+                break;
+            }
+            case Op::rms_norm:
+                cuda::rms_norm(f32(in[0]), weight(*n.w[0]), wtype(n.w[0]->type), n.eps, n.rows, n.cols, out, stream_);
+                break;
+            case Op::mul_mat:
+                matmul(*n.w[0], f32(in[0]), n.rows, out);
+                break;
+            case Op::add:
+                cuda::add(f32(in[0]), f32(in[1]), n.n_elements(), out, stream_);
+                break;
+            case Op::swiglu:
+                cuda::swiglu(f32(in[0]), f32(in[1]), n.n_elements(), out, stream_);
+                break;
+            case Op::view:
+                cuda::copy2d(f32(in[0]) + n.col0, n.src_cols, out, n.cols, n.rows, n.cols, stream_);
+                break;
+            case Op::rope_yarn:
+                rope(n, f32(in[0]), i32(in[1]), out);
+                break;
+            case Op::mla_attn:
+                check(state != nullptr, "cuda", n.name + ": mla_attn needs the latent cache");
+                mla_attn(n, f32(in[0]), f32(in[1]), f32(in[2]), *state, out);
+                break;
+            case Op::moe_route:
+                moe_route(n, f32(in[0]), out);
+                break;
+            case Op::moe_ffn:
+                moe_ffn(n, f32(in[0]), f32(in[1]), out);
+                break;
+            case Op::shared_ffn:
+                shared_ffn(n, f32(in[0]), out);
+                break;
+            case Op::logits: {
+                const float* x = f32(in[0]) + (n.last_only ? (n.src_rows - 1) * n.src_cols : 0);
+                matmul(*n.w[0], x, n.rows, out);
+                break;
+            }
+            default:
+                throw Error("cuda", n.name + ": unknown op");
+        }
+        launched(n.name);
+    }
+
+private:
+    struct DevWeight {
+        void* ptr = nullptr;
+        uint64_t nbytes = 0;
+        TypeId type = TypeId::F32;
+        uint64_t print = 0;
+    };
+
+    // The resident copy of w, uploaded on first use.
+    const void* weight(const Weight& w) {
+        check(weight_type_ok(w.type), "cuda",
+              w.name + ": weight type " + std::string(type_traits(w.type).name) + " is not supported by the CUDA backend");
+        const uint64_t print = fingerprint(w);
+        auto it = weights_.find(w.data);
+        if (it != weights_.end()) {
+            if (it->second.nbytes == w.nbytes && it->second.type == w.type && it->second.print == print)
+                return it->second.ptr;
+            DS3_CU(cudaStreamSynchronize(stream_));  // the old copy may still be read
+            cudaFree(it->second.ptr);
+            weights_.erase(it);
+        }
+        DevWeight d{nullptr, w.nbytes, w.type, print};
+        cudaError_t e = cudaMalloc(&d.ptr, std::max<uint64_t>(w.nbytes, 1));
+        if (e != cudaSuccess) {
+            cudaGetLastError();
+            pool_->trim();
+            e = cudaMalloc(&d.ptr, std::max<uint64_t>(w.nbytes, 1));
+        }
+        if (e != cudaSuccess)
+            throw Error("cuda", w.name + ": cannot keep the weight on the device (" + std::to_string(w.nbytes) +
+                                    " bytes): " + cudaGetErrorString(e));
+        e = cudaMemcpy(d.ptr, w.data, w.nbytes, cudaMemcpyHostToDevice);
+        if (e != cudaSuccess) {
+            cudaFree(d.ptr);
+            throw Error("cuda", w.name + ": weight upload failed: " + cudaGetErrorString(e));
+        }
+        weights_[w.data] = d;
+        return d.ptr;
+    }
+
+    void matmul(const Weight& w, const float* x, int64_t rows, float* y) {
+        cuda::GemmArgs a;
+        a.x = x;
+        a.ldx = w.ne[0];
+        a.w = weight(w);
+        a.wt = wtype(w.type);
+        a.y = y;
+        a.ldy = w.ne[1];
+        a.M = rows;
+        a.N = w.ne[1];
+        a.K = w.ne[0];
+        cuda::gemm(a, stream_);
+    }
+
+    void rope(const Node& n, const float* x, const int32_t* pos, float* y) {
+        DS3_CU(cudaMemcpyAsync(y, x, n.nbytes(), cudaMemcpyDeviceToDevice, stream_));
+        cuda::RopeArgs a;
+        a.rows = n.rows;
+        a.cols = n.cols;
+        a.n_head = n.n_head;
+        a.head_dim = n.head_dim;
+        a.rope_offset = n.rope_offset;
+        a.rope_dim = n.rope_dim;
+        a.attn_factor = n.rope->attn_factor;
+        std::copy_n(n.rope->inv_freq.begin(), n.rope_dim / 2, a.inv_freq);
+        cuda::rope(a, pos, y, stream_);
+    }
+
+    void mla_attn(const Node& n, const float* q, const float* latent, const float* k_pe, Buffer& cache_buf, float* out) {
+        const AttnParams& p = n.attn;
+        const int64_t T = n.rows, H = p.n_head, width = p.kv_lora + p.qk_rope, qdim = p.qk_nope + p.qk_rope;
+        const int64_t n_ctx = static_cast<int64_t>(cache_buf.size() / 4) / width;
+        if (p.pos0 < 0 || p.pos0 + T > n_ctx)
+            throw Error("kv_cache", n.name + ": positions " + std::to_string(p.pos0) + ".." +
+                                        std::to_string(p.pos0 + T - 1) + " exceed the context of " +
+                                        std::to_string(n_ctx) + " tokens");
+        float* cache = f32(&cache_buf);
+        cuda::mla_store(cache, width, latent, k_pe, p.kv_lora, p.qk_rope, p.pos0, T, stream_);
+
+        const Weight& k_b = *n.w[0];  // [qk_nope, kv_lora, H]
+        const Weight& v_b = *n.w[1];  // [kv_lora, v_head, H]
+        Scratch qcat(*pool_, static_cast<size_t>(T * H * width) * 4);
+        // q_abs[t][h] = W_kb[h]ᵀ q_nope[t][h]: a GEMM per head into qcat[t][h][0:kv_lora].
+        cuda::GemmArgs a;
+        a.x = q;
+        a.ldx = H * qdim;
+        a.x_bstride = qdim;
+        a.w = weight(k_b);
+        a.wt = wtype(k_b.type);
+        a.w_bstride = static_cast<int64_t>(k_b.row_bytes()) * p.kv_lora;
+        a.y = qcat.f();
+        a.ldy = H * width;
+        a.y_bstride = width;
+        a.M = T;
+        a.N = p.kv_lora;
+        a.K = p.qk_nope;
+        a.batch = static_cast<int>(H);
+        cuda::gemm(a, stream_);
+        // q_pe after it: rows (t, h) of q are qdim apart, rows of qcat width apart.
+        cuda::copy2d(q + p.qk_nope, qdim, qcat.f() + p.kv_lora, width, T * H, p.qk_rope, stream_);
+
+        const cuda::MlaPlan plan = cuda::mla_plan(static_cast<int>(H), T, p.pos0 + T, p.kv_lora, n_sm_);
+        Scratch ctx(*pool_, static_cast<size_t>(T * H * p.kv_lora) * 4);
+        Scratch part(*pool_, static_cast<size_t>(cuda::mla_scratch_floats(plan, static_cast<int>(H), p.kv_lora)) * 4);
+        cuda::mla_attend(plan, qcat.f(), cache, width, p.kv_lora, static_cast<int>(H), T, p.pos0, p.scale, ctx.f(),
+                         part.f(), stream_);
+
+        // out[t][h] = W_vb[h] ctx[t][h]: a GEMM per head.
+        cuda::GemmArgs b;
+        b.x = ctx.f();
+        b.ldx = H * p.kv_lora;
+        b.x_bstride = p.kv_lora;
+        b.w = weight(v_b);
+        b.wt = wtype(v_b.type);
+        b.w_bstride = static_cast<int64_t>(v_b.row_bytes()) * p.v_head;
+        b.y = out;
+        b.ldy = H * p.v_head;
+        b.y_bstride = p.v_head;
+        b.M = T;
+        b.N = p.v_head;
+        b.K = p.kv_lora;
+        b.batch = static_cast<int>(H);
+        cuda::gemm(b, stream_);
+    }
+
+    void moe_route(const Node& n, const float* x, float* out) {
+        const RouteParams& p = n.route;
+        Scratch logits(*pool_, static_cast<size_t>(n.rows * p.n_expert) * 4);
+        matmul(*n.w[0], x, n.rows, logits.f());
+        cuda::RouteArgs a;
+        a.T = n.rows;
+        a.n_expert = p.n_expert;
+        a.n_used = p.n_used;
+        a.n_group = p.n_group;
+        a.topk_group = p.topk_group;
+        a.sigmoid = p.scoring == ScoringFunc::sigmoid;
+        a.method = p.method == TopkMethod::greedy ? 0 : p.method == TopkMethod::group_limited_greedy ? 1 : 2;
+        a.norm_topk = p.norm_topk;
+        a.scale = p.scale;
+        if (n.w.size() > 1 && n.w[1]) {
+            a.bias = weight(*n.w[1]);
+            a.bias_t = wtype(n.w[1]->type);
+        }
+        cuda::moe_route(a, logits.f(), out, stream_);
+    }
+
+    cuda::MoeArgs moe_args(const Node& n) {
+        cuda::MoeArgs a;
+        a.T = n.rows;
+        a.D = n.cols;
+        a.F = n.w[0]->ne[1];
+        a.n_used = n.route.n_used;
+        a.n_expert = n.route.n_expert;
+        a.gate = weight(*n.w[0]);
+        a.up = weight(*n.w[1]);
+        a.down = weight(*n.w[2]);
+        check(n.w[0]->type == n.w[1]->type && n.w[1]->type == n.w[2]->type, "cuda",
+              n.name + ": gate, up and down experts of different types are not supported yet");
+        a.wt = wtype(n.w[0]->type);
+        for (int e = 0; e < n.route.n_expert; ++e)
+            if (n.experts.empty() || n.experts[static_cast<size_t>(e)]) a.mask.bits[e / 32] |= 1u << (e % 32);
+        return a;
+    }
+
+    // Decode (≤ 8 tokens): every (token, slot) pair reads its expert's rows, with no
+    // host round trip. Prefill: the routes come back to the host, tokens are grouped
+    // by expert, and each expert's weights are read once per batch (grouped GEMMs).
+    void moe_ffn(const Node& n, const float* x, const float* route, float* out) {
+        const cuda::MoeArgs a = moe_args(n);
+        const int64_t T = n.rows, k = a.n_used;
+        if (T <= 8) {
+            Scratch act(*pool_, static_cast<size_t>(T * k * a.F) * 4);
+            Scratch y(*pool_, static_cast<size_t>(T * k * a.D) * 4);
+            cuda::moe_pairs_gate_up(a, x, route, act.f(), err_, stream_);
+            cuda::moe_pairs_down(a, act.f(), route, y.f(), stream_);
+            cuda::moe_combine(a, y.f(), route, nullptr, out, stream_);
+            return;
+        }
+        std::vector<float> r(static_cast<size_t>(T * 2 * k));
+        DS3_CU(cudaMemcpyAsync(r.data(), route, r.size() * 4, cudaMemcpyDeviceToHost, stream_));
+        synchronize();
+        std::vector<std::vector<int>> by_expert(static_cast<size_t>(a.n_expert));
+        for (int64_t t = 0; t < T; ++t)
+            for (int64_t j = 0; j < k; ++j) {
+                const int e = static_cast<int>(r[static_cast<size_t>(t * 2 * k + k + j)]);
+                if (e < 0 || e >= a.n_expert)
+                    throw Error("cuda", n.name + ": expert id " + std::to_string(e) + " out of range");
+                if (!n.experts.empty() && !n.experts[static_cast<size_t>(e)]) continue;
+                by_expert[static_cast<size_t>(e)].push_back(static_cast<int>(t * k + j));
+            }
+        // Index block: groups [3·G], x_rows [P], pair_row [T·k].
+        std::vector<int> groups, x_rows, pair_row(static_cast<size_t>(T * k), -1);
+        int max_rows = 0;
+        for (int e = 0; e < a.n_expert; ++e) {
+            const auto& list = by_expert[static_cast<size_t>(e)];
+            if (list.empty()) continue;
+            groups.insert(groups.end(), {e, static_cast<int>(x_rows.size()), static_cast<int>(list.size())});
+            max_rows = std::max(max_rows, static_cast<int>(list.size()));
+            for (int pr : list) {
+                pair_row[static_cast<size_t>(pr)] = static_cast<int>(x_rows.size());
+                x_rows.push_back(static_cast<int>(pr / k));
+            }
+        }
+        const int64_t P = static_cast<int64_t>(x_rows.size());
+        const int G = static_cast<int>(groups.size() / 3);
+        if (P == 0) {
+            DS3_CU(cudaMemsetAsync(out, 0, n.nbytes(), stream_));
+            return;
+        }
+        std::vector<int> idx;
+        idx.reserve(groups.size() + x_rows.size() + pair_row.size());
+        idx.insert(idx.end(), groups.begin(), groups.end());
+        idx.insert(idx.end(), x_rows.begin(), x_rows.end());
+        idx.insert(idx.end(), pair_row.begin(), pair_row.end());
+        Scratch dev_idx(*pool_, idx.size() * 4);
+        DS3_CU(cudaMemcpyAsync(dev_idx.i(), idx.data(), idx.size() * 4, cudaMemcpyHostToDevice, stream_));
+        const int* d_groups = dev_idx.i();
+        const int* d_x_rows = d_groups + groups.size();
+        const int* d_pair_row = d_x_rows + x_rows.size();
+
+        Scratch g(*pool_, static_cast<size_t>(P * a.F) * 4);
+        Scratch u(*pool_, static_cast<size_t>(P * a.F) * 4);
+        Scratch y(*pool_, static_cast<size_t>(P * a.D) * 4);
+        const uint64_t es = a.wt == cuda::WType::f32 ? 4 : 2;
+        cuda::GemmArgs ga;
+        ga.x = x;
+        ga.ldx = a.D;
+        ga.wt = a.wt;
+        ga.w_bstride = static_cast<int64_t>(a.F * a.D * es);
+        ga.ldy = a.F;
+        ga.M = max_rows;
+        ga.N = a.F;
+        ga.K = a.D;
+        ga.batch = G;
+        ga.groups = d_groups;
+        ga.x_rows = d_x_rows;
+        ga.w = a.gate;
+        ga.y = g.f();
+        cuda::gemm(ga, stream_);
+        ga.w = a.up;
+        ga.y = u.f();
+        cuda::gemm(ga, stream_);
+        cuda::swiglu(g.f(), u.f(), P * a.F, g.f(), stream_);
+        cuda::GemmArgs gd = ga;
+        gd.x = g.f();
+        gd.ldx = a.F;
+        gd.x_rows = nullptr;
+        gd.w = a.down;
+        gd.w_bstride = static_cast<int64_t>(a.D * a.F * es);
+        gd.y = y.f();
+        gd.ldy = a.D;
+        gd.N = a.D;
+        gd.K = a.F;
+        cuda::gemm(gd, stream_);
+        cuda::moe_combine(a, y.f(), route, d_pair_row, out, stream_);
+    }
+
+    void shared_ffn(const Node& n, const float* x, float* out) {
+        const int64_t T = n.rows, F = n.w[0]->ne[1];
+        Scratch g(*pool_, static_cast<size_t>(T * F) * 4);
+        Scratch u(*pool_, static_cast<size_t>(T * F) * 4);
+        matmul(*n.w[0], x, T, g.f());
+        matmul(*n.w[1], x, T, u.f());
+        cuda::swiglu(g.f(), u.f(), T * F, g.f(), stream_);
+        matmul(*n.w[2], g.f(), T, out);
+    }
+
+    std::string name_;
+    int device_ = 0;
+    int n_sm_ = 1;
+    cudaStream_t stream_ = nullptr;
+    cuda::DevError* err_ = nullptr;
+    std::shared_ptr<Pool> pool_;
+    std::unordered_map<const uint8_t*, DevWeight> weights_;
+};
+
+}  // namespace
+
+int cuda_device_count() {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        cudaGetLastError();
+        return 0;
+    }
+    return n;
+}
+
+std::unique_ptr<Backend> make_cuda_backend(const BackendOptions& opts, std::string name) {
+    return std::make_unique<CudaBackend>(opts, std::move(name));
+}
+
+}  // namespace ds3

@@ -1,0 +1,759 @@
+// CUDA kernels of the fused ops (see kernels.h). Plain CUDA C++ for sm_80 and sm_90:
+// no tensor cores yet (the next slice adds them for prefill); decode is memory-bound and
+// these kernels read each weight byte once per step.
+#include "backends/cuda/kernels.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+namespace ds3::cuda {
+
+int wtype_size(WType t) { return t == WType::f32 ? 4 : 2; }
+
+namespace {
+
+// ---- weight element loaders ---------------------------------------------------------
+
+struct WF32 {
+    using T = float;
+    static constexpr int kPerVec = 4;  // elements per 16 bytes
+    __device__ static float get(const void* p, int64_t i) { return static_cast<const float*>(p)[i]; }
+    __device__ static void vec(const uint4& v, float* o) {
+        o[0] = __uint_as_float(v.x);
+        o[1] = __uint_as_float(v.y);
+        o[2] = __uint_as_float(v.z);
+        o[3] = __uint_as_float(v.w);
+    }
+};
+struct WBF16 {
+    static constexpr int kPerVec = 8;
+    __device__ static float get(const void* p, int64_t i) {
+        return __uint_as_float(static_cast<uint32_t>(static_cast<const uint16_t*>(p)[i]) << 16);
+    }
+    __device__ static void pair(uint32_t u, float* o) {
+        o[0] = __uint_as_float(u << 16);
+        o[1] = __uint_as_float(u & 0xffff0000u);
+    }
+    __device__ static void vec(const uint4& v, float* o) {
+        pair(v.x, o);
+        pair(v.y, o + 2);
+        pair(v.z, o + 4);
+        pair(v.w, o + 6);
+    }
+};
+struct WF16 {
+    static constexpr int kPerVec = 8;
+    __device__ static float get(const void* p, int64_t i) {
+        return __half2float(static_cast<const __half*>(p)[i]);
+    }
+    __device__ static void pair(uint32_t u, float* o) {
+        __half2 h = *reinterpret_cast<const __half2*>(&u);
+        float2 f = __half22float2(h);
+        o[0] = f.x;
+        o[1] = f.y;
+    }
+    __device__ static void vec(const uint4& v, float* o) {
+        pair(v.x, o);
+        pair(v.y, o + 2);
+        pair(v.z, o + 4);
+        pair(v.w, o + 6);
+    }
+};
+
+__device__ inline float load_w(WType t, const void* p, int64_t i) {
+    switch (t) {
+        case WType::bf16: return WBF16::get(p, i);
+        case WType::f16: return WF16::get(p, i);
+        default: return WF32::get(p, i);
+    }
+}
+
+__device__ inline float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ inline float warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+__device__ inline float silu(float x) { return x / (1.0f + expf(-x)); }
+
+__device__ inline void set_error(DevError* e, int code, int value, int limit) {
+    if (atomicCAS(&e->code, 0, code) == 0) {
+        e->value = value;
+        e->limit = limit;
+    }
+}
+
+unsigned grid_for(int64_t n, int threads) {
+    int64_t b = (n + threads - 1) / threads;
+    return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(b, 65535LL * 32)));
+}
+
+// Dot products of one weight row with MR activation rows, spread over a warp: each lane
+// takes 16-byte slices of the row (vec) or single elements (unaligned shapes).
+template <typename L, int MR>
+__device__ inline void warp_dot_rows(const uint8_t* wrow, int64_t K, const float* x, int64_t ldx, int m_rows,
+                                     bool vec, float (&acc)[MR]) {
+    const int lane = threadIdx.x & 31;
+    if (vec) {
+        constexpr int V = L::kPerVec;
+        const uint4* wv = reinterpret_cast<const uint4*>(wrow);
+        const int64_t nv = K / V;
+#pragma unroll 2
+        for (int64_t i = lane; i < nv; i += 32) {
+            uint4 raw = __ldg(wv + i);
+            float w[V];
+            L::vec(raw, w);
+#pragma unroll
+            for (int m = 0; m < MR; ++m) {
+                if (m >= m_rows) break;
+                const float4* xv = reinterpret_cast<const float4*>(x + m * ldx + i * V);
+#pragma unroll
+                for (int q = 0; q < V / 4; ++q) {
+                    float4 xx = __ldg(xv + q);
+                    acc[m] += w[4 * q] * xx.x + w[4 * q + 1] * xx.y + w[4 * q + 2] * xx.z + w[4 * q + 3] * xx.w;
+                }
+            }
+        }
+    } else {
+        for (int64_t k = lane; k < K; k += 32) {
+            const float w = L::get(wrow, k);
+#pragma unroll
+            for (int m = 0; m < MR; ++m) {
+                if (m >= m_rows) break;
+                acc[m] += w * x[m * ldx + k];
+            }
+        }
+    }
+}
+
+// ---- GEMV (M ≤ 8): one warp per output column n, all M rows at once -----------------
+
+template <typename L, int MR>
+__global__ void gemv_kernel(GemmArgs a) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int64_t n = static_cast<int64_t>(blockIdx.x) * 8 + warp;
+    const int b = blockIdx.y;
+    if (n >= a.N) return;
+    const int64_t row_bytes = a.K * (L::kPerVec == 4 ? 4 : 2);
+    const uint8_t* wrow = static_cast<const uint8_t*>(a.w) + b * a.w_bstride + n * row_bytes;
+    const float* x = a.x + b * a.x_bstride;
+    const bool vec = (a.K % L::kPerVec) == 0 && (a.ldx % 4) == 0 &&
+                     (reinterpret_cast<uintptr_t>(x) % 16) == 0 && (reinterpret_cast<uintptr_t>(wrow) % 16) == 0;
+    float acc[MR];
+#pragma unroll
+    for (int m = 0; m < MR; ++m) acc[m] = 0.0f;
+    warp_dot_rows<L, MR>(wrow, a.K, x, a.ldx, static_cast<int>(a.M), vec, acc);
+#pragma unroll
+    for (int m = 0; m < MR; ++m) {
+        if (m >= a.M) break;
+        float v = warp_sum(acc[m]);
+        if (lane == 0) a.y[b * a.y_bstride + m * a.ldy + n] = v;
+    }
+}
+
+// ---- tiled GEMM (M > 8, or grouped) --------------------------------------------------
+
+constexpr int BM = 64, BN = 64, BK = 16;
+
+template <typename L>
+__global__ void __launch_bounds__(256) gemm_kernel(GemmArgs a) {
+    __shared__ float As[BK][BM + 4];
+    __shared__ float Bs[BK][BN + 4];
+    const int tid = threadIdx.x;
+    const int tx = tid % 16, ty = tid / 16;
+    const int64_t n0 = static_cast<int64_t>(blockIdx.x) * BN;
+    const int64_t m0 = static_cast<int64_t>(blockIdx.y) * BM;
+    const int z = blockIdx.z;
+    const int64_t row_bytes = a.K * (L::kPerVec == 4 ? 4 : 2);
+
+    int64_t rows = a.M, y_off = 0, x_off = 0;
+    const uint8_t* w = static_cast<const uint8_t*>(a.w);
+    if (a.groups) {
+        const int e = a.groups[3 * z], first = a.groups[3 * z + 1];
+        rows = a.groups[3 * z + 2];
+        w += static_cast<int64_t>(e) * a.w_bstride;
+        y_off = static_cast<int64_t>(first) * a.ldy;
+        x_off = first;
+    } else {
+        w += z * a.w_bstride;
+        y_off = z * a.y_bstride;
+    }
+    if (m0 >= rows) return;
+    const float* xb = a.groups ? a.x : a.x + z * a.x_bstride;
+
+    // Each thread loads 4 consecutive k of one row of each tile.
+    const int lr = tid / 4, lk = (tid % 4) * 4;
+    const int64_t xm = m0 + lr;
+    const float* xrow = nullptr;
+    if (xm < rows) {
+        int64_t xr = a.groups ? (a.x_rows ? a.x_rows[x_off + xm] : x_off + xm) : xm;
+        xrow = xb + xr * a.ldx;
+    }
+    const int64_t wn = n0 + lr;
+    const uint8_t* wrow = wn < a.N ? w + wn * row_bytes : nullptr;
+
+    float acc[4][4] = {};
+    for (int64_t k0 = 0; k0 < a.K; k0 += BK) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int64_t k = k0 + lk + i;
+            As[lk + i][lr] = (xrow && k < a.K) ? xrow[k] : 0.0f;
+            Bs[lk + i][lr] = (wrow && k < a.K) ? L::get(wrow, k) : 0.0f;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int k = 0; k < BK; ++k) {
+            float av[4], bv[4];
+#pragma unroll
+            for (int i = 0; i < 4; ++i) av[i] = As[k][ty + 16 * i];
+#pragma unroll
+            for (int j = 0; j < 4; ++j) bv[j] = Bs[k][tx + 16 * j];
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+#pragma unroll
+                for (int j = 0; j < 4; ++j) acc[i][j] += av[i] * bv[j];
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int64_t m = m0 + ty + 16 * i;
+        if (m >= rows) continue;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int64_t n = n0 + tx + 16 * j;
+            if (n < a.N) a.y[y_off + m * a.ldy + n] = acc[i][j];
+        }
+    }
+}
+
+template <typename L>
+void launch_gemm(const GemmArgs& a, cudaStream_t s) {
+    if (!a.groups && a.M <= 8) {
+        dim3 grid(static_cast<unsigned>((a.N + 7) / 8), static_cast<unsigned>(a.batch));
+        switch (a.M) {
+            case 1: gemv_kernel<L, 1><<<grid, 256, 0, s>>>(a); return;
+            case 2: gemv_kernel<L, 2><<<grid, 256, 0, s>>>(a); return;
+            case 3: gemv_kernel<L, 3><<<grid, 256, 0, s>>>(a); return;
+            case 4: gemv_kernel<L, 4><<<grid, 256, 0, s>>>(a); return;
+            default: gemv_kernel<L, 8><<<grid, 256, 0, s>>>(a); return;
+        }
+    }
+    dim3 grid(static_cast<unsigned>((a.N + BN - 1) / BN), static_cast<unsigned>((a.M + BM - 1) / BM),
+              static_cast<unsigned>(a.batch));
+    gemm_kernel<L><<<grid, 256, 0, s>>>(a);
+}
+
+// ---- element-wise and small ops ------------------------------------------------------
+
+__global__ void get_rows_kernel(const void* w, WType wt, int64_t cols, int64_t n_vocab, const int32_t* ids,
+                                float* y, DevError* err) {
+    const int64_t r = blockIdx.x;
+    const int32_t id = ids[r];
+    if (id < 0 || id >= n_vocab) {
+        if (threadIdx.x == 0) set_error(err, 1, id, static_cast<int>(n_vocab));
+        for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) y[r * cols + c] = 0.0f;
+        return;
+    }
+    const uint8_t* row = static_cast<const uint8_t*>(w) + static_cast<int64_t>(id) * cols * (wt == WType::f32 ? 4 : 2);
+    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) y[r * cols + c] = load_w(wt, row, c);
+}
+
+__global__ void rms_norm_kernel(const float* x, const void* gain, WType wt, float eps, int64_t cols, float* y) {
+    const int64_t r = blockIdx.x;
+    const float* xr = x + r * cols;
+    double ss = 0.0;  // double as on the CPU: long rows stay exact enough
+    for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) ss += static_cast<double>(xr[i]) * xr[i];
+    __shared__ double part[32];
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = ss;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        double v = threadIdx.x < (blockDim.x >> 5) ? part[threadIdx.x] : 0.0;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+        if (threadIdx.x == 0) part[0] = v;
+    }
+    __syncthreads();
+    const float inv = static_cast<float>(1.0 / sqrt(part[0] / static_cast<double>(cols) + eps));
+    for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) y[r * cols + i] = xr[i] * inv * load_w(wt, gain, i);
+}
+
+__global__ void add_kernel(const float* a, const float* b, int64_t n, float* y) {
+    for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+         i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+        y[i] = a[i] + b[i];
+}
+
+__global__ void swiglu_kernel(const float* g, const float* u, int64_t n, float* y) {
+    for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+         i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+        y[i] = silu(g[i]) * u[i];
+}
+
+__global__ void copy2d_kernel(const float* src, int64_t lds, float* dst, int64_t ldd, int64_t rows, int64_t cols) {
+    const int64_t n = rows * cols;
+    for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+         i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+        const int64_t r = i / cols, c = i % cols;
+        dst[r * ldd + c] = src[r * lds + c];
+    }
+}
+
+__global__ void rope_kernel(RopeArgs a, const int32_t* positions, float* y) {
+    const int64_t r = blockIdx.x;
+    const int half = a.rope_dim / 2;
+    const int total = a.n_head * half;
+    for (int idx = threadIdx.x; idx < total; idx += blockDim.x) {
+        const int h = idx / half, i = idx % half;
+        // Angles in double, as on the CPU: positions reach 10^5 and float loses pos·freq.
+        const double theta = static_cast<double>(positions[r]) * static_cast<double>(a.inv_freq[i]);
+        const float cs = static_cast<float>(cos(theta) * a.attn_factor);
+        const float sn = static_cast<float>(sin(theta) * a.attn_factor);
+        float* p = y + r * a.cols + static_cast<int64_t>(h) * a.head_dim + a.rope_offset;
+        const float x0 = p[2 * i], x1 = p[2 * i + 1];
+        p[2 * i] = x0 * cs - x1 * sn;
+        p[2 * i + 1] = x0 * sn + x1 * cs;
+    }
+}
+
+// ---- MLA ----------------------------------------------------------------------------
+
+__global__ void mla_store_kernel(float* cache, int64_t width, const float* latent, const float* k_pe, int kv_lora,
+                                 int qk_rope, int64_t pos0) {
+    const int64_t t = blockIdx.x;
+    float* row = cache + (pos0 + t) * width;
+    for (int i = threadIdx.x; i < kv_lora + qk_rope; i += blockDim.x)
+        row[i] = i < kv_lora ? latent[t * kv_lora + i] : k_pe[t * qk_rope + (i - kv_lora)];
+}
+
+constexpr int kMlaHeads = 8;     // heads per block: they share every cache row read
+constexpr int kMlaThreads = 128;
+constexpr int kMlaMaxChunk = 512;
+
+// One block: query t (of this pass), heads h0..h0+7, positions of split `blockIdx.x`.
+// Writes the unnormalised partial context and the split's (max, sum) per head.
+__global__ void __launch_bounds__(kMlaThreads) mla_split_kernel(const float* qcat, const float* cache, int64_t width,
+                                                              int kv_lora, int n_head, int64_t t0, int64_t pos0,
+                                                              float scale, int chunk, int n_split, float* part,
+                                                              float* stats) {
+    extern __shared__ float smem[];
+    float* q_s = smem;                          // [kMlaHeads][width]
+    float* p_s = smem + kMlaHeads * width;      // [kMlaHeads][chunk]
+    const int split = blockIdx.x;
+    const int h0 = blockIdx.y * kMlaHeads;
+    const int64_t tl = blockIdx.z, t = t0 + tl;
+    const int nh = min(kMlaHeads, n_head - h0);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int64_t n_vis = pos0 + t + 1;
+    const int64_t s_lo = static_cast<int64_t>(split) * chunk;
+    const int64_t s_hi = min(n_vis, s_lo + chunk);
+    const int n_pos = s_hi > s_lo ? static_cast<int>(s_hi - s_lo) : 0;
+
+    for (int i = threadIdx.x; i < kMlaHeads * width; i += blockDim.x) {
+        const int h = i / static_cast<int>(width), d = i % static_cast<int>(width);
+        q_s[i] = h < nh ? qcat[(t * n_head + h0 + h) * width + d] : 0.0f;
+    }
+    __syncthreads();
+
+    // Scores: a warp per position, all heads of the block against one cache row.
+    for (int j = warp; j < n_pos; j += kMlaThreads / 32) {
+        const float* row = cache + (s_lo + j) * width;
+        float acc[kMlaHeads] = {};
+        for (int d = lane; d < width; d += 32) {
+            const float c = row[d];
+#pragma unroll
+            for (int h = 0; h < kMlaHeads; ++h) acc[h] += q_s[h * width + d] * c;
+        }
+#pragma unroll
+        for (int h = 0; h < kMlaHeads; ++h) {
+            float v = warp_sum(acc[h]);
+            if (lane == 0) p_s[h * chunk + j] = v * scale;
+        }
+    }
+    __syncthreads();
+
+    // Split-local softmax statistics, a warp per head.
+    float* st = stats + ((tl * n_split + split) * n_head + h0) * 2;
+    for (int h = warp; h < nh; h += kMlaThreads / 32) {
+        float mx = -INFINITY;
+        for (int j = lane; j < n_pos; j += 32) mx = fmaxf(mx, p_s[h * chunk + j]);
+        mx = warp_max(mx);
+        float sum = 0.0f;
+        for (int j = lane; j < n_pos; j += 32) {
+            const float e = expf(p_s[h * chunk + j] - mx);
+            p_s[h * chunk + j] = e;
+            sum += e;
+        }
+        sum = warp_sum(sum);
+        if (lane == 0) {
+            st[2 * h] = mx;
+            st[2 * h + 1] = sum;
+        }
+    }
+    __syncthreads();
+
+    // Partial context: thread per latent dimension, all heads of the block.
+    float* out = part + ((tl * n_split + split) * n_head + h0) * static_cast<int64_t>(kv_lora);
+    for (int d = threadIdx.x; d < kv_lora; d += blockDim.x) {
+        float acc[kMlaHeads] = {};
+        for (int j = 0; j < n_pos; ++j) {
+            const float c = cache[(s_lo + j) * width + d];
+#pragma unroll
+            for (int h = 0; h < kMlaHeads; ++h) acc[h] += p_s[h * chunk + j] * c;
+        }
+        for (int h = 0; h < nh; ++h) out[h * static_cast<int64_t>(kv_lora) + d] = acc[h];
+    }
+}
+
+// Merges the splits: ctx = Σ_i e^{m_i − M} O_i / Σ_i e^{m_i − M} l_i.
+__global__ void mla_merge_kernel(const float* part, const float* stats, int kv_lora, int n_head, int n_split,
+                                 int64_t t0, float* ctx) {
+    const int h = blockIdx.x;
+    const int64_t tl = blockIdx.y, t = t0 + tl;
+    float M = -INFINITY;
+    for (int i = 0; i < n_split; ++i) M = fmaxf(M, stats[((tl * n_split + i) * n_head + h) * 2]);
+    float denom = 0.0f;
+    for (int i = 0; i < n_split; ++i) {
+        const float* st = stats + ((tl * n_split + i) * n_head + h) * 2;
+        if (st[1] > 0.0f) denom += expf(st[0] - M) * st[1];
+    }
+    const float inv = 1.0f / denom;
+    for (int d = threadIdx.x; d < kv_lora; d += blockDim.x) {
+        float v = 0.0f;
+        for (int i = 0; i < n_split; ++i) {
+            const float* st = stats + ((tl * n_split + i) * n_head + h) * 2;
+            if (st[1] > 0.0f)
+                v += expf(st[0] - M) * part[((tl * n_split + i) * n_head + h) * static_cast<int64_t>(kv_lora) + d];
+        }
+        ctx[(t * n_head + h) * static_cast<int64_t>(kv_lora) + d] = v * inv;
+    }
+}
+
+// ---- routing --------------------------------------------------------------------------
+
+constexpr int kRouteThreads = 256;
+
+// Block-wide argmax over (value desc, index asc); -1 when nothing is eligible.
+__device__ void block_argmax(float v, int idx, float* sv, int* si, float& best_v, int& best_i) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        float ov = __shfl_xor_sync(0xffffffffu, v, o);
+        int oi = __shfl_xor_sync(0xffffffffu, idx, o);
+        if (oi >= 0 && (idx < 0 || ov > v || (ov == v && oi < idx))) v = ov, idx = oi;
+    }
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    if (lane == 0) sv[warp] = v, si[warp] = idx;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        best_v = sv[0], best_i = si[0];
+        for (int w = 1; w < kRouteThreads / 32; ++w)
+            if (si[w] >= 0 && (best_i < 0 || sv[w] > best_v || (sv[w] == best_v && si[w] < best_i)))
+                best_v = sv[w], best_i = si[w];
+        si[0] = best_i;
+    }
+    __syncthreads();
+    best_i = si[0];
+    __syncthreads();
+}
+
+__global__ void __launch_bounds__(kRouteThreads) route_kernel(RouteArgs a, const float* logits, float* out) {
+    __shared__ float score[kMaxExperts], choice[kMaxExperts];
+    __shared__ uint8_t keep[kMaxExperts], taken[kMaxExperts];
+    __shared__ float gscore[kMaxExperts];
+    __shared__ uint8_t gkeep[kMaxExperts];
+    __shared__ float sv[kRouteThreads / 32];
+    __shared__ int si[kRouteThreads / 32];
+    __shared__ double dsum[kRouteThreads / 32];
+    __shared__ int chosen[32];
+    const int64_t t = blockIdx.x;
+    const int E = a.n_expert, k = a.n_used, per_group = a.n_expert / a.n_group;
+    const float* lg = logits + t * E;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+
+    if (a.sigmoid) {
+        for (int e = threadIdx.x; e < E; e += blockDim.x) score[e] = 1.0f / (1.0f + expf(-lg[e]));
+    } else {
+        float mx = -INFINITY;
+        for (int e = threadIdx.x; e < E; e += blockDim.x) mx = fmaxf(mx, lg[e]);
+        mx = warp_max(mx);
+        if (lane == 0) sv[warp] = mx;
+        __syncthreads();
+        mx = sv[0];
+        for (int w = 1; w < kRouteThreads / 32; ++w) mx = fmaxf(mx, sv[w]);
+        double s = 0.0;
+        for (int e = threadIdx.x; e < E; e += blockDim.x) s += (score[e] = expf(lg[e] - mx));
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+        if (lane == 0) dsum[warp] = s;
+        __syncthreads();
+        double sum = 0.0;
+        for (int w = 0; w < kRouteThreads / 32; ++w) sum += dsum[w];
+        for (int e = threadIdx.x; e < E; e += blockDim.x) score[e] = static_cast<float>(score[e] / sum);
+    }
+    __syncthreads();
+    // The correction bias steers which experts are chosen, never their weights.
+    for (int e = threadIdx.x; e < E; e += blockDim.x) {
+        choice[e] = score[e] + (a.bias ? load_w(a.bias_t, a.bias, e) : 0.0f);
+        taken[e] = 0;
+    }
+    for (int g = threadIdx.x; g < a.n_group; g += blockDim.x) gkeep[g] = 1;
+    __syncthreads();
+    if (a.method != 0 && a.topk_group < a.n_group) {
+        for (int g = threadIdx.x; g < a.n_group; g += blockDim.x) {
+            const float* c = choice + g * per_group;
+            float b1 = -INFINITY, b2 = -INFINITY;
+            for (int i = 0; i < per_group; ++i) {
+                if (c[i] > b1) b2 = b1, b1 = c[i];
+                else if (c[i] > b2) b2 = c[i];
+            }
+            gscore[g] = a.method == 2 ? b1 + b2 : b1;  // V3: best two; V2: the best one
+        }
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            // The topk_group best groups, ties to the lower index (a stable sort).
+            for (int g = 0; g < a.n_group; ++g) gkeep[g] = 0;
+            for (int n = 0; n < a.topk_group; ++n) {
+                int best = -1;
+                for (int g = 0; g < a.n_group; ++g)
+                    if (!gkeep[g] && (best < 0 || gscore[g] > gscore[best])) best = g;
+                gkeep[best] = 1;
+            }
+        }
+        __syncthreads();
+    }
+    for (int e = threadIdx.x; e < E; e += blockDim.x) keep[e] = gkeep[e / per_group];
+    __syncthreads();
+
+    for (int j = 0; j < k; ++j) {
+        float v = -INFINITY;
+        int idx = -1;
+        for (int e = threadIdx.x; e < E; e += blockDim.x)
+            if (keep[e] && !taken[e] && (idx < 0 || choice[e] > v)) v = choice[e], idx = e;
+        float bv;
+        int bi;
+        block_argmax(v, idx, sv, si, bv, bi);
+        if (threadIdx.x == 0) {
+            chosen[j] = bi;
+            if (bi >= 0) taken[bi] = 1;
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) {
+        float* o = out + t * 2 * k;
+        double wsum = 0.0;
+        for (int j = 0; j < k; ++j) {
+            const int e = chosen[j];
+            o[j] = e >= 0 ? score[e] : 0.0f;
+            o[k + j] = static_cast<float>(e);
+            wsum += o[j];
+        }
+        // V3 (sigmoid) normalises when asked and then always scales; V2 (softmax) either
+        // normalises or scales, as the reference implementations do.
+        const bool norm = a.norm_topk && k > 1;
+        const bool scale = a.sigmoid || !norm;
+        for (int j = 0; j < k; ++j) {
+            if (norm) o[j] = static_cast<float>(o[j] / (wsum + 1e-20));
+            if (scale) o[j] *= a.scale;
+        }
+    }
+}
+
+// ---- MoE, decode path -----------------------------------------------------------------
+
+__device__ inline bool in_mask(const ExpertMask& m, int e) { return (m.bits[e >> 5] >> (e & 31)) & 1u; }
+
+template <typename L>
+__global__ void moe_gate_up_kernel(MoeArgs a, const float* x, const float* route, float* act, DevError* err) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int64_t f = static_cast<int64_t>(blockIdx.x) * 8 + warp;
+    const int64_t pair = blockIdx.y, t = pair / a.n_used, j = pair % a.n_used;
+    if (f >= a.F) return;
+    const int e = static_cast<int>(route[t * 2 * a.n_used + a.n_used + j]);
+    if (e < 0 || e >= a.n_expert) {
+        if (lane == 0) set_error(err, 2, e, a.n_expert);
+        return;
+    }
+    if (!in_mask(a.mask, e)) return;
+    const int64_t rb = a.D * (L::kPerVec == 4 ? 4 : 2);
+    const uint8_t* g = static_cast<const uint8_t*>(a.gate) + (e * a.F + f) * rb;
+    const uint8_t* u = static_cast<const uint8_t*>(a.up) + (e * a.F + f) * rb;
+    const float* xr = x + t * a.D;
+    const bool vec = (a.D % L::kPerVec) == 0 && (reinterpret_cast<uintptr_t>(xr) % 16) == 0 && (rb % 16) == 0;
+    float ag[1] = {0.0f}, au[1] = {0.0f};
+    warp_dot_rows<L, 1>(g, a.D, xr, 0, 1, vec, ag);
+    warp_dot_rows<L, 1>(u, a.D, xr, 0, 1, vec, au);
+    const float gs = warp_sum(ag[0]), us = warp_sum(au[0]);
+    if (lane == 0) act[pair * a.F + f] = silu(gs) * us;
+}
+
+template <typename L>
+__global__ void moe_down_kernel(MoeArgs a, const float* act, const float* route, float* y) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int64_t d = static_cast<int64_t>(blockIdx.x) * 8 + warp;
+    const int64_t pair = blockIdx.y, t = pair / a.n_used, j = pair % a.n_used;
+    if (d >= a.D) return;
+    const int e = static_cast<int>(route[t * 2 * a.n_used + a.n_used + j]);
+    if (e < 0 || e >= a.n_expert || !in_mask(a.mask, e)) return;
+    const int64_t rb = a.F * (L::kPerVec == 4 ? 4 : 2);
+    const uint8_t* w = static_cast<const uint8_t*>(a.down) + (e * a.D + d) * rb;
+    const float* xr = act + pair * a.F;
+    const bool vec = (a.F % L::kPerVec) == 0 && (reinterpret_cast<uintptr_t>(xr) % 16) == 0 && (rb % 16) == 0;
+    float acc[1] = {0.0f};
+    warp_dot_rows<L, 1>(w, a.F, xr, 0, 1, vec, acc);
+    const float v = warp_sum(acc[0]);
+    if (lane == 0) y[pair * a.D + d] = v;
+}
+
+__global__ void moe_combine_kernel(MoeArgs a, const float* y, const float* route, const int* pair_row, float* out) {
+    const int64_t t = blockIdx.y;
+    const int k = a.n_used;
+    const float* r = route + t * 2 * k;
+    for (int64_t d = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; d < a.D;
+         d += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+        float acc = 0.0f;
+        for (int j = 0; j < k; ++j) {
+            const int e = static_cast<int>(r[k + j]);
+            if (e < 0 || e >= a.n_expert || !in_mask(a.mask, e)) continue;
+            const int64_t row = pair_row ? pair_row[t * k + j] : t * k + j;
+            if (row < 0) continue;
+            acc += r[j] * y[row * a.D + d];
+        }
+        out[t * a.D + d] = acc;
+    }
+}
+
+}  // namespace
+
+// ---- launchers ------------------------------------------------------------------------
+
+void gemm(const GemmArgs& a, cudaStream_t s) {
+    if (a.M <= 0 || a.N <= 0 || a.batch <= 0) return;
+    switch (a.wt) {
+        case WType::bf16: return launch_gemm<WBF16>(a, s);
+        case WType::f16: return launch_gemm<WF16>(a, s);
+        default: return launch_gemm<WF32>(a, s);
+    }
+}
+
+void get_rows(const void* w, WType wt, int64_t cols, int64_t n_vocab, const int32_t* ids, int64_t n, float* y,
+              DevError* err, cudaStream_t s) {
+    if (n > 0) get_rows_kernel<<<static_cast<unsigned>(n), 256, 0, s>>>(w, wt, cols, n_vocab, ids, y, err);
+}
+
+void rms_norm(const float* x, const void* gain, WType wt, float eps, int64_t rows, int64_t cols, float* y,
+              cudaStream_t s) {
+    if (rows > 0) rms_norm_kernel<<<static_cast<unsigned>(rows), 256, 0, s>>>(x, gain, wt, eps, cols, y);
+}
+
+void add(const float* a, const float* b, int64_t n, float* y, cudaStream_t s) {
+    if (n > 0) add_kernel<<<grid_for(n, 256), 256, 0, s>>>(a, b, n, y);
+}
+
+void swiglu(const float* g, const float* u, int64_t n, float* y, cudaStream_t s) {
+    if (n > 0) swiglu_kernel<<<grid_for(n, 256), 256, 0, s>>>(g, u, n, y);
+}
+
+void copy2d(const float* src, int64_t lds, float* dst, int64_t ldd, int64_t rows, int64_t cols, cudaStream_t s) {
+    if (rows > 0 && cols > 0) copy2d_kernel<<<grid_for(rows * cols, 256), 256, 0, s>>>(src, lds, dst, ldd, rows, cols);
+}
+
+void rope(const RopeArgs& a, const int32_t* positions, float* y, cudaStream_t s) {
+    if (a.rows > 0 && a.rope_dim > 0) rope_kernel<<<static_cast<unsigned>(a.rows), 128, 0, s>>>(a, positions, y);
+}
+
+void mla_store(float* cache, int64_t width, const float* latent, const float* k_pe, int kv_lora, int qk_rope,
+               int64_t pos0, int64_t T, cudaStream_t s) {
+    if (T > 0)
+        mla_store_kernel<<<static_cast<unsigned>(T), 128, 0, s>>>(cache, width, latent, k_pe, kv_lora, qk_rope, pos0);
+}
+
+MlaPlan mla_plan(int n_head, int64_t T, int64_t n_kv, int kv_lora, int n_sm) {
+    MlaPlan p;
+    const int64_t head_groups = (n_head + kMlaHeads - 1) / kMlaHeads;
+    // Enough blocks to fill the chip twice; never a split of fewer than 32 positions
+    // nor more than kMlaMaxChunk (its scores live in shared memory).
+    int64_t want = (2 * static_cast<int64_t>(n_sm) + head_groups * T - 1) / std::max<int64_t>(1, head_groups * T);
+    want = std::max<int64_t>(1, std::min<int64_t>(want, (n_kv + 31) / 32));
+    want = std::max<int64_t>(want, (n_kv + kMlaMaxChunk - 1) / kMlaMaxChunk);
+    int64_t chunk = (n_kv + want - 1) / want;
+    chunk = std::min<int64_t>(kMlaMaxChunk, (chunk + 31) / 32 * 32);
+    p.chunk = static_cast<int>(chunk);
+    p.n_split = static_cast<int>((n_kv + chunk - 1) / chunk);
+    // Scratch per query: n_split · n_head · (kv_lora + 2) floats; keep a pass ≤ 64 M floats.
+    const int64_t per_t = static_cast<int64_t>(p.n_split) * n_head * (kv_lora + 2);
+    p.t_per_pass = std::max<int64_t>(1, std::min<int64_t>(T, (int64_t{64} << 20) / std::max<int64_t>(1, per_t)));
+    return p;
+}
+
+int64_t mla_scratch_floats(const MlaPlan& p, int n_head, int kv_lora) {
+    return p.t_per_pass * p.n_split * static_cast<int64_t>(n_head) * (kv_lora + 2);
+}
+
+void mla_attend(const MlaPlan& p, const float* qcat, const float* cache, int64_t width, int kv_lora, int n_head,
+                int64_t T, int64_t pos0, float scale, float* ctx, float* scratch, cudaStream_t s) {
+    const size_t smem = static_cast<size_t>(kMlaHeads) * (width + p.chunk) * sizeof(float);
+    static bool attr_set = false;
+    if (!attr_set) {
+        // Up to kMlaHeads · (kMlaMaxWidth + kMlaMaxChunk) floats = 48 KB.
+        cudaFuncSetAttribute(mla_split_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             kMlaHeads * (kMlaMaxWidth + kMlaMaxChunk) * static_cast<int>(sizeof(float)));
+        attr_set = true;
+    }
+    const int head_groups = (n_head + kMlaHeads - 1) / kMlaHeads;
+    for (int64_t t0 = 0; t0 < T; t0 += p.t_per_pass) {
+        const int64_t nt = std::min<int64_t>(p.t_per_pass, T - t0);
+        float* part = scratch;
+        float* stats = scratch + nt * p.n_split * static_cast<int64_t>(n_head) * kv_lora;
+        dim3 grid(static_cast<unsigned>(p.n_split), static_cast<unsigned>(head_groups), static_cast<unsigned>(nt));
+        mla_split_kernel<<<grid, kMlaThreads, smem, s>>>(qcat, cache, width, kv_lora, n_head, t0, pos0, scale, p.chunk,
+                                                         p.n_split, part, stats);
+        dim3 mgrid(static_cast<unsigned>(n_head), static_cast<unsigned>(nt));
+        mla_merge_kernel<<<mgrid, 128, 0, s>>>(part, stats, kv_lora, n_head, p.n_split, t0, ctx);
+    }
+}
+
+void moe_route(const RouteArgs& a, const float* logits, float* out, cudaStream_t s) {
+    if (a.T > 0) route_kernel<<<static_cast<unsigned>(a.T), kRouteThreads, 0, s>>>(a, logits, out);
+}
+
+void moe_pairs_gate_up(const MoeArgs& a, const float* x, const float* route, float* act, DevError* err,
+                       cudaStream_t s) {
+    if (a.T <= 0) return;
+    dim3 grid(static_cast<unsigned>((a.F + 7) / 8), static_cast<unsigned>(a.T * a.n_used));
+    switch (a.wt) {
+        case WType::bf16: moe_gate_up_kernel<WBF16><<<grid, 256, 0, s>>>(a, x, route, act, err); return;
+        case WType::f16: moe_gate_up_kernel<WF16><<<grid, 256, 0, s>>>(a, x, route, act, err); return;
+        default: moe_gate_up_kernel<WF32><<<grid, 256, 0, s>>>(a, x, route, act, err); return;
+    }
+}
+
+void moe_pairs_down(const MoeArgs& a, const float* act, const float* route, float* y, cudaStream_t s) {
+    if (a.T <= 0) return;
+    dim3 grid(static_cast<unsigned>((a.D + 7) / 8), static_cast<unsigned>(a.T * a.n_used));
+    switch (a.wt) {
+        case WType::bf16: moe_down_kernel<WBF16><<<grid, 256, 0, s>>>(a, act, route, y); return;
+        case WType::f16: moe_down_kernel<WF16><<<grid, 256, 0, s>>>(a, act, route, y); return;
+        default: moe_down_kernel<WF32><<<grid, 256, 0, s>>>(a, act, route, y); return;
+    }
+}
+
+void moe_combine(const MoeArgs& a, const float* y, const float* route, const int* pair_row, float* out,
+                 cudaStream_t s) {
+    if (a.T <= 0) return;
+    dim3 grid(static_cast<unsigned>(std::min<int64_t>((a.D + 255) / 256, 64)), static_cast<unsigned>(a.T));
+    moe_combine_kernel<<<grid, 256, 0, s>>>(a, y, route, pair_row, out);
+}
+
+}  // namespace ds3::cuda

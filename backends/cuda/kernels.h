@@ -1,0 +1,121 @@
+// The CUDA kernels of the fused ops, behind plain C++ launch functions so that the
+// backend itself (cuda_backend.cpp) is ordinary C++. Every launcher enqueues on `s` and
+// returns at once; errors inside kernels (a token or expert id out of range) are
+// recorded in a DevError in device memory that the backend checks when it synchronises.
+//
+// Activations are f32, weights F32/BF16/F16 (WType). A weight matrix is row-major with
+// K contiguous values per output row (ggml's ne[0] = K), stacks of them (experts, heads)
+// `w_bstride` bytes apart.
+#pragma once
+
+#include <cstdint>
+
+typedef struct CUstream_st* cudaStream_t;
+
+namespace ds3::cuda {
+
+enum class WType : uint8_t { f32, bf16, f16 };
+int wtype_size(WType t);
+
+// The first in-kernel failure of a launch sequence (code 0: none).
+struct DevError {
+    int code = 0;   // 1: token id out of range, 2: expert id out of range
+    int value = 0;  // the offending id
+    int limit = 0;  // the exclusive upper bound it broke
+};
+
+// Y[b][m][n] = Σ_k X[b][m][k] · W[b][n][k] for b < batch, m < M, n < N.
+// Grouped mode (MoE prefill, `groups` non-null): batch = number of groups; group g uses
+// matrix groups[3g] of the stack and packed rows groups[3g+1] .. +groups[3g+2] of Y;
+// X row of packed row p is x_rows[p] (or p when x_rows is null); M bounds the rows of
+// any group. M ≤ 8 without groups runs the GEMV kernel (each weight byte read once for
+// all rows); otherwise a tiled kernel.
+struct GemmArgs {
+    const float* x = nullptr;
+    int64_t ldx = 0, x_bstride = 0;  // in floats
+    const void* w = nullptr;
+    WType wt = WType::f32;
+    int64_t w_bstride = 0;  // in bytes
+    float* y = nullptr;
+    int64_t ldy = 0, y_bstride = 0;  // in floats
+    int64_t M = 0, N = 0, K = 0;
+    int batch = 1;
+    const int* groups = nullptr;  // device
+    const int* x_rows = nullptr;  // device
+};
+void gemm(const GemmArgs& a, cudaStream_t s);
+
+void get_rows(const void* w, WType wt, int64_t cols, int64_t n_vocab, const int32_t* ids, int64_t n, float* y,
+              DevError* err, cudaStream_t s);
+void rms_norm(const float* x, const void* gain, WType wt, float eps, int64_t rows, int64_t cols, float* y,
+              cudaStream_t s);
+void add(const float* a, const float* b, int64_t n, float* y, cudaStream_t s);
+void swiglu(const float* g, const float* u, int64_t n, float* y, cudaStream_t s);
+// dst[r][c] = src[r][c] for r < rows, c < cols, with row strides lds and ldd (floats).
+void copy2d(const float* src, int64_t lds, float* dst, int64_t ldd, int64_t rows, int64_t cols, cudaStream_t s);
+
+constexpr int kMaxRopeHalf = 128;
+struct RopeArgs {
+    int64_t rows = 0, cols = 0;
+    int n_head = 1, head_dim = 0, rope_offset = 0, rope_dim = 0;
+    float attn_factor = 1.0f;
+    float inv_freq[kMaxRopeHalf] = {};
+};
+// In place on y (a copy of the input): rotates the rope part of every head.
+void rope(const RopeArgs& a, const int32_t* positions, float* y, cudaStream_t s);
+
+// Absorbed MLA over the latent cache ([n_ctx][width], width = kv_lora + qk_rope).
+// mla_store writes the batch's rows at positions pos0..pos0+T-1. mla_attend takes
+// qcat [T][H][width] (W_kbᵀ q_nope ‖ q_pe) and writes ctx [T][H][kv_lora], the softmax-
+// weighted sum of cached latents over positions ≤ pos0 + t; the sequence is split over
+// blocks (flash-decoding) and merged. scratch: mla_scratch_floats(...) floats.
+constexpr int kMlaMaxWidth = 1024;
+void mla_store(float* cache, int64_t width, const float* latent, const float* k_pe, int kv_lora, int qk_rope,
+               int64_t pos0, int64_t T, cudaStream_t s);
+struct MlaPlan {
+    int n_split = 1;
+    int chunk = 1;          // positions per split
+    int64_t t_per_pass = 1;  // queries per launch (bounds the scratch)
+};
+MlaPlan mla_plan(int n_head, int64_t T, int64_t n_kv, int kv_lora, int n_sm);
+int64_t mla_scratch_floats(const MlaPlan& p, int n_head, int kv_lora);
+void mla_attend(const MlaPlan& p, const float* qcat, const float* cache, int64_t width, int kv_lora, int n_head,
+                int64_t T, int64_t pos0, float scale, float* ctx, float* scratch, cudaStream_t s);
+
+// Routing: logits [T][E] (already x · W_gateᵀ) → [T][2k] (k weights, then k ids as
+// floats), with scores, bias, group limits, top-k, normalisation and scale fused.
+constexpr int kMaxExperts = 512;
+struct RouteArgs {
+    int64_t T = 0;
+    int n_expert = 0, n_used = 0, n_group = 1, topk_group = 1;
+    bool sigmoid = false;
+    int method = 0;  // 0 greedy, 1 group_limited_greedy, 2 noaux_tc
+    bool norm_topk = false;
+    float scale = 1.0f;
+    const void* bias = nullptr;  // [E] or null
+    WType bias_t = WType::f32;
+};
+void moe_route(const RouteArgs& a, const float* logits, float* out, cudaStream_t s);
+
+// Experts a moe_ffn node computes (bit e set: expert e is this node's).
+struct ExpertMask {
+    uint32_t bits[kMaxExperts / 32] = {};
+};
+struct MoeArgs {
+    int64_t T = 0, D = 0, F = 0;  // tokens, n_embd, expert width
+    int n_used = 0, n_expert = 0;
+    const void *gate = nullptr, *up = nullptr, *down = nullptr;
+    WType wt = WType::f32;
+    ExpertMask mask;
+};
+// Decode (few tokens): one (token, slot) pair per grid row, reading only the chosen
+// experts' rows. act [T·k][F], y [T·k][D].
+void moe_pairs_gate_up(const MoeArgs& a, const float* x, const float* route, float* act, DevError* err,
+                       cudaStream_t s);
+void moe_pairs_down(const MoeArgs& a, const float* act, const float* route, float* y, cudaStream_t s);
+// out[t] = Σ_j weight_j · y[row(t, j)] over the slots whose expert is in the mask; row is
+// pair_row[t·k + j] (−1: skipped) or t·k + j when pair_row is null.
+void moe_combine(const MoeArgs& a, const float* y, const float* route, const int* pair_row, float* out,
+                 cudaStream_t s);
+
+}  // namespace ds3::cuda

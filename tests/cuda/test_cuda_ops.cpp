@@ -1,0 +1,363 @@
+// Every op of the CUDA backend against the CPU backend (the reference), in the spirit
+// of ggml's test-backend-ops: odd shapes, outputs poisoned with NaN before each run (an
+// unwritten element shows up), NaN/inf checks and a normalised-error limit per op.
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <random>
+
+#include "backends/cpu/cpu_backend.h"
+#include "cuda_test.h"
+#include "quantize/float.h"
+#include "runtime/error.h"
+#include "runtime/kv_cache.h"
+#include "runtime/sched/sched.h"
+#include "runtime/weights.h"
+
+using namespace ds3;
+using namespace ds3::test;
+
+namespace {
+
+std::vector<float> randn(size_t n, uint32_t seed, float scale = 1.0f) {
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> d(0.0f, scale);
+    std::vector<float> v(n);
+    for (auto& x : v) x = d(rng);
+    return v;
+}
+
+const Weight& add_weight(WeightStore& s, const std::string& name, TypeId type, std::vector<int64_t> ne,
+                         const std::vector<float>& v) {
+    std::vector<uint8_t> bytes(v.size() * (type == TypeId::F32 ? 4 : 2));
+    for (size_t i = 0; i < v.size(); ++i) {
+        if (type == TypeId::F32) {
+            std::memcpy(bytes.data() + 4 * i, &v[i], 4);
+        } else {
+            uint16_t h = type == TypeId::BF16 ? f32_to_bf16(v[i]) : f32_to_f16(v[i]);
+            std::memcpy(bytes.data() + 2 * i, &h, 2);
+        }
+    }
+    return s.add_owned(name, type, ne, std::move(bytes));
+}
+
+const char* tname(TypeId t) { return type_traits(t).name.data(); }
+
+// Leaves NaN-filled blocks of every size class the run will ask for in the backend's
+// pool, so an output element the kernel never writes reads as NaN.
+void poison(Backend& b, const Graph& g) {
+    std::vector<std::unique_ptr<Buffer>> held;
+    for (const Node& n : g.nodes()) {
+        for (int i = 0; i < 2; ++i) {
+            auto buf = b.alloc(n.nbytes());
+            std::vector<float> nan(n.nbytes() / 4 + 1, std::numeric_limits<float>::quiet_NaN());
+            b.upload(*buf, 0, nan.data(), n.nbytes());
+            held.push_back(std::move(buf));
+        }
+    }
+    b.synchronize();
+}
+
+struct In {
+    int node;
+    const void* data;
+};
+
+// Runs g on one backend and returns node `out`.
+std::vector<float> run_on(Backend& b, const Graph& g, const std::vector<In>& ins, int out, KvCache* cache = nullptr) {
+    Scheduler s({&b});
+    Graph placed = s.place(g);
+    poison(b, placed);
+    std::vector<GraphInput> gi;
+    for (const In& i : ins) gi.push_back({i.node, i.data});
+    const int fetch[] = {out};
+    return s.run(placed, gi, cache, fetch).at(out);
+}
+
+// CPU and CUDA results of node `out`; checks the CUDA result is finite and within `tol`
+// normalised error of the CPU's.
+void compare(Backend& gpu, const Graph& g, const std::vector<In>& ins, int out, double tol) {
+    auto cpu = create_backend("cpu", {2});
+    auto want = run_on(*cpu, g, ins, out);
+    auto got = run_on(gpu, g, ins, out);
+    REQUIRE(got.size() == want.size());
+    CHECK(all_finite(got));
+    CHECK(nmse_root(got, want) <= tol);
+}
+
+const TypeId kTypes[] = {TypeId::F32, TypeId::BF16, TypeId::F16};
+
+}  // namespace
+
+TEST_CASE("cuda: get_rows converts the embedding rows of the ids", "[cuda][ops]") {
+    DS3_REQUIRE_CUDA(gpu);
+    for (TypeId t : kTypes)
+        for (int64_t cols : {1, 33, 129})
+            for (int64_t T : {1, 3, 7}) {
+                WeightStore s;
+                const Weight& e = add_weight(s, "embd", t, {cols, 129}, randn(size_t(cols * 129), 1));
+                Graph g;
+                int ids = g.input("ids", DType::i32, T, 1);
+                int y = g.get_rows("y", e, ids);
+                std::vector<int32_t> iv;
+                for (int64_t i = 0; i < T; ++i) iv.push_back(int32_t((i * 57 + 128) % 129));
+                INFO(tname(t) << " cols " << cols << " T " << T);
+                compare(*gpu, g, {{ids, iv.data()}}, y, 0.0);
+            }
+}
+
+TEST_CASE("cuda: rms_norm, add, swiglu and view", "[cuda][ops]") {
+    DS3_REQUIRE_CUDA(gpu);
+    for (TypeId t : kTypes)
+        for (int64_t rows : {1, 3, 7})
+            for (int64_t cols : {1, 33, 129, 4099}) {
+                WeightStore s;
+                const Weight& gain = add_weight(s, "gain", t, {cols}, randn(size_t(cols), 2));
+                auto av = randn(size_t(rows * cols), 3), bv = randn(size_t(rows * cols), 4);
+                Graph g;
+                int a = g.input("a", DType::f32, rows, cols);
+                int b = g.input("b", DType::f32, rows, cols);
+                int n = g.rms_norm("n", a, gain, 1e-6f);
+                int sum = g.add("sum", a, b);
+                int sw = g.swiglu("sw", a, b);
+                const int64_t c0 = cols / 3, vc = std::max<int64_t>(1, cols / 2);
+                int v = g.view("v", b, c0, vc);
+                INFO(tname(t) << " rows " << rows << " cols " << cols);
+                compare(*gpu, g, {{a, av.data()}, {b, bv.data()}}, n, 1e-6);
+                compare(*gpu, g, {{a, av.data()}, {b, bv.data()}}, sum, 0.0);
+                compare(*gpu, g, {{a, av.data()}, {b, bv.data()}}, sw, 1e-6);
+                compare(*gpu, g, {{a, av.data()}, {b, bv.data()}}, v, 0.0);
+            }
+}
+
+TEST_CASE("cuda: mul_mat and logits for every row count (GEMV and tiled paths)", "[cuda][ops]") {
+    DS3_REQUIRE_CUDA(gpu);
+    const std::pair<int64_t, int64_t> shapes[] = {{1, 3}, {33, 7}, {64, 129}, {129, 33}, {256, 65}, {1000, 17}};
+    for (TypeId t : kTypes)
+        for (auto [in, out] : shapes)
+            for (int64_t rows : {1, 2, 3, 4, 5, 8, 9, 33, 129}) {
+                WeightStore s;
+                const Weight& w = add_weight(s, "w", t, {in, out}, randn(size_t(in * out), 5));
+                auto xv = randn(size_t(rows * in), 6);
+                Graph g;
+                int x = g.input("x", DType::f32, rows, in);
+                int y = g.mul_mat("y", x, w);
+                int l = g.logits("l", x, w, true);
+                INFO(tname(t) << " in " << in << " out " << out << " rows " << rows);
+                compare(*gpu, g, {{x, xv.data()}}, y, 1e-5);
+                compare(*gpu, g, {{x, xv.data()}}, l, 1e-5);
+            }
+}
+
+TEST_CASE("cuda: rope_yarn rotates every head's rope part, large positions included", "[cuda][ops]") {
+    DS3_REQUIRE_CUDA(gpu);
+    auto table = std::make_shared<RopeTable>();
+    for (int i = 0; i < 8; ++i) table->inv_freq.push_back(std::pow(10000.0f, -float(i) / 8.0f));
+    table->attn_factor = 1.07f;
+    for (int64_t T : {1, 3, 7}) {
+        const int H = 3, hd = 24;
+        auto xv = randn(size_t(T * H * hd), 7);
+        std::vector<int32_t> pos;
+        for (int64_t i = 0; i < T; ++i) pos.push_back(int32_t(i == 0 ? 100000 : i * 13));
+        Graph g;
+        int x = g.input("x", DType::f32, T, H * hd);
+        int p = g.input("pos", DType::i32, T, 1);
+        int y = g.rope_yarn("y", x, p, H, hd, 8, 16, table);
+        INFO("T " << T);
+        compare(*gpu, g, {{x, xv.data()}, {p, pos.data()}}, y, 1e-6);
+    }
+}
+
+TEST_CASE("cuda: mla_attn over the latent cache, batches then decode steps", "[cuda][ops]") {
+    DS3_REQUIRE_CUDA(gpu);
+    struct Case {
+        int H, nope, rope, v_head, kv_lora;
+        std::vector<int64_t> batches;
+        TypeId t;
+    };
+    const Case cases[] = {
+        {1, 12, 8, 10, 33, {7, 1, 3}, TypeId::F32},
+        {3, 16, 8, 16, 64, {1, 1, 5}, TypeId::BF16},
+        {9, 12, 4, 7, 129, {5, 1, 1}, TypeId::F16},
+        {16, 32, 16, 32, 128, {600, 1, 9}, TypeId::BF16},  // long: several splits per query
+    };
+    for (const Case& c : cases) {
+        WeightStore s;
+        const Weight& kb = add_weight(s, "kb", c.t, {c.nope, c.kv_lora, c.H}, randn(size_t(c.nope * c.kv_lora * c.H), 8, 0.3f));
+        const Weight& vb = add_weight(s, "vb", c.t, {c.kv_lora, c.v_head, c.H}, randn(size_t(c.kv_lora * c.v_head * c.H), 9, 0.3f));
+        int64_t n_ctx = 0;
+        for (int64_t b : c.batches) n_ctx += b;
+        KvCache cc(1, n_ctx, c.kv_lora, c.rope), gc(1, n_ctx, c.kv_lora, c.rope);
+        auto cpu = create_backend("cpu", {2});
+        int64_t pos0 = 0;
+        uint32_t seed = 100;
+        for (int64_t T : c.batches) {
+            AttnParams p{c.H, c.nope, c.rope, c.v_head, c.kv_lora, 1.0f / std::sqrt(float(c.nope + c.rope)), pos0};
+            Graph g;
+            int q = g.input("q", DType::f32, T, c.H * (c.nope + c.rope));
+            int lat = g.input("lat", DType::f32, T, c.kv_lora);
+            int kpe = g.input("kpe", DType::f32, T, c.rope);
+            int o = g.mla_attn("o", q, lat, kpe, kb, vb, p, 0);
+            auto qv = randn(size_t(T * c.H * (c.nope + c.rope)), seed++);
+            auto lv = randn(size_t(T * c.kv_lora), seed++);
+            auto kv = randn(size_t(T * c.rope), seed++);
+            const std::vector<In> ins = {{q, qv.data()}, {lat, lv.data()}, {kpe, kv.data()}};
+            auto want = run_on(*cpu, g, ins, o, &cc);
+            auto got = run_on(*gpu, g, ins, o, &gc);
+            INFO("H " << c.H << " kv_lora " << c.kv_lora << " batch of " << T << " at " << pos0);
+            CHECK(all_finite(got));
+            CHECK(nmse_root(got, want) <= 2e-5);
+            cc.advance(T);
+            gc.advance(T);
+            pos0 += T;
+        }
+    }
+}
+
+TEST_CASE("cuda: moe_route picks the CPU's experts and weights (V3 and V2 methods)", "[cuda][ops]") {
+    DS3_REQUIRE_CUDA(gpu);
+    struct Case {
+        ScoringFunc sf;
+        TopkMethod m;
+        int E, k, n_group, topk_group;
+        bool norm;
+    };
+    const Case cases[] = {
+        {ScoringFunc::sigmoid, TopkMethod::noaux_tc, 256, 8, 8, 4, true},
+        {ScoringFunc::sigmoid, TopkMethod::noaux_tc, 15, 4, 5, 2, true},
+        {ScoringFunc::softmax, TopkMethod::greedy, 64, 6, 1, 1, false},
+        {ScoringFunc::softmax, TopkMethod::group_limited_greedy, 160, 6, 8, 3, false},
+        {ScoringFunc::softmax, TopkMethod::greedy, 7, 3, 1, 1, true},
+    };
+    for (const Case& c : cases)
+        for (int64_t T : {1, 9}) {
+            const int64_t D = 33;
+            WeightStore s;
+            const Weight& gate = add_weight(s, "gate", TypeId::F32, {D, c.E}, randn(size_t(D * c.E), 10));
+            const Weight& bias = add_weight(s, "bias", TypeId::F32, {c.E}, randn(size_t(c.E), 11, 0.2f));
+            RouteParams p{c.E, c.k, c.n_group, c.topk_group, c.sf, c.m, c.norm, 2.5f};
+            Graph g;
+            int x = g.input("x", DType::f32, T, D);
+            int r = g.moe_route("r", x, gate, c.sf == ScoringFunc::sigmoid ? &bias : nullptr, p);
+            auto xv = randn(size_t(T * D), 12);
+            auto cpu = create_backend("cpu", {2});
+            auto want = run_on(*cpu, g, {{x, xv.data()}}, r);
+            auto got = run_on(*gpu, g, {{x, xv.data()}}, r);
+            INFO("E " << c.E << " k " << c.k << " method " << int(c.m) << " T " << T);
+            REQUIRE(got.size() == want.size());
+            CHECK(all_finite(got));
+            for (int64_t t = 0; t < T; ++t)
+                for (int j = 0; j < c.k; ++j) {
+                    const size_t w = size_t(t * 2 * c.k + j), id = w + size_t(c.k);
+                    CHECK(got[id] == want[id]);
+                    CHECK(got[w] == Approx(want[w]).epsilon(1e-5));
+                }
+        }
+}
+
+TEST_CASE("cuda: moe_ffn (decode pairs and grouped prefill), expert subsets, shared_ffn", "[cuda][ops]") {
+    DS3_REQUIRE_CUDA(gpu);
+    const int E = 6, k = 2;
+    for (TypeId t : kTypes)
+        for (auto [D, F] : {std::pair<int64_t, int64_t>{33, 17}, {64, 128}})
+            for (int64_t T : {1, 3, 9, 33}) {
+                WeightStore s;
+                const Weight& gate = add_weight(s, "g", t, {D, F, E}, randn(size_t(D * F * E), 13, 0.3f));
+                const Weight& up = add_weight(s, "u", t, {D, F, E}, randn(size_t(D * F * E), 14, 0.3f));
+                const Weight& down = add_weight(s, "d", t, {F, D, E}, randn(size_t(F * D * E), 15, 0.3f));
+                const Weight& sg = add_weight(s, "sg", t, {D, F}, randn(size_t(D * F), 16, 0.3f));
+                const Weight& su = add_weight(s, "su", t, {D, F}, randn(size_t(D * F), 17, 0.3f));
+                const Weight& sd = add_weight(s, "sd", t, {F, D}, randn(size_t(F * D), 18, 0.3f));
+                RouteParams p{E, k, 1, 1, ScoringFunc::softmax, TopkMethod::greedy, false, 1.0f};
+                // Hand-made routes: experts repeat across tokens (grouping), weights vary.
+                std::vector<float> route(size_t(T * 2 * k));
+                for (int64_t i = 0; i < T; ++i)
+                    for (int j = 0; j < k; ++j) {
+                        route[size_t(i * 2 * k + j)] = 0.25f + 0.5f * float(j) + 0.01f * float(i);
+                        route[size_t(i * 2 * k + k + j)] = float((i * 5 + j * 3) % E);
+                    }
+                auto xv = randn(size_t(T * D), 19);
+                for (bool subset : {false, true}) {
+                    Graph g;
+                    int x = g.input("x", DType::f32, T, D);
+                    int r = g.input("r", DType::f32, T, 2 * k);
+                    int m = g.moe_ffn("m", x, r, gate, up, down, p);
+                    if (subset) g.node(m).experts = {1, 0, 1, 1, 0, 0};
+                    int sh = g.shared_ffn("sh", x, sg, su, sd);
+                    INFO(tname(t) << " D " << D << " F " << F << " T " << T << (subset ? " subset" : ""));
+                    compare(*gpu, g, {{x, xv.data()}, {r, route.data()}}, m, 1e-5);
+                    compare(*gpu, g, {{x, xv.data()}, {r, route.data()}}, sh, 1e-5);
+                }
+            }
+}
+
+TEST_CASE("cuda: bad ids are reported, unsupported weights fall back to the CPU", "[cuda][errors]") {
+    DS3_REQUIRE_CUDA(gpu);
+    WeightStore s;
+    const Weight& e = add_weight(s, "embd", TypeId::F32, {5, 9}, randn(45, 20));
+    Graph g;
+    int ids = g.input("ids", DType::i32, 2, 1);
+    int y = g.get_rows("y", e, ids);
+    const int32_t bad[] = {3, 9};
+    try {
+        run_on(*gpu, g, {{ids, bad}}, y);
+        FAIL("no error for token id 9");
+    } catch (const Error& err) {
+        CHECK(std::string(err.what()).find("token id 9 outside [0, 9)") != std::string::npos);
+    }
+    // The backend stays usable after a reported error.
+    const int32_t good[] = {3, 8};
+    CHECK(all_finite(run_on(*gpu, g, {{ids, good}}, y)));
+
+    for (int64_t T : {1, 9}) {
+        std::string gn = "g", dn_name = "d";
+        gn += std::to_string(T);
+        dn_name += std::to_string(T);
+        const Weight& gt = add_weight(s, gn, TypeId::F32, {4, 3, 2}, randn(24, 21));
+        const Weight& dn = add_weight(s, dn_name, TypeId::F32, {3, 4, 2}, randn(24, 22));
+        RouteParams p{2, 1, 1, 1, ScoringFunc::softmax, TopkMethod::greedy, false, 1.0f};
+        Graph m;
+        int x = m.input("x", DType::f32, T, 4);
+        int r = m.input("r", DType::f32, T, 2);
+        int o = m.moe_ffn("o", x, r, gt, gt, dn, p);
+        std::vector<float> xv(size_t(T * 4), 1.0f), rv;
+        for (int64_t i = 0; i < T; ++i) rv.insert(rv.end(), {1.0f, i == 0 ? 7.0f : 1.0f});
+        INFO("T " << T);
+        try {
+            run_on(*gpu, m, {{x, xv.data()}, {r, rv.data()}}, o);
+            FAIL("no error for expert id 7");
+        } catch (const Error& err) {
+            CHECK(std::string(err.what()).find("expert id 7") != std::string::npos);
+        }
+    }
+
+    // A Q8_0 matrix: the CUDA backend declines it, the scheduler places it on the CPU.
+    std::vector<uint8_t> q8(34 * 3, 0);
+    const Weight& wq = s.add_owned("wq", TypeId::Q8_0, {32, 3}, q8);
+    Graph h;
+    int x = h.input("x", DType::f32, 1, 32);
+    int mm = h.mul_mat("mm", x, wq);
+    CHECK_FALSE(gpu->supports(h.node(mm)));
+    auto cpu = create_backend("cpu", {1});
+    Scheduler sched({gpu.get(), cpu.get()});
+    if (cpu->supports(h.node(mm))) {
+        CHECK(sched.place(h).node(mm).backend == 1);
+    } else {
+        CHECK_THROWS_WITH(sched.place(h), Catch::Contains("no backend supports op mul_mat"));
+    }
+}
+
+TEST_CASE("cuda: create_backend(\"cuda\") is listed and named", "[cuda]") {
+    DS3_REQUIRE_CUDA(gpu);
+    CHECK(gpu->name() == "cuda");
+    const auto names = available_backends();
+    CHECK(std::find(names.begin(), names.end(), "cuda") != names.end());
+}
+
+TEST_CASE("cuda: without a device, create_backend(\"cuda\") says why", "[cuda][errors]") {
+    if (cuda_device_count() > 0) return;  // the GPU cases above cover the other branch
+    CHECK_THROWS_WITH(create_backend("cuda"), Catch::Contains("[cuda] no CUDA device is available"));
+}
