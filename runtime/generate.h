@@ -70,7 +70,9 @@ using TextSink = std::function<bool(std::string_view piece)>;
 class Generator {
 public:
     // End-of-generation ids: the tokenizer's eos_id, and "<｜end▁of▁sentence｜>" and
-    // "<|im_end|>" (Kimi-K2) when the vocabulary has them.
+    // "<|im_end|>" (Kimi-K2) when the vocabulary has them. Clears the runner's cache: from
+    // here on the Generator is the only one that should call runner.eval (if someone else
+    // does, the next generate() notices the mismatch and starts over).
     Generator(Runner& runner, const Tokenizer& tok);
 
     // Makes the cache hold `prompt` (evaluating only what is not cached yet), then samples
