@@ -131,6 +131,45 @@ std::map<int, std::vector<float>> Scheduler::run(const Graph& g, std::span<const
         return *backends_[static_cast<size_t>(n.backend)];
     };
 
+    // The copy of node s's output on backend `to` (made once, staged through the host).
+    auto stage = [&](int s, int to) -> Buffer* {
+        auto& c = copies[std::make_pair(s, to)];
+        if (!c) {
+            const Node& sn = g.node(s);
+            Backend& from = backend_of(s);
+            Buffer* b = bufs[static_cast<size_t>(s)].get();
+            check(b != nullptr, "sched", sn.name + " was released before its copy was made");
+            from.synchronize();
+            staging.resize(sn.nbytes());
+            from.download(*b, 0, staging.data(), staging.size());
+            Backend& dst = *backends_[static_cast<size_t>(to)];
+            c = dst.alloc(sn.nbytes());
+            dst.upload(*c, 0, staging.data(), staging.size());
+        }
+        return c.get();
+    };
+    std::vector<std::vector<int>> consumers(static_cast<size_t>(n_nodes));
+    for (int i = 0; i < n_nodes; ++i)
+        for (int s : g.node(i).src) {
+            auto& v = consumers[static_cast<size_t>(s)];
+            if (v.empty() || v.back() != i) v.push_back(i);
+        }
+    // Stage the inputs of a node on another backend as soon as they all exist, before
+    // this backend queues more work: then a device's asynchronous moe_ffn partial is
+    // already running when the CPU starts its own, instead of the CPU's input copy
+    // waiting for the device to finish.
+    auto stage_ready_consumers = [&](int i) {
+        for (int c : consumers[static_cast<size_t>(i)]) {
+            const Node& cn = g.node(c);
+            if (cn.backend == g.node(i).backend) continue;
+            bool ready = true;
+            for (int s : cn.src) ready = ready && s <= i;
+            if (!ready) continue;
+            for (int s : cn.src)
+                if (g.node(s).backend != cn.backend) stage(s, cn.backend);
+        }
+    };
+
     for (int i = 0; i < n_nodes; ++i) {
         const Node& n = g.node(i);
         Backend& be = backend_of(i);
@@ -140,6 +179,7 @@ std::map<int, std::vector<float>> Scheduler::run(const Graph& g, std::span<const
             check(it != inputs.end() && it->data, "sched", n.name + ": input node has no data");
             be.upload(*out, 0, it->data, n.nbytes());
             bufs[static_cast<size_t>(i)] = std::move(out);
+            stage_ready_consumers(i);
             continue;
         }
         std::vector<Buffer*> in;
@@ -147,20 +187,7 @@ std::map<int, std::vector<float>> Scheduler::run(const Graph& g, std::span<const
             const Node& sn = g.node(s);
             Buffer* b = bufs[static_cast<size_t>(s)].get();
             check(b != nullptr, "sched", n.name + ": input " + sn.name + " was released too early");
-            if (sn.backend != n.backend) {
-                auto key = std::make_pair(s, n.backend);
-                auto& c = copies[key];
-                if (!c) {
-                    Backend& from = backend_of(s);
-                    from.synchronize();
-                    staging.resize(sn.nbytes());
-                    from.download(*b, 0, staging.data(), staging.size());
-                    c = be.alloc(sn.nbytes());
-                    be.upload(*c, 0, staging.data(), staging.size());
-                }
-                b = c.get();
-            }
-            in.push_back(b);
+            in.push_back(sn.backend != n.backend ? stage(s, n.backend) : b);
         }
         Buffer* state = nullptr;
         if (n.op == Op::mla_attn) {
@@ -169,6 +196,7 @@ std::map<int, std::vector<float>> Scheduler::run(const Graph& g, std::span<const
         }
         be.compute(n, in, *out, state);
         bufs[static_cast<size_t>(i)] = std::move(out);
+        stage_ready_consumers(i);
         for (int s : n.src)
             if (last_use[static_cast<size_t>(s)] == i && !keep.count(s)) {
                 bufs[static_cast<size_t>(s)].reset();

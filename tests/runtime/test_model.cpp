@@ -261,3 +261,48 @@ TEST_CASE("YaRN tables follow DeepSeek's correction range, ramp and mscale", "[m
     CHECK(plain.inv_freq[31] == Approx(std::pow(10000.0, -62.0 / 64)));
     CHECK(hp.softmax_scale() == Approx(1.0 / std::sqrt(double(hp.qk_nope + 64))));
 }
+
+TEST_CASE("inputs of a remote expert partial are staged before the primary queues its own partial", "[sched]") {
+    // Logs what the scheduler asks of a backend, to check the order that lets an
+    // asynchronous device overlap its moe_ffn partial with the CPU's.
+    class Logging final : public Backend {
+    public:
+        Logging(std::string name, std::vector<std::string>& log) : cpu_(make_cpu_backend({1}, std::move(name))), log_(log) {}
+        const std::string& name() const override { return cpu_->name(); }
+        bool supports(const Node& n) const override { return cpu_->supports(n); }
+        std::unique_ptr<Buffer> alloc(size_t n) override { return cpu_->alloc(n); }
+        void upload(Buffer& d, size_t o, const void* s, size_t n) override { cpu_->upload(d, o, s, n); }
+        void download(const Buffer& s, size_t o, void* d, size_t n) override {
+            log_.push_back(name() + " download");
+            cpu_->download(s, o, d, n);
+        }
+        void compute(const Node& n, std::span<Buffer* const> in, Buffer& out, Buffer* st) override {
+            log_.push_back(name() + " " + n.name);
+            cpu_->compute(n, in, out, st);
+        }
+
+    private:
+        std::unique_ptr<Backend> cpu_;
+        std::vector<std::string>& log_;
+    };
+    std::vector<std::string> log;
+    Logging dev("dev", log), host("host", log);
+    Deepseek2Model m = tiny_model();
+    ExpertPlacement pl;
+    pl.expert_backend = {{}, {0, 1, 0, 1, 0, 1, 0, 1}, {}};
+    Runner r(m, {&dev, &host}, 16, pl);
+    r.eval(kPrompt, true);
+    auto at = [&](const std::string& s) {
+        auto it = std::find(log.begin(), log.end(), s);
+        REQUIRE(it != log.end());
+        return it - log.begin();
+    };
+    const auto route = at("dev l1.moe_route"), dev_part = at("dev l1.moe_out.part0"), host_part = at("host l1.moe_out.part1");
+    // Both inputs of the host partial (ffn_norm, moe_route) are downloaded from the
+    // device right after the route exists, before the device's own partial is queued.
+    int downloads = 0;
+    for (auto i = route + 1; i < dev_part; ++i) downloads += log[size_t(i)] == "dev download";
+    CHECK(downloads == 2);
+    CHECK(dev_part < host_part);
+    CHECK(at("dev l1.moe_out") > host_part);
+}
