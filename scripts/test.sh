@@ -13,8 +13,9 @@ BUILD_DIR=build scripts/build.sh
 ctest --test-dir build --output-on-failure -j2 --timeout 1200
 
 echo "== [2/3] sanitizer build of the parser tests"
-BUILD_DIR=build-asan scripts/build.sh -DDS3_SANITIZE=ON -DDS3_CUDA=OFF -DDS3_VULKAN=OFF \
-  -DCMAKE_BUILD_TYPE=RelWithDebInfo
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDS3_SANITIZE=ON \
+  -DDS3_CUDA=OFF -DDS3_VULKAN=OFF >/dev/null
+cmake --build build-asan -j "${JOBS:-2}" --target tests_parser
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
   ctest --test-dir build-asan --output-on-failure -j2 --timeout 1200 -L parser
 
