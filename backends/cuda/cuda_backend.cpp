@@ -156,7 +156,8 @@ public:
         DS3_CU(cudaDeviceGetAttribute(&n_sm_, cudaDevAttrMultiProcessorCount, device_));
         DS3_CU(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
         DS3_CU(cudaMalloc(&err_, sizeof(cuda::DevError)));
-        DS3_CU(cudaMemset(err_, 0, sizeof(cuda::DevError)));
+        DS3_CU(cudaMemsetAsync(err_, 0, sizeof(cuda::DevError), stream_));
+        DS3_CU(cudaStreamSynchronize(stream_));
         pool_ = std::make_shared<Pool>();
     }
 
@@ -206,9 +207,11 @@ public:
     void synchronize() override {
         DS3_CU(cudaStreamSynchronize(stream_));
         cuda::DevError e;
-        DS3_CU(cudaMemcpy(&e, err_, sizeof e, cudaMemcpyDeviceToHost));
+        DS3_CU(cudaMemcpyAsync(&e, err_, sizeof e, cudaMemcpyDeviceToHost, stream_));
+        DS3_CU(cudaStreamSynchronize(stream_));
         if (e.code == 0) return;
-        DS3_CU(cudaMemset(err_, 0, sizeof e));
+        DS3_CU(cudaMemsetAsync(err_, 0, sizeof e, stream_));
+        DS3_CU(cudaStreamSynchronize(stream_));
         if (e.code == 1)
             throw Error("cuda", "token id " + std::to_string(e.value) + " outside [0, " + std::to_string(e.limit) + ")");
         throw Error("cuda", "expert id " + std::to_string(e.value) + " out of range [0, " + std::to_string(e.limit) + ")");
@@ -298,7 +301,9 @@ private:
         if (e != cudaSuccess)
             throw Error("cuda", w.name + ": cannot keep the weight on the device (" + std::to_string(w.nbytes) +
                                     " bytes): " + cudaGetErrorString(e));
-        e = cudaMemcpy(d.ptr, w.data, w.nbytes, cudaMemcpyHostToDevice);
+        // On our stream: kernels run on a non-blocking stream, which does not wait for
+        // the legacy stream, and a pageable cudaMemcpy may return before its DMA ends.
+        e = cudaMemcpyAsync(d.ptr, w.data, w.nbytes, cudaMemcpyHostToDevice, stream_);
         if (e != cudaSuccess) {
             cudaFree(d.ptr);
             throw Error("cuda", w.name + ": weight upload failed: " + cudaGetErrorString(e));

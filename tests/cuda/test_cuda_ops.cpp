@@ -152,6 +152,24 @@ TEST_CASE("cuda: mul_mat and logits for every row count (GEMV and tiled paths)",
             }
 }
 
+TEST_CASE("cuda: a large weight is used right after its upload on a fresh backend", "[cuda][ops]") {
+    // Regression: the upload must be ordered before the kernels that read it (a
+    // pageable copy on another stream may still be in flight).
+    DS3_REQUIRE_CUDA(gpu);
+    for (TypeId t : {TypeId::F32, TypeId::BF16}) {
+        auto fresh = create_backend("cuda");
+        const int64_t in = 4096, out = 4099;
+        WeightStore s;
+        const Weight& w = add_weight(s, "big", t, {in, out}, randn(size_t(in * out), 23));
+        auto xv = randn(size_t(in), 24);
+        Graph g;
+        int x = g.input("x", DType::f32, 1, in);
+        int y = g.mul_mat("y", x, w);
+        INFO(tname(t));
+        compare(*fresh, g, {{x, xv.data()}}, y, 1e-5);
+    }
+}
+
 TEST_CASE("cuda: rope_yarn rotates every head's rope part, large positions included", "[cuda][ops]") {
     DS3_REQUIRE_CUDA(gpu);
     auto table = std::make_shared<RopeTable>();
