@@ -29,9 +29,47 @@ constexpr int64_t kChunkWork = int64_t{1} << 15;
 
 }  // namespace
 
-bool weight_type_supported(TypeId t) {
-    return t == TypeId::F32 || t == TypeId::F16 || t == TypeId::BF16;
+bool weight_type_supported(TypeId t) { return type_traits(t).to_float != nullptr; }
+
+namespace {
+
+// Quantized weights with a dot kernel: the activations meet them in the kernel's own
+// format (Q8_0 / Q8_K blocks, or f32 for FP8), so integer dots do the work.
+bool uses_vec_dot(TypeId t) {
+    const TypeTraits& tr = type_traits(t);
+    return t != TypeId::F32 && t != TypeId::F16 && t != TypeId::BF16 && tr.vec_dot != nullptr;
 }
+
+// y = W_mat · x for a weight type that has vec_dot: each activation row is quantised to
+// the weight's vec_dot_type once, then every weight row is dotted with it (a weight row is
+// read once per batch; its blocks are never expanded to f32).
+void matmul_vec_dot(const Weight& w, int64_t mat, const float* x, int64_t n_rows, float* y, int n_threads) {
+    const TypeTraits& tr = type_traits(w.type);
+    const int64_t in = w.ne[0], out = w.ne[1];
+    const TypeTraits& act = type_traits(tr.vec_dot_type);
+    const bool f32_act = tr.vec_dot_type == TypeId::F32;
+    if (!f32_act && (act.from_float == nullptr || in % act.block_size != 0))
+        throw Error("cpu", w.name + ": row of " + std::to_string(in) + " elements cannot be quantised to " +
+                               std::string(act.name) + " for the dot product");
+    const int64_t act_row_bytes = f32_act ? in * 4 : in / act.block_size * act.type_size;
+    std::vector<uint8_t> xq;
+    const uint8_t* xa = reinterpret_cast<const uint8_t*>(x);
+    if (!f32_act) {
+        xq.resize(static_cast<size_t>(act_row_bytes * n_rows));
+        for (int64_t r = 0; r < n_rows; ++r) act.from_float(x + r * in, xq.data() + r * act_row_bytes, in, nullptr);
+        xa = xq.data();
+    }
+    const VecDotFn dot = tr.vec_dot;
+    const bool parallel = in * out * n_rows >= kParallelMinWork;
+    const int64_t chunk = std::max<int64_t>(1, kChunkWork / std::max<int64_t>(1, in * n_rows));
+#pragma omp parallel for num_threads(threads_or_default(n_threads)) if (parallel) schedule(dynamic, chunk)
+    for (int64_t o = 0; o < out; ++o) {
+        const uint8_t* wr = w.row(o, mat);
+        for (int64_t r = 0; r < n_rows; ++r) y[r * out + o] = dot(in, wr, xa + r * act_row_bytes);
+    }
+}
+
+}  // namespace
 
 void dequant_row(TypeId t, const uint8_t* src, float* dst, int64_t n) {
     switch (t) {
@@ -44,9 +82,14 @@ void dequant_row(TypeId t, const uint8_t* src, float* dst, int64_t n) {
         case TypeId::F16:
             best_kernels().f16_to_f32(src, dst, n);
             return;
-        default:
-            throw Error("cpu", std::string("weight type ") + std::string(type_traits(t).name) +
-                                   " is not supported by the CPU backend yet");
+        default: {
+            const TypeTraits& tr = type_traits(t);
+            if (!tr.to_float)
+                throw Error("cpu", std::string("weight type ") + std::string(tr.name) +
+                                       " is not supported by the CPU backend (no dequantiser)");
+            tr.to_float(src, dst, n);
+            return;
+        }
     }
 }
 
@@ -56,6 +99,7 @@ void matmul(const Weight& w, int64_t mat, const float* x, int64_t n_rows, float*
     // Checked here: an exception must not escape the OpenMP region below.
     if (!weight_type_supported(w.type))
         throw Error("cpu", w.name + ": weight type " + std::string(type_traits(w.type).name) + " is not supported yet");
+    if (uses_vec_dot(w.type)) return matmul_vec_dot(w, mat, x, n_rows, y, n_threads);
     const int64_t in = w.ne[0], out = w.ne[1];
     const TypeId t = w.type;
     const RowKernels& k = best_kernels();

@@ -1,7 +1,9 @@
 // CPU kernels of the fused ops (the reference every other backend is tested against).
-// f32 activations; weights F32/F16/BF16, dequantised one row at a time; OpenMP threads
-// over output rows (matmuls) or heads (attention). Quantized weight types plug in
-// through dequant_row() and weight_type_supported() with the quantization issue.
+// f32 activations; OpenMP threads over output rows (matmuls) or heads (attention).
+// Weights: F32/F16/BF16 through the fused row kernels of simd.h; every other type whose
+// traits have to_float runs too: matmuls quantise each activation row once to the
+// type's vec_dot_type and call its vec_dot per weight row (types without vec_dot, and
+// the row-wise uses — embeddings, norms, MLA's W_kb/W_vb — dequantise with to_float).
 #pragma once
 
 #include <cstdint>
@@ -11,7 +13,7 @@
 
 namespace ds3::cpu {
 
-bool weight_type_supported(TypeId t);
+bool weight_type_supported(TypeId t);  // traits with to_float
 // Converts n elements of a row of type t to f32.
 void dequant_row(TypeId t, const uint8_t* src, float* dst, int64_t n);
 float dot_f32(const float* a, const float* b, int64_t n);
