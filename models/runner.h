@@ -32,6 +32,8 @@ public:
                             std::map<std::string, std::vector<float>>* dumped = nullptr);
 
     void reset() { cache_.clear(); }
+    // Sees every node's inputs after it runs (Scheduler::set_observer); {} removes it.
+    void set_observer(Scheduler::NodeObserver f) { sched_.set_observer(std::move(f)); }
     int64_t n_past() const { return cache_.n_past(); }
     int64_t n_vocab() const { return model_.hp.n_vocab; }
     const KvCache& cache() const { return cache_; }

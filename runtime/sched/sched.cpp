@@ -195,6 +195,22 @@ std::map<int, std::vector<float>> Scheduler::run(const Graph& g, std::span<const
             state = &cache->layer(n.layer, be);
         }
         be.compute(n, in, *out, state);
+        if (observer_) {
+            // Host views of the inputs: direct on host buffers, else a downloaded copy.
+            be.synchronize();
+            std::vector<const float*> views;
+            std::vector<std::vector<float>> copies_host;
+            for (size_t k = 0; k < in.size(); ++k) {
+                if (const void* h = in[k]->host_ptr()) {
+                    views.push_back(static_cast<const float*>(h));
+                } else {
+                    copies_host.emplace_back((g.node(n.src[k]).nbytes() + 3) / 4);
+                    be.download(*in[k], 0, copies_host.back().data(), g.node(n.src[k]).nbytes());
+                    views.push_back(copies_host.back().data());
+                }
+            }
+            observer_(n, views);
+        }
         bufs[static_cast<size_t>(i)] = std::move(out);
         stage_ready_consumers(i);
         for (int s : n.src)

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <span>
 #include <string>
@@ -46,9 +47,16 @@ public:
     std::map<int, std::vector<float>> run(const Graph& placed, std::span<const GraphInput> inputs,
                                           KvCache* cache, std::span<const int> fetch) const;
 
+    // Optional: called after each node has run with the node (as placed) and host views of
+    // its inputs, one per src (f32 rows; an i32 input is passed as its raw bytes). For
+    // tools that study activations (`ds3 imatrix`); costs nothing when unset.
+    using NodeObserver = std::function<void(const Node& n, std::span<const float* const> inputs)>;
+    void set_observer(NodeObserver f) { observer_ = std::move(f); }
+
 private:
     std::vector<Backend*> backends_;
     ExpertPlacement placement_;
+    NodeObserver observer_;
 };
 
 }  // namespace ds3
