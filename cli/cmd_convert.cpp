@@ -1,6 +1,7 @@
-// `ds3 convert HF_DIR -o OUT.gguf [--outtype f32|bf16|f16]`: a Hugging Face DeepSeek
-// release to one GGUF file. bf16 is the default: it holds FP8 and BF16 releases exactly
-// at half the size of f32.
+// `ds3 convert HF_DIR -o OUT.gguf [--outtype f32|bf16|f16|MIX|TYPE]`: a Hugging Face
+// DeepSeek release to one GGUF file. bf16 is the default: it holds FP8 and BF16 releases
+// exactly at half the size of f32. A mix (Q4_K_M, ...) or quantized type is applied
+// while streaming, with the same per-tensor choice as `ds3 quantize`.
 #include <cstdio>
 
 #include "cli/command.h"
@@ -26,17 +27,22 @@ ds3::cli::Registrar reg{
         sub.add_option("HF_DIR", a->hf_dir, "Release directory (config.json, *.safetensors, tokenizer.json)")
             ->required();
         sub.add_option("-o,--output", a->out, "Output GGUF file")->required();
-        sub.add_option("--outtype", a->outtype, "Type of the matrices: f32, bf16 (default) or f16; norms, "
-                                                "router, biases and embeddings are always f32");
+        sub.add_option("--outtype", a->outtype, "Type of the matrices: f32, bf16 (default) or f16 (norms, "
+                                                "router, biases and embeddings stay f32), or a ds3 quantize TYPE "
+                                                "(Q4_K_M, Q8_0, fp8, ...) quantised in the same pass");
         sub.add_option("--name", a->name, "general.name (default: the directory's name)");
         sub.add_flag("--no-progress", a->no_progress, "No progress bar even on a terminal");
         sub.add_flag("--no-tokenizer", a->no_tokenizer, "Leave out the tokenizer keys");
         return [a]() {
             const auto ot = ds3::hf::outtype_from_name(a->outtype);
-            if (!ot) throw ds3::Error("convert", "--outtype '" + a->outtype + "': expected f32, bf16 or f16");
+            const auto target = ds3::quant::parse_target(a->outtype);
+            if (!ot && !target)
+                throw ds3::Error("convert", "--outtype '" + a->outtype + "': expected f32, bf16, f16 or " +
+                                                ds3::quant::target_names());
             ds3::install_interrupt_handler();  // Ctrl-C removes the temporary output
             ds3::hf::ConvertOptions o;
-            o.outtype = *ot;
+            if (ot) o.outtype = *ot;
+            else o.target = target;
             o.name = a->name;
             o.progress = a->no_progress ? ds3::Progress::Mode::Off : ds3::Progress::Mode::Auto;
             o.tokenizer = !a->no_tokenizer;

@@ -9,6 +9,8 @@
 #include "convert/hf_checkpoint.h"
 #include "convert/hf_tokenizer.h"
 #include "convert/mapping.h"
+#include "quantize/formats.h"
+#include "quantize/quantize_model.h"
 #include "quantize/float.h"
 #include "runtime/error.h"
 #include "runtime/gguf/gguf.h"
@@ -38,10 +40,8 @@ Value u32(uint64_t v, const char* what) {
     return Value::u32(static_cast<uint32_t>(v));
 }
 
-bool keeps_f32(Role r) { return r != Role::Matrix; }
-
-// f32 values -> the bytes of `type`, appended to nothing (out is overwritten).
-void encode(std::span<const float> in, TypeId type, std::vector<uint8_t>& out) {
+// f32 values (whole rows of row_len) -> the bytes of `type` (out is overwritten).
+void encode(std::span<const float> in, TypeId type, uint64_t row_len, std::vector<uint8_t>& out) {
     switch (type) {
     case TypeId::F32:
         out.resize(in.size() * 4);
@@ -63,8 +63,15 @@ void encode(std::span<const float> in, TypeId type, std::vector<uint8_t>& out) {
             out[2 * i + 1] = static_cast<uint8_t>(h >> 8);
         }
         return;
-    default:
-        fail("output type " + std::string(type_traits(type).name) + " is not f32, bf16 or f16");
+    default: {
+        // Quantized: whole rows of row_len, quantised on all threads (no importance).
+        const uint64_t rb = *type_nbytes(type, row_len);
+        const uint64_t n_rows = in.size() / row_len;
+        out.resize(n_rows * rb);
+        quant::quantize_rows(type, in.data(), out.data(), static_cast<int64_t>(n_rows), static_cast<int64_t>(row_len), {},
+                             0);
+        return;
+    }
     }
 }
 
@@ -75,7 +82,12 @@ public:
 
     void write(const TensorPlan& p, TypeId type, const HfConfig& c) {
         type_ = type;
+        row_len_ = p.ne.empty() ? 1 : p.ne[0];
         w_.begin_tensor();
+        if (type == TypeId::FP8_E4M3_B128 && fp8_keep(p, c)) {
+            w_.end_tensor();
+            return;
+        }
         switch (p.source) {
         case Source::Direct:
             rows(p.hf_names[0], 0, p.hf_shape.empty() ? 1 : p.hf_shape[0]);
@@ -120,15 +132,87 @@ private:
         }
     }
     void emit(std::span<const float> v) {
-        encode(v, type_, bytes_);
+        encode(v, type_, row_len_, bytes_);
         w_.write_chunk(bytes_);
         prog_.add(bytes_.size());
+    }
+
+    // FP8 release -> FP8_E4M3_B128 without requantising: each 128-element block of an
+    // output row takes the release's e4m3 bytes and the scale_inv of the 128x128 tile
+    // that holds them. Possible when every source is F8_E4M3 in 128x128 tiles and each
+    // output block lies in one tile (kv_b's per-head transposition needs
+    // qk_nope + v_head to be a multiple of 128); false (nothing written) otherwise, and
+    // the caller quantises from f32 instead.
+    bool fp8_keep(const TensorPlan& p, const HfConfig& c) {
+        if (!c.quantization_config || c.quantization_config->block_out != 128 || c.quantization_config->block_in != 128)
+            return false;
+        for (const std::string& n : p.hf_names)
+            if (ck_.tensor(n).dtype != DType::F8_E4M3 || ck_.tensor(n).shape.size() != 2) return false;
+        const uint64_t blk = 128;
+        if (row_len_ % blk) return false;
+        const uint64_t per = c.qk_nope_head_dim + c.v_head_dim;
+        if (p.source == Source::KvbK && per % blk) return false;
+        std::vector<uint8_t> gathered(row_len_);
+        std::vector<float> tile(row_len_ / blk);
+        const uint64_t orb = *type_nbytes(TypeId::FP8_E4M3_B128, row_len_);
+        // One source row (HF row `row` of tensor n, all of it) per output row.
+        auto rows_of = [&](const std::string& n, uint64_t row0, uint64_t n_rows) {
+            const StTensor& t = ck_.tensor(n);
+            const std::vector<float> sc = ck_.read_f32(n + "_scale_inv");
+            const uint64_t cols = t.shape[1], sc_cols = (cols + blk - 1) / blk;
+            for (uint64_t r = row0; r < row0 + n_rows;) {
+                const uint64_t n_chunk = std::min<uint64_t>(row0 + n_rows - r, std::max<uint64_t>(1, kChunkElems / cols));
+                bytes_.resize(n_chunk * orb);
+                for (uint64_t i = 0; i < n_chunk; ++i) {
+                    const float* srow = sc.data() + ((r + i) / blk) * sc_cols;
+                    quant::fp8_b128_pack_row(t.data.data() + (r + i) * cols, srow, bytes_.data() + i * orb,
+                                             static_cast<int64_t>(cols));
+                }
+                w_.write_chunk(bytes_);
+                prog_.add(bytes_.size());
+                r += n_chunk;
+            }
+        };
+        switch (p.source) {
+        case Source::Direct:
+            rows_of(p.hf_names[0], 0, ck_.tensor(p.hf_names[0]).shape[0]);
+            return true;
+        case Source::ExpertStack:
+            for (const std::string& n : p.hf_names) rows_of(n, 0, ck_.tensor(n).shape[0]);
+            return true;
+        case Source::KvbV: {
+            const uint64_t nope = c.qk_nope_head_dim;
+            for (uint64_t h = 0; h < c.num_attention_heads; ++h) rows_of(p.hf_names[0], h * per + nope, c.v_head_dim);
+            return true;
+        }
+        case Source::KvbK: {
+            // Output row j of head h = column j of the head's k rows (transposed).
+            const std::string& n = p.hf_names[0];
+            const StTensor& t = ck_.tensor(n);
+            const std::vector<float> sc = ck_.read_f32(n + "_scale_inv");
+            const uint64_t kvl = t.shape[1], sc_cols = (kvl + blk - 1) / blk, nope = c.qk_nope_head_dim;
+            bytes_.resize(kvl * orb);
+            for (uint64_t h = 0; h < c.num_attention_heads; ++h) {
+                for (uint64_t j = 0; j < kvl; ++j) {
+                    for (uint64_t i = 0; i < nope; ++i) gathered[i] = t.data[(h * per + i) * kvl + j];
+                    for (uint64_t b = 0; b < nope / blk; ++b) tile[b] = sc[((h * per + b * blk) / blk) * sc_cols + j / blk];
+                    quant::fp8_b128_pack_row(gathered.data(), tile.data(), bytes_.data() + j * orb,
+                                             static_cast<int64_t>(nope));
+                }
+                w_.write_chunk(bytes_);
+                prog_.add(bytes_.size());
+            }
+            return true;
+        }
+        }
+        return false;
     }
 
     Checkpoint& ck_;
     gguf::Writer& w_;
     Progress& prog_;
     TypeId type_ = TypeId::F32;
+    uint64_t row_len_ = 1;
     std::vector<float> buf_;
     std::vector<uint8_t> bytes_;
 };
@@ -290,7 +374,12 @@ ConvertStats convert(const std::string& hf_dir, const std::string& out_path, con
                  std::to_string(cfg.num_hidden_layers) + " layers and " + std::to_string(cfg.num_nextn_predict_layers) +
                  " MTP layers (config.json)");
 
-    const TypeId mat_type = outtype_type(opts.outtype);
+    // One per-tensor choice for every output type (quantize/mixes.h): the float
+    // outtypes are plain targets that keep embeddings, norms, router and biases F32.
+    const quant::Target target = opts.target ? *opts.target : *quant::parse_target(outtype_name(opts.outtype));
+    std::vector<TypeId> types;
+    for (const TensorPlan& p : plan)
+        types.push_back(quant::choose_type(target, p.gguf_name, p.ne, static_cast<int64_t>(cfg.n_layers_total())).type);
     std::string name = opts.name;
     if (name.empty()) name = fs::path(hf_dir).lexically_normal().filename().string();
     if (name.empty()) name = fs::path(hf_dir).lexically_normal().parent_path().filename().string();
@@ -298,11 +387,16 @@ ConvertStats convert(const std::string& hf_dir, const std::string& out_path, con
     gguf::Writer w(out_path);
     write_model_metadata(w, cfg, gen, opts.outtype, name, source_dtype);
     if (opts.tokenizer && fs::exists(fs::path(hf_dir) / "tokenizer.json")) write_tokenizer(w, read_tokenizer_dir(hf_dir));
+    if (opts.target) {
+        // As `ds3 quantize` writes them, so a one-pass file equals convert-then-quantize.
+        w.set_kv("general.file_type", Value::u32(target.file_type));
+        w.set_kv("ds3.quantize.type", Value::str(target.name));
+    }
 
     uint64_t total = 0;
-    for (const TensorPlan& p : plan) {
-        const TypeId t = keeps_f32(p.role) ? TypeId::F32 : mat_type;
-        w.add_tensor(p.gguf_name, p.ne, t);
+    for (size_t i = 0; i < plan.size(); ++i) {
+        const TensorPlan& p = plan[i];
+        w.add_tensor(p.gguf_name, p.ne, types[i]);
         total += w.tensors().back().nbytes;
     }
     w.write_header();
@@ -312,7 +406,7 @@ ConvertStats convert(const std::string& hf_dir, const std::string& out_path, con
     for (size_t i = 0; i < plan.size(); ++i) {
         const TensorPlan& p = plan[i];
         prog.set_detail(p.gguf_name);
-        st.write(p, keeps_f32(p.role) ? TypeId::F32 : mat_type, cfg);
+        st.write(p, types[i], cfg);
         if (opts.on_tensor) opts.on_tensor(i, plan.size(), p.gguf_name);
     }
     w.finish();

@@ -16,6 +16,7 @@
 #include <string_view>
 
 #include "convert/hf_config.h"
+#include "quantize/mixes.h"
 #include "quantize/types.h"
 #include "runtime/progress.h"
 
@@ -25,7 +26,9 @@ class Writer;
 
 namespace ds3::hf {
 
-// Output types of the matrices (norms, router, biases and embeddings stay F32).
+// Output types of the matrices (norms, router, biases and embeddings stay F32). Any
+// other --outtype (a mix such as Q4_K_M, or a quantized type, fp8 included) is a
+// quant::Target in ConvertOptions::target: the same per-tensor choice as `ds3 quantize`.
 enum class OutType { F32, BF16, F16 };
 std::optional<OutType> outtype_from_name(std::string_view name);  // "f32" | "bf16" | "f16"
 std::string_view outtype_name(OutType t);
@@ -35,6 +38,10 @@ uint32_t outtype_file_type(OutType t);
 
 struct ConvertOptions {
     OutType outtype = OutType::BF16;
+    // When set, replaces outtype: every tensor gets quant::choose_type(*target, ...) and is
+    // quantised as it streams (no f32 intermediate file). With fp8 on an FP8 release, the
+    // release's e4m3 bytes and 128x128 tile scales are kept as they are (FP8_E4M3_B128).
+    std::optional<quant::Target> target;
     std::string name;  // general.name; empty: the release directory's name
     Progress::Mode progress = Progress::Mode::Off;  // the CLI passes Auto
     bool tokenizer = true;  // write tokenizer.* keys when the release has tokenizer.json
