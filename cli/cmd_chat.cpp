@@ -25,10 +25,10 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <random>
-#include <sstream>
 
 #include "cli/command.h"
 #include "cli/generate_args.h"
+#include "cli/inputs.h"
 #include "models/runner.h"
 #include "runtime/chat_template.h"
 #include "runtime/error.h"
@@ -239,11 +239,7 @@ void save_messages(const std::string& path, const std::vector<ChatMessage>& msgs
 }
 
 std::vector<ChatMessage> load_messages(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) throw Error("cli", "/load: cannot open " + path);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    const nlohmann::ordered_json j = parse_messages(ss.str());
+    const nlohmann::ordered_json j = parse_messages(read_whole_file(path, "/load"));
     std::vector<ChatMessage> msgs;
     for (const auto& m : j) msgs.push_back({m["role"].get<std::string>(), m["content"].is_null() ? "" : m["content"].get<std::string>()});
     return msgs;

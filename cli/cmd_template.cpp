@@ -2,25 +2,16 @@
 // prints the conversation rendered with the model's chat template, exactly the prompt text
 // the runtime would tokenize. MODEL is a GGUF file or a Hugging Face directory.
 #include <cstdio>
-#include <filesystem>
-#include <fstream>
 #include <memory>
-#include <sstream>
 
 #include "cli/command.h"
-#include "convert/hf_tokenizer.h"
+#include "cli/inputs.h"
 #include "runtime/chat_template.h"
 #include "runtime/error.h"
-#include "runtime/gguf/gguf.h"
 
 namespace {
 
 using namespace ds3;
-
-TokenizerData load_tokenizer_data(const std::string& path) {
-    if (std::filesystem::is_directory(path)) return hf::read_tokenizer_dir(path);
-    return read_tokenizer(gguf::File::open(path));
-}
 
 struct Args {
     std::string model, messages, vars;
@@ -34,11 +25,7 @@ cli::Registrar reg{"template", "Render a conversation with the model's chat temp
     sub.add_flag("--add-generation-prompt", a->gen, "End with the assistant prefix, ready for generation");
     sub.add_option("--vars", a->vars, "Extra template variables as a JSON object, e.g. {\"thinking\": true}");
     return [a]() {
-        std::ifstream in(a->messages, std::ios::binary);
-        if (!in) throw Error("cli", "template: cannot open " + a->messages);
-        std::stringstream ss;
-        ss << in.rdbuf();
-        nlohmann::ordered_json msgs = parse_messages(ss.str());
+        nlohmann::ordered_json msgs = parse_messages(cli::read_whole_file(a->messages, "template"));
         nlohmann::ordered_json extra = nlohmann::ordered_json::object();
         if (!a->vars.empty()) {
             try {
@@ -48,7 +35,7 @@ cli::Registrar reg{"template", "Render a conversation with the model's chat temp
             }
             if (!extra.is_object()) throw Error("cli", "--vars: expected a JSON object");
         }
-        ChatTemplate tmpl(load_tokenizer_data(a->model));
+        ChatTemplate tmpl(cli::load_tokenizer_data(a->model));
         if (!tmpl.warning().empty()) std::fprintf(stderr, "ds3: warning: %s\n", tmpl.warning().c_str());
         std::string out = tmpl.render_json(msgs, a->gen, extra);
         std::fwrite(out.data(), 1, out.size(), stdout);

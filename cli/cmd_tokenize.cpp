@@ -2,26 +2,17 @@
 // the token ids of a text under the model's tokenizer. MODEL is a GGUF file, or (for
 // convenience) a Hugging Face directory with tokenizer.json.
 #include <cstdio>
-#include <filesystem>
-#include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
 #include "cli/command.h"
-#include "convert/hf_tokenizer.h"
+#include "cli/inputs.h"
 #include "runtime/error.h"
-#include "runtime/gguf/gguf.h"
 #include "runtime/tokenizer.h"
 
 namespace {
 
 using namespace ds3;
-
-TokenizerData load_tokenizer_data(const std::string& path) {
-    if (std::filesystem::is_directory(path)) return hf::read_tokenizer_dir(path);
-    return read_tokenizer(gguf::File::open(path));
-}
 
 struct Args {
     std::string model, text, file;
@@ -42,14 +33,8 @@ cli::Registrar reg{"tokenize", "Print the token ids of a text", [](CLI::App& sub
     return [a, text, file]() {
         if (text->count() == 0 && file->count() == 0) throw Error("cli", "tokenize: give --text or --file");
         std::string input = a->text;
-        if (file->count()) {
-            std::ifstream in(a->file, std::ios::binary);
-            if (!in) throw Error("cli", "tokenize: cannot open " + a->file);
-            std::stringstream ss;
-            ss << in.rdbuf();
-            input = ss.str();
-        }
-        Tokenizer tok(load_tokenizer_data(a->model));
+        if (file->count()) input = cli::read_whole_file(a->file, "tokenize");
+        Tokenizer tok(cli::load_tokenizer_data(a->model));
         EncodeOptions opt;
         opt.parse_special = !a->no_special;
         opt.add_bos = a->bos;
