@@ -5,10 +5,8 @@
 #include <catch2/catch.hpp>
 
 #include <cstring>
-#include <map>
 
-#include "common.h"
-#include "convert/safetensors.h"
+#include "golden.h"
 #include "cuda_test.h"
 #include "models/runner.h"
 
@@ -19,57 +17,6 @@ namespace {
 
 constexpr float kLogitTol = 1e-3f;
 
-struct Golden {
-    hf::SafetensorsFile f;
-    std::vector<float> f32(const std::string& name) const {
-        const hf::StTensor* x = f.find(name);
-        REQUIRE(x != nullptr);
-        std::vector<float> v(x->n_elements());
-        hf::to_f32(*x, v);
-        return v;
-    }
-    std::vector<int32_t> i32(const std::string& name) const {
-        const hf::StTensor* x = f.find(name);
-        REQUIRE(x != nullptr);
-        REQUIRE(x->dtype == hf::DType::I32);
-        std::vector<int32_t> v(x->n_elements());
-        std::memcpy(v.data(), x->data.data(), v.size() * 4);
-        return v;
-    }
-    bool has(const std::string& name) const { return f.find(name) != nullptr; }
-};
-
-Golden golden(const fs::path& fx, const std::string& name) {
-    return Golden{hf::SafetensorsFile::open((fx / "golden" / (name + ".golden.safetensors")).string())};
-}
-
-fs::path converted(const fs::path& fx, const std::string& name, const std::string& outtype) {
-    static std::map<std::string, fs::path> done;
-    const std::string key = name + "." + outtype;
-    if (auto it = done.find(key); it != done.end()) return it->second;
-    const fs::path out = scratch_dir("cuda-golden-" + key) / (key + ".gguf");
-    RunResult r = run_ds3({"convert", (fx / name).string(), "-o", out.string(), "--outtype", outtype});
-    INFO(r.err);
-    REQUIRE(r.exit_code == 0);
-    done[key] = out;
-    return out;
-}
-
-float max_diff(const float* a, const float* b, size_t n) {
-    float m = 0;
-    for (size_t i = 0; i < n; ++i) m = std::max(m, std::abs(a[i] - b[i]));
-    return m;
-}
-
-std::string join_ids(const std::vector<int32_t>& ids) {
-    std::string s;
-    for (size_t i = 0; i < ids.size(); ++i) {
-        if (i) s += ',';
-        s += std::to_string(ids[i]);
-    }
-    return s;
-}
-
 void check_fixture(const std::string& name, const std::string& outtype) {
     DS3_REQUIRE_FIXTURES(fx);
     if (!fs::exists(fx / name)) {
@@ -78,7 +25,7 @@ void check_fixture(const std::string& name, const std::string& outtype) {
     }
     DS3_REQUIRE_CUDA(gpu);
     const Golden g = golden(fx, name);
-    Deepseek2Model m = load_deepseek2(converted(fx, name, outtype).string());
+    Deepseek2Model m = load_deepseek2(converted(fx, name, outtype, "cuda-golden").string());
     const size_t V = size_t(m.hp.n_vocab);
     for (bool incremental : {false, true}) {
         for (int p = 0; p < 3; ++p) {
@@ -141,7 +88,7 @@ TEST_CASE("cuda: ds3 eval and ds3 run --backend cuda reproduce the goldens", "[c
     DS3_REQUIRE_CUDA(gpu);
     gpu.reset();  // the CLI makes its own
     const Golden g = golden(fx, "v2-lite-tiny");
-    const fs::path model = converted(fx, "v2-lite-tiny", "bf16");
+    const fs::path model = converted(fx, "v2-lite-tiny", "bf16", "cuda-golden");
     const fs::path dir = scratch_dir("cuda-cli");
     const auto tokens = g.i32("p1.tokens");
     const auto ref = g.f32("p1.logits");
@@ -167,7 +114,7 @@ TEST_CASE("cuda: ds3 eval and ds3 run --backend cuda reproduce the goldens", "[c
 
 TEST_CASE("cuda: an unknown backend name lists the available ones", "[cuda][cli]") {
     DS3_REQUIRE_FIXTURES(fx);
-    const fs::path model = converted(fx, "v2-lite-tiny", "bf16");
+    const fs::path model = converted(fx, "v2-lite-tiny", "bf16", "cuda-golden");
     RunResult r = run_ds3({"eval", "-m", model.string(), "--backend", "tpu", "--tokens", "1", "--logits-out",
                            (scratch_dir("cuda-cli-bad") / "x.bin").string()});
     CHECK(r.exit_code != 0);

@@ -8,8 +8,7 @@
 #include <map>
 
 #include "backends/backend.h"
-#include "common.h"
-#include "convert/safetensors.h"
+#include "golden.h"
 #include "models/runner.h"
 
 using namespace ds3;
@@ -19,52 +18,6 @@ namespace {
 
 constexpr float kLogitTol = 1e-3f;
 constexpr float kHiddenTol = 1e-4f;
-
-struct Golden {
-    hf::SafetensorsFile f;
-    const hf::StTensor& t(const std::string& name) const {
-        const hf::StTensor* p = f.find(name);
-        REQUIRE(p != nullptr);
-        return *p;
-    }
-    std::vector<float> f32(const std::string& name) const {
-        const hf::StTensor& x = t(name);
-        std::vector<float> v(x.n_elements());
-        hf::to_f32(x, v);
-        return v;
-    }
-    std::vector<int32_t> i32(const std::string& name) const {
-        const hf::StTensor& x = t(name);
-        REQUIRE(x.dtype == hf::DType::I32);
-        std::vector<int32_t> v(x.n_elements());
-        std::memcpy(v.data(), x.data.data(), v.size() * 4);
-        return v;
-    }
-    bool has(const std::string& name) const { return f.find(name) != nullptr; }
-};
-
-Golden golden(const fs::path& fx, const std::string& name) {
-    return Golden{hf::SafetensorsFile::open((fx / "golden" / (name + ".golden.safetensors")).string())};
-}
-
-// Converts once per process (several test cases share the files).
-fs::path converted(const fs::path& fx, const std::string& name, const std::string& outtype) {
-    static std::map<std::string, fs::path> done;
-    const std::string key = name + "." + outtype;
-    if (auto it = done.find(key); it != done.end()) return it->second;
-    const fs::path out = scratch_dir("golden-" + key) / (key + ".gguf");
-    RunResult r = run_ds3({"convert", (fx / name).string(), "-o", out.string(), "--outtype", outtype});
-    INFO(r.err);
-    REQUIRE(r.exit_code == 0);
-    done[key] = out;
-    return out;
-}
-
-float max_diff(const float* a, const float* b, size_t n) {
-    float m = 0;
-    for (size_t i = 0; i < n; ++i) m = std::max(m, std::abs(a[i] - b[i]));
-    return m;
-}
 
 // Strings are appended piecewise: GCC 12 warns falsely (-Wrestrict) on "x" + std::string.
 std::vector<std::string> hidden_names(int64_t n_layer) {
@@ -76,15 +29,6 @@ std::vector<std::string> hidden_names(int64_t n_layer) {
         v.push_back(s);
     }
     return v;
-}
-
-std::string join_ids(const std::vector<int32_t>& ids) {
-    std::string s;
-    for (size_t i = 0; i < ids.size(); ++i) {
-        if (i) s += ',';
-        s += std::to_string(ids[i]);
-    }
-    return s;
 }
 
 // Logits [T][V] and the hidden states of `tokens`, in one batch or one token at a time.
@@ -107,7 +51,7 @@ std::vector<float> evaluate(const Deepseek2Model& m, Backend& be, const std::vec
 void check_fixture(const std::string& name, const std::string& outtype) {
     DS3_REQUIRE_FIXTURES(fx);
     const Golden g = golden(fx, name);
-    Deepseek2Model m = load_deepseek2(converted(fx, name, outtype).string());
+    Deepseek2Model m = load_deepseek2(converted(fx, name, outtype, "golden").string());
     auto cpu = create_backend("cpu", {2});
     const size_t V = size_t(m.hp.n_vocab), E = size_t(m.hp.n_embd);
     // The v3-tiny checkpoints carry one MTP block: loaded and validated, not run.
@@ -177,8 +121,8 @@ TEST_CASE("v3-tiny (FP8 release) and v3-tiny-bf16 give the same logits", "[golde
     DS3_REQUIRE_FIXTURES(fx);
     const auto tokens = golden(fx, "v3-tiny").i32("p2.tokens");
     auto cpu = create_backend("cpu", {2});
-    Deepseek2Model a = load_deepseek2(converted(fx, "v3-tiny", "f32").string());
-    Deepseek2Model b = load_deepseek2(converted(fx, "v3-tiny-bf16", "f32").string());
+    Deepseek2Model a = load_deepseek2(converted(fx, "v3-tiny", "f32", "golden").string());
+    Deepseek2Model b = load_deepseek2(converted(fx, "v3-tiny-bf16", "f32", "golden").string());
     auto la = evaluate(a, *cpu, tokens, false, nullptr);
     auto lb = evaluate(b, *cpu, tokens, false, nullptr);
     REQUIRE(la.size() == lb.size());
@@ -188,7 +132,7 @@ TEST_CASE("v3-tiny (FP8 release) and v3-tiny-bf16 give the same logits", "[golde
 TEST_CASE("ds3 eval and ds3 run reproduce the goldens through the CLI", "[golden][cli]") {
     DS3_REQUIRE_FIXTURES(fx);
     const Golden g = golden(fx, "v2-lite-tiny");
-    const fs::path model = converted(fx, "v2-lite-tiny", "bf16");
+    const fs::path model = converted(fx, "v2-lite-tiny", "bf16", "golden");
     const fs::path dir = scratch_dir("cli-eval");
     const auto tokens = g.i32("p1.tokens");
     const std::string ids = join_ids(tokens);

@@ -1,0 +1,36 @@
+// The fixtures' goldens as the conformance tests read them (CPU in tests/runtime, CUDA in
+// tests/cuda): the golden safetensors of a fixture, the fixture converted by `ds3 convert`
+// once per process, and the comparisons both tests make.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common.h"
+#include "convert/safetensors.h"
+
+namespace ds3::test {
+
+// <fixtures>/golden/<name>.golden.safetensors. The accessors REQUIRE the tensor exists.
+struct Golden {
+    hf::SafetensorsFile f;
+    const hf::StTensor& t(const std::string& name) const;
+    std::vector<float> f32(const std::string& name) const;
+    std::vector<int32_t> i32(const std::string& name) const;  // REQUIREs dtype I32
+    bool has(const std::string& name) const { return f.find(name) != nullptr; }
+};
+
+Golden golden(const fs::path& fx, const std::string& name);
+
+// The fixture `name` converted with --outtype `outtype`, in scratch_dir("<tag>-<name>.<outtype>").
+// Converts once per process (several test cases share the files); a failed conversion
+// fails the test with ds3's stderr.
+fs::path converted(const fs::path& fx, const std::string& name, const std::string& outtype, const std::string& tag);
+
+float max_diff(const float* a, const float* b, size_t n);
+
+// "1,2,3": the --tokens argument of `ds3 eval` / `ds3 run`, and their --print-ids output.
+std::string join_ids(const std::vector<int32_t>& ids);
+
+}  // namespace ds3::test
