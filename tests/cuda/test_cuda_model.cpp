@@ -10,34 +10,6 @@
 using namespace ds3;
 using namespace ds3::test;
 
-namespace {
-
-const std::vector<int32_t> kPrompt = {0, 7, 52, 3, 3, 19, 41, 2, 30, 11, 5};
-
-std::vector<float> run_batch(const Deepseek2Model& m, std::vector<Backend*> bs, ExpertPlacement pl = {}) {
-    Runner r(m, std::move(bs), 64, std::move(pl));
-    return r.eval(kPrompt, true);
-}
-
-std::vector<float> run_incremental(const Deepseek2Model& m, std::vector<Backend*> bs, ExpertPlacement pl = {}) {
-    Runner r(m, std::move(bs), 64, std::move(pl));
-    std::vector<float> all;
-    for (int32_t t : kPrompt) {
-        auto l = r.eval(std::span<const int32_t>(&t, 1), true);
-        all.insert(all.end(), l.begin(), l.end());
-    }
-    return all;
-}
-
-float max_diff(const std::vector<float>& a, const std::vector<float>& b) {
-    REQUIRE(a.size() == b.size());
-    float m = 0;
-    for (size_t i = 0; i < a.size(); ++i) m = std::max(m, std::abs(a[i] - b[i]));
-    return m;
-}
-
-}  // namespace
-
 TEST_CASE("cuda: tiny models give the CPU's logits, batch and token by token", "[cuda][model]") {
     DS3_REQUIRE_CUDA(gpu);
     auto cpu = create_backend("cpu", {2});

@@ -17,30 +17,6 @@ using namespace ds3::test;
 
 namespace {
 
-float max_diff(const std::vector<float>& a, const std::vector<float>& b) {
-    REQUIRE(a.size() == b.size());
-    float m = 0;
-    for (size_t i = 0; i < a.size(); ++i) m = std::max(m, std::abs(a[i] - b[i]));
-    return m;
-}
-
-const std::vector<int32_t> kPrompt = {0, 7, 52, 3, 3, 19, 41, 2, 30, 11, 5};
-
-std::vector<float> run_batch(const Deepseek2Model& m, std::vector<Backend*> bs, ExpertPlacement pl = {}) {
-    Runner r(m, std::move(bs), 64, std::move(pl));
-    return r.eval(kPrompt, true);
-}
-
-std::vector<float> run_incremental(const Deepseek2Model& m, Backend* b) {
-    Runner r(m, {b}, 64);
-    std::vector<float> all;
-    for (int32_t t : kPrompt) {
-        auto l = r.eval(std::span<const int32_t>(&t, 1), true);
-        all.insert(all.end(), l.begin(), l.end());
-    }
-    return all;
-}
-
 // A CPU backend that refuses nodes with BF16 weights, to exercise fallback placement.
 class PickyBackend final : public Backend {
 public:
@@ -78,17 +54,17 @@ TEST_CASE("batch and token-by-token decoding give the same logits", "[model]") {
     }
     Deepseek2Model m = tiny_model(o);
     auto batch = run_batch(m, {cpu.get()});
-    auto inc = run_incremental(m, cpu.get());
-    REQUIRE(batch.size() == kPrompt.size() * size_t(m.hp.n_vocab));
+    auto inc = run_incremental(m, {cpu.get()});
+    REQUIRE(batch.size() == kTinyPrompt.size() * size_t(m.hp.n_vocab));
     for (float v : batch) REQUIRE(std::isfinite(v));
     CHECK(max_diff(batch, inc) < 1e-5f);
     // Logits of the last token only, from a prefix then a continuation batch.
     Runner r(m, {cpu.get()}, 64);
-    r.eval(std::span<const int32_t>(kPrompt.data(), 4), false);
-    auto last = r.eval(std::span<const int32_t>(kPrompt.data() + 4, kPrompt.size() - 4), false);
+    r.eval(std::span<const int32_t>(kTinyPrompt.data(), 4), false);
+    auto last = r.eval(std::span<const int32_t>(kTinyPrompt.data() + 4, kTinyPrompt.size() - 4), false);
     std::vector<float> want(batch.end() - m.hp.n_vocab, batch.end());
     CHECK(max_diff(last, want) < 1e-5f);
-    CHECK(r.n_past() == int64_t(kPrompt.size()));
+    CHECK(r.n_past() == int64_t(kTinyPrompt.size()));
 }
 
 TEST_CASE("experts split across two CPU backends give the unsplit logits", "[model][sched]") {
@@ -119,7 +95,7 @@ TEST_CASE("experts split across two CPU backends give the unsplit logits", "[mod
     // Incremental decoding through the split gives the same logits too.
     Runner r(m, {a.get(), b.get()}, 32, pl);
     std::vector<float> inc;
-    for (int32_t t : kPrompt) {
+    for (int32_t t : kTinyPrompt) {
         auto l = r.eval(std::span<const int32_t>(&t, 1), true);
         inc.insert(inc.end(), l.begin(), l.end());
     }
@@ -175,20 +151,20 @@ TEST_CASE("older files with only attn_kv_b are split into W_kb and W_vb", "[mode
                 REQUIRE(vbf[(h * hp.v_head + i) * hp.kv_lora + j] == at(h * per + hp.qk_nope + i, j));
         }
     auto cpu = create_backend("cpu");
-    CHECK(max_diff(run_batch(m, {cpu.get()}), run_incremental(m, cpu.get())) < 1e-5f);
+    CHECK(max_diff(run_batch(m, {cpu.get()}), run_incremental(m, {cpu.get()})) < 1e-5f);
 }
 
 TEST_CASE("a sequence beyond the context size is refused and leaves the cache intact", "[model][kv_cache]") {
     Deepseek2Model m = tiny_model();
     auto cpu = create_backend("cpu");
     Runner r(m, {cpu.get()}, 6);
-    r.eval(std::span<const int32_t>(kPrompt.data(), 4), false);
-    CHECK_THROWS_WITH(r.eval(std::span<const int32_t>(kPrompt.data() + 4, 3), false),
+    r.eval(std::span<const int32_t>(kTinyPrompt.data(), 4), false);
+    CHECK_THROWS_WITH(r.eval(std::span<const int32_t>(kTinyPrompt.data() + 4, 3), false),
                       Catch::Contains("[kv_cache] context size exceeded: 4 cached + 3 new tokens > 6"));
     CHECK(r.n_past() == 4);
-    r.eval(std::span<const int32_t>(kPrompt.data() + 4, 2), false);
+    r.eval(std::span<const int32_t>(kTinyPrompt.data() + 4, 2), false);
     CHECK(r.n_past() == 6);
-    CHECK_THROWS_WITH(r.eval(std::span<const int32_t>(kPrompt.data(), 1), false), Catch::Contains("context size exceeded"));
+    CHECK_THROWS_WITH(r.eval(std::span<const int32_t>(kTinyPrompt.data(), 1), false), Catch::Contains("context size exceeded"));
     r.reset();
     CHECK(r.n_past() == 0);
     CHECK(r.cache().bytes_per_token() == uint64_t((m.hp.kv_lora + m.hp.qk_rope) * 4 * m.hp.n_layer));
@@ -204,10 +180,10 @@ TEST_CASE("bad token ids and unknown dump names are errors; dumps return named i
     const int32_t neg[] = {-1};
     CHECK_THROWS_WITH(r.eval(neg, true), Catch::Contains("token id -1"));
     CHECK(r.n_past() == 0);
-    CHECK_THROWS_WITH(r.eval(std::span<const int32_t>(kPrompt.data(), 2), true, {"l9.nothing"}),
+    CHECK_THROWS_WITH(r.eval(std::span<const int32_t>(kTinyPrompt.data(), 2), true, {"l9.nothing"}),
                       Catch::Contains("no intermediate named 'l9.nothing'"));
     std::map<std::string, std::vector<float>> d;
-    r.eval(std::span<const int32_t>(kPrompt.data(), 3), true, {"embd", "l1.kv_latent", "l2.resid", "l1.moe_route"}, &d);
+    r.eval(std::span<const int32_t>(kTinyPrompt.data(), 3), true, {"embd", "l1.kv_latent", "l2.resid", "l1.moe_route"}, &d);
     CHECK(d["embd"].size() == size_t(3 * m.hp.n_embd));
     CHECK(d["l1.kv_latent"].size() == size_t(3 * m.hp.kv_lora));
     CHECK(d["l2.resid"].size() == size_t(3 * m.hp.n_embd));
@@ -291,7 +267,7 @@ TEST_CASE("inputs of a remote expert partial are staged before the primary queue
     ExpertPlacement pl;
     pl.expert_backend = {{}, {0, 1, 0, 1, 0, 1, 0, 1}, {}};
     Runner r(m, {&dev, &host}, 16, pl);
-    r.eval(kPrompt, true);
+    r.eval(kTinyPrompt, true);
     auto at = [&](const std::string& s) {
         auto it = std::find(log.begin(), log.end(), s);
         REQUIRE(it != log.end());

@@ -1,5 +1,8 @@
 #include "tiny_model.h"
 
+#include <catch2/catch.hpp>
+
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -125,6 +128,30 @@ Deepseek2Model tiny_model(const TinyOptions& o) {
     b.norm("output_norm.weight", E);
     b.mat("output.weight", {E, hp.n_vocab});
     return bind_deepseek2(hp, std::move(s));
+}
+
+const std::vector<int32_t> kTinyPrompt = {0, 7, 52, 3, 3, 19, 41, 2, 30, 11, 5};
+
+std::vector<float> run_batch(const Deepseek2Model& m, std::vector<Backend*> bs, ExpertPlacement pl) {
+    Runner r(m, std::move(bs), 64, std::move(pl));
+    return r.eval(kTinyPrompt, true);
+}
+
+std::vector<float> run_incremental(const Deepseek2Model& m, std::vector<Backend*> bs, ExpertPlacement pl) {
+    Runner r(m, std::move(bs), 64, std::move(pl));
+    std::vector<float> all;
+    for (int32_t t : kTinyPrompt) {
+        auto l = r.eval(std::span<const int32_t>(&t, 1), true);
+        all.insert(all.end(), l.begin(), l.end());
+    }
+    return all;
+}
+
+float max_diff(const std::vector<float>& a, const std::vector<float>& b) {
+    REQUIRE(a.size() == b.size());
+    float m = 0;
+    for (size_t i = 0; i < a.size(); ++i) m = std::max(m, std::abs(a[i] - b[i]));
+    return m;
 }
 
 }  // namespace ds3::test

@@ -1,10 +1,13 @@
 // In-memory random deepseek2 models for the runtime tests: no file, no fixtures.
-// Sizes are deliberately odd so that no kernel can lean on a power of two.
+// Sizes are deliberately odd so that no kernel can lean on a power of two. Also the
+// prompt the model tests (CPU and CUDA) run them on, and how they run it.
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "models/deepseek2.h"
+#include "models/runner.h"
 
 namespace ds3::test {
 
@@ -18,5 +21,16 @@ struct TinyOptions {
 
 Deepseek2HParams tiny_hparams(const TinyOptions& o = {});
 Deepseek2Model tiny_model(const TinyOptions& o = {});
+
+// Eleven ids below the tiny vocabulary, with a repeat.
+extern const std::vector<int32_t> kTinyPrompt;
+
+// Logits [T][n_vocab] of kTinyPrompt in one batch, or one token at a time, on a fresh
+// Runner (64 positions) over `bs` with placement `pl`.
+std::vector<float> run_batch(const Deepseek2Model& m, std::vector<Backend*> bs, ExpertPlacement pl = {});
+std::vector<float> run_incremental(const Deepseek2Model& m, std::vector<Backend*> bs, ExpertPlacement pl = {});
+
+// max |a - b|; REQUIREs equal sizes.
+float max_diff(const std::vector<float>& a, const std::vector<float>& b);
 
 }  // namespace ds3::test
