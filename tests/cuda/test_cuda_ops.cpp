@@ -11,6 +11,7 @@
 
 #include "backends/cpu/cpu_backend.h"
 #include "cuda_test.h"
+#include "op_inputs.h"
 #include "quantize/float.h"
 #include "runtime/error.h"
 #include "runtime/kv_cache.h"
@@ -21,28 +22,6 @@ using namespace ds3;
 using namespace ds3::test;
 
 namespace {
-
-std::vector<float> randn(size_t n, uint32_t seed, float scale = 1.0f) {
-    std::mt19937 rng(seed);
-    std::normal_distribution<float> d(0.0f, scale);
-    std::vector<float> v(n);
-    for (auto& x : v) x = d(rng);
-    return v;
-}
-
-const Weight& add_weight(WeightStore& s, const std::string& name, TypeId type, std::vector<int64_t> ne,
-                         const std::vector<float>& v) {
-    std::vector<uint8_t> bytes(v.size() * (type == TypeId::F32 ? 4 : 2));
-    for (size_t i = 0; i < v.size(); ++i) {
-        if (type == TypeId::F32) {
-            std::memcpy(bytes.data() + 4 * i, &v[i], 4);
-        } else {
-            uint16_t h = type == TypeId::BF16 ? f32_to_bf16(v[i]) : f32_to_f16(v[i]);
-            std::memcpy(bytes.data() + 2 * i, &h, 2);
-        }
-    }
-    return s.add_owned(name, type, ne, std::move(bytes));
-}
 
 const char* tname(TypeId t) { return type_traits(t).name.data(); }
 
