@@ -48,26 +48,7 @@ void check_fixture(const std::string& name, const std::string& outtype) {
             REQUIRE(logits.size() == T * V);
             INFO(name << " " << outtype << (incremental ? " incremental " : " batch ") << pn);
             CHECK(all_finite(logits));
-            if (g.has(pn + "logits")) {
-                const auto ref = g.f32(pn + "logits");
-                const float d = max_diff(logits.data(), ref.data(), T * V);
-                INFO("max |logit - golden| = " << d);
-                CHECK(d <= kLogitTol);
-            } else {
-                // v3-realvocab: the last row in full, and the top 32 at every position.
-                const auto last = g.f32(pn + "last_logits");
-                CHECK(max_diff(logits.data() + (T - 1) * V, last.data(), V) <= kLogitTol);
-                const auto ids = g.i32(pn + "top32_ids");
-                const auto top = g.f32(pn + "top32_logits");
-                float worst = 0;
-                for (size_t t = 0; t < T; ++t) {
-                    for (size_t j = 0; j < 32; ++j)
-                        worst = std::max(worst, std::abs(logits[t * V + size_t(ids[t * 32 + j])] - top[t * 32 + j]));
-                    CHECK(argmax(std::span<const float>(logits.data() + t * V, V)) == ids[t * 32]);
-                }
-                INFO("max top-32 |logit - golden| = " << worst);
-                CHECK(worst <= kLogitTol);
-            }
+            check_logits(g, pn, logits, T, V, kLogitTol);
         }
     }
     const auto prompt = g.i32("greedy.prompt");

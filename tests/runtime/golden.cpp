@@ -6,6 +6,9 @@
 #include <cmath>
 #include <cstring>
 #include <map>
+#include <span>
+
+#include "models/runner.h"
 
 namespace ds3::test {
 
@@ -50,6 +53,29 @@ float max_diff(const float* a, const float* b, size_t n) {
     float m = 0;
     for (size_t i = 0; i < n; ++i) m = std::max(m, std::abs(a[i] - b[i]));
     return m;
+}
+
+void check_logits(const Golden& g, const std::string& pn, const std::vector<float>& logits, size_t T, size_t V,
+                  float tol) {
+    if (g.has(pn + "logits")) {
+        const auto ref = g.f32(pn + "logits");
+        const float d = max_diff(logits.data(), ref.data(), T * V);
+        INFO("max |logit - golden| = " << d);
+        CHECK(d <= tol);
+        return;
+    }
+    const auto last = g.f32(pn + "last_logits");
+    CHECK(max_diff(logits.data() + (T - 1) * V, last.data(), V) <= tol);
+    const auto ids = g.i32(pn + "top32_ids");
+    const auto top = g.f32(pn + "top32_logits");
+    float worst = 0;
+    for (size_t t = 0; t < T; ++t) {
+        for (size_t j = 0; j < 32; ++j)
+            worst = std::max(worst, std::abs(logits[t * V + size_t(ids[t * 32 + j])] - top[t * 32 + j]));
+        CHECK(argmax(std::span<const float>(logits.data() + t * V, V)) == ids[t * 32]);
+    }
+    INFO("max top-32 |logit - golden| = " << worst);
+    CHECK(worst <= tol);
 }
 
 std::string join_ids(const std::vector<int32_t>& ids) {

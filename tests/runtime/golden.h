@@ -30,6 +30,12 @@ fs::path converted(const fs::path& fx, const std::string& name, const std::strin
 
 float max_diff(const float* a, const float* b, size_t n);
 
+// Checks logits [T][V] of prompt `pn` ("p0.", "p1.", ...) against the golden within `tol`:
+// every row where the golden holds them all, else (v3-realvocab) the last row in full and
+// the top 32 at every position, whose first must be the argmax.
+void check_logits(const Golden& g, const std::string& pn, const std::vector<float>& logits, size_t T, size_t V,
+                  float tol);
+
 // "1,2,3": the --tokens argument of `ds3 eval` / `ds3 run`, and their --print-ids output.
 std::string join_ids(const std::vector<int32_t>& ids);
 

@@ -70,23 +70,7 @@ void check_fixture(const std::string& name, const std::string& outtype) {
             auto logits = evaluate(m, *cpu, tokens, incremental, p == 1 ? &hidden : nullptr);
             REQUIRE(logits.size() == T * V);
             INFO(name << " " << outtype << (incremental ? " incremental " : " batch ") << pn);
-            if (g.has(pn + "logits")) {
-                const auto ref = g.f32(pn + "logits");
-                CHECK(max_diff(logits.data(), ref.data(), T * V) <= kLogitTol);
-            } else {
-                // v3-realvocab: the last row in full, and the top 32 at every position.
-                const auto last = g.f32(pn + "last_logits");
-                CHECK(max_diff(logits.data() + (T - 1) * V, last.data(), V) <= kLogitTol);
-                const auto ids = g.i32(pn + "top32_ids");
-                const auto top = g.f32(pn + "top32_logits");
-                float worst = 0;
-                for (size_t t = 0; t < T; ++t) {
-                    for (size_t j = 0; j < 32; ++j)
-                        worst = std::max(worst, std::abs(logits[t * V + size_t(ids[t * 32 + j])] - top[t * 32 + j]));
-                    CHECK(argmax(std::span<const float>(logits.data() + t * V, V)) == ids[t * 32]);
-                }
-                CHECK(worst <= kLogitTol);
-            }
+            check_logits(g, pn, logits, T, V, kLogitTol);
             if (p == 1) {
                 // [n_layer + 1][T][n_embd]: after the embedding, then after each layer.
                 const auto ref = g.f32("p1.hidden");
