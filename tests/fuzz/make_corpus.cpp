@@ -95,7 +95,11 @@ int main(int argc, char** argv) {
             Writer w((out / "tokens.gguf").string());
             w.set_kv("general.architecture", Value::str("deepseek2"));
             std::vector<std::string> toks;
-            for (int i = 0; i < 40; ++i) toks.push_back("t" + std::to_string(i));
+            for (int i = 0; i < 40; ++i) {
+                std::string t = "t";  // not "t" + to_string(i): GCC 12 warns falsely (-Wrestrict)
+                t += std::to_string(i);
+                toks.push_back(t);
+            }
             w.set_kv("tokenizer.ggml.tokens", Value::strings(toks));
             w.set_kv("tokenizer.ggml.token_type", Value::i32s(std::vector<int32_t>(40, 1)));
             w.set_kv("tokenizer.ggml.scores", Value::f32s(std::vector<float>(40, 0.0f)));
