@@ -2,7 +2,8 @@
 // [-c N] [--json]`: runs both models on the same tokens (chunks of N, each from an empty
 // cache) and compares their next-token distributions: mean and 99th-percentile
 // KL(ref || quant) per token, top-1 agreement, and the perplexity of each over the
-// chunk's next-token targets with their ratio ppl(quant) / ppl(ref).
+// chunk's next-token targets with their ratio ppl(quant) / ppl(ref); also the median gap
+// between the reference's two best logits (how easily a small change flips top-1).
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -50,6 +51,7 @@ int run_kld(const Args& a) {
     Runner rq(qm, {backend.get()}, c), rr(rm, {backend.get()}, c);
 
     std::vector<double> kl, lq, lr;
+    std::vector<double> margin;  // reference's top-1 minus top-2 logit: how easily top-1 flips
     int64_t top1 = 0, n_targets = 0;
     double nll_q = 0.0, nll_r = 0.0;
     for (int64_t c0 = 0; c0 < N; c0 += c) {
@@ -71,6 +73,13 @@ int run_kld(const Args& a) {
                 k += p * (lr[static_cast<size_t>(i)] - lq[static_cast<size_t>(i)]);
             }
             kl.push_back(std::max(k, 0.0));  // rounding can leave -1e-17 for identical rows
+            double b1 = -1e300, b2 = -1e300;
+            for (int64_t i = 0; i < V; ++i) {
+                const double v = rt[i];
+                if (v > b1) b2 = b1, b1 = v;
+                else if (v > b2) b2 = v;
+            }
+            margin.push_back(b1 - b2);
             top1 += argmax(std::span<const float>(qt, static_cast<size_t>(V))) ==
                     argmax(std::span<const float>(rt, static_cast<size_t>(V)));
             if (t + 1 < n) {
@@ -94,11 +103,14 @@ int run_kld(const Args& a) {
     const double ppl_q = n_targets ? std::exp(nll_q / static_cast<double>(n_targets)) : 0.0;
     const double ppl_r = n_targets ? std::exp(nll_r / static_cast<double>(n_targets)) : 0.0;
     const double ratio = ppl_r > 0 ? ppl_q / ppl_r : 0.0;
+    std::sort(margin.begin(), margin.end());
+    const double margin_median = margin[margin.size() / 2];
     if (a.json) {
         nlohmann::json j = {{"model", a.m.model},        {"reference", a.reference}, {"tokens", kl.size()},
                             {"chunk", c},                {"kld_mean", mean},         {"kld_p99", p99},
                             {"top1_agreement", agree},   {"ppl", ppl_q},             {"ppl_reference", ppl_r},
-                            {"ppl_ratio", ratio},        {"targets", n_targets}};
+                            {"ppl_ratio", ratio},        {"targets", n_targets},
+                            {"ref_top1_margin_median", margin_median}};
         std::printf("%s\n", j.dump(2).c_str());
     } else {
         std::printf("tokens          %zu (chunks of %lld)\n", kl.size(), static_cast<long long>(c));
@@ -106,6 +118,7 @@ int run_kld(const Args& a) {
         std::printf("99%% KLD         %.6f\n", p99);
         std::printf("top-1 agreement %.2f%%\n", 100.0 * agree);
         std::printf("ppl quant/ref   %.4f / %.4f = %.4f\n", ppl_q, ppl_r, ratio);
+        std::printf("ref top-1 margin (median logit gap) %.4f\n", margin_median);
     }
     return 0;
 }
