@@ -312,6 +312,10 @@ Tokenizer::Tokenizer(TokenizerData data) : impl_(std::make_unique<Impl>()) {
             p += st.len;
         }
         m.bytes[i] = all ? std::move(out) : t;
+        // Padding entries ("[PAD129046]", filling the vocabulary up to the output matrix's
+        // rows) are ids Hugging Face's tokenizer does not have: they decode to nothing, as
+        // `tokenizers` skips unknown ids, rather than printing a placeholder.
+        if (d.types[i] == TokenType::Unused) m.bytes[i].clear();
         if ((d.types[i] == TokenType::Control || d.types[i] == TokenType::UserDefined) && !t.empty()) {
             m.added.add(t, i);
             m.has_added = true;

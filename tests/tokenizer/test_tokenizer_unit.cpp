@@ -124,6 +124,9 @@ TEST_CASE("added tokens: leftmost-longest, before pre-tokenization, and can be t
     CHECK(t.decode(std::vector<int32_t>{261, 256}, true) == "ab");
     CHECK(t.find_token("ab") == 256);
     CHECK(!t.find_token("[PAD263]"));  // placeholders are not findable
+    // ... and decode to nothing (HF's tokenizer has no such ids), not to "[PAD263]".
+    CHECK(t.decode(std::vector<int32_t>{256, 263, 256}) == "abab");
+    CHECK(t.token_bytes(263).empty());
     CHECK(t.token_type(262) == TokenType::UserDefined);
 }
 
