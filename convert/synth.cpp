@@ -9,6 +9,7 @@
 #include "convert/hf_config.h"
 #include "convert/mapping.h"
 #include "convert/safetensors_writer.h"
+#include "models/presets.h"
 #include "quantize/float.h"
 #include "runtime/error.h"
 
@@ -20,78 +21,6 @@ namespace fs = std::filesystem;
 using json = nlohmann::ordered_json;
 
 [[noreturn]] void fail(const std::string& msg) { throw Error("synth", msg); }
-
-// Shapes of the tiny conformance fixtures (../shared/fixtures), so that synthetic and
-// fixture files exercise the same code paths.
-const char* kV3Tiny = R"({
-  "architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3",
-  "vocab_size": 1024, "hidden_size": 256, "intermediate_size": 384, "moe_intermediate_size": 64,
-  "num_hidden_layers": 4, "num_nextn_predict_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 4,
-  "n_shared_experts": 1, "n_routed_experts": 16, "routed_scaling_factor": 2.5, "kv_lora_rank": 64,
-  "q_lora_rank": 96, "qk_rope_head_dim": 16, "v_head_dim": 32, "qk_nope_head_dim": 32,
-  "topk_method": "noaux_tc", "n_group": 4, "topk_group": 2, "num_experts_per_tok": 4, "moe_layer_freq": 1,
-  "first_k_dense_replace": 1, "norm_topk_prob": true, "scoring_func": "sigmoid", "hidden_act": "silu",
-  "max_position_embeddings": 163840, "rms_norm_eps": 1e-06, "rope_theta": 10000,
-  "rope_scaling": {"type": "yarn", "factor": 40, "original_max_position_embeddings": 4096,
-                   "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0},
-  "bos_token_id": 0, "eos_token_id": 1, "tie_word_embeddings": false, "attention_bias": false,
-  "torch_dtype": "bfloat16",
-  "quantization_config": {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
-                          "weight_block_size": [128, 128]}
-})";
-
-const char* kV2LiteTiny = R"({
-  "architectures": ["DeepseekV2ForCausalLM"], "model_type": "deepseek_v2",
-  "vocab_size": 1024, "hidden_size": 192, "intermediate_size": 320, "moe_intermediate_size": 48,
-  "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 4,
-  "n_shared_experts": 2, "n_routed_experts": 12, "routed_scaling_factor": 1.0, "kv_lora_rank": 64,
-  "q_lora_rank": null, "qk_rope_head_dim": 16, "v_head_dim": 32, "qk_nope_head_dim": 32,
-  "topk_method": "greedy", "n_group": 1, "topk_group": 1, "num_experts_per_tok": 3, "moe_layer_freq": 1,
-  "first_k_dense_replace": 1, "norm_topk_prob": false, "scoring_func": "softmax", "hidden_act": "silu",
-  "max_position_embeddings": 163840, "rms_norm_eps": 1e-06, "rope_theta": 10000,
-  "rope_scaling": {"type": "yarn", "factor": 40, "original_max_position_embeddings": 4096,
-                   "beta_fast": 32, "beta_slow": 1, "mscale": 0.707, "mscale_all_dim": 0.707},
-  "bos_token_id": 0, "eos_token_id": 1, "tie_word_embeddings": false, "attention_bias": false,
-  "torch_dtype": "bfloat16",
-  "quantization_config": {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
-                          "weight_block_size": [128, 128]}
-})";
-
-// Real configurations (config.json of the public releases, fields the model uses). With
-// SynthOptions::layers they give models of the real width and fewer layers.
-const char* kV2Lite = R"({
-  "architectures": ["DeepseekV2ForCausalLM"], "model_type": "deepseek_v2",
-  "vocab_size": 102400, "hidden_size": 2048, "intermediate_size": 10944, "moe_intermediate_size": 1408,
-  "num_hidden_layers": 27, "num_attention_heads": 16, "num_key_value_heads": 16,
-  "n_shared_experts": 2, "n_routed_experts": 64, "routed_scaling_factor": 1.0, "kv_lora_rank": 512,
-  "q_lora_rank": null, "qk_rope_head_dim": 64, "v_head_dim": 128, "qk_nope_head_dim": 128,
-  "topk_method": "greedy", "n_group": 1, "topk_group": 1, "num_experts_per_tok": 6, "moe_layer_freq": 1,
-  "first_k_dense_replace": 1, "norm_topk_prob": false, "scoring_func": "softmax", "hidden_act": "silu",
-  "max_position_embeddings": 163840, "rms_norm_eps": 1e-06, "rope_theta": 10000,
-  "rope_scaling": {"type": "yarn", "factor": 40, "original_max_position_embeddings": 4096,
-                   "beta_fast": 32, "beta_slow": 1, "mscale": 0.707, "mscale_all_dim": 0.707},
-  "bos_token_id": 100000, "eos_token_id": 100001, "tie_word_embeddings": false, "attention_bias": false,
-  "torch_dtype": "bfloat16",
-  "quantization_config": {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
-                          "weight_block_size": [128, 128]}
-})";
-
-const char* kV3 = R"({
-  "architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3",
-  "vocab_size": 129280, "hidden_size": 7168, "intermediate_size": 18432, "moe_intermediate_size": 2048,
-  "num_hidden_layers": 61, "num_nextn_predict_layers": 1, "num_attention_heads": 128, "num_key_value_heads": 128,
-  "n_shared_experts": 1, "n_routed_experts": 256, "routed_scaling_factor": 2.5, "kv_lora_rank": 512,
-  "q_lora_rank": 1536, "qk_rope_head_dim": 64, "v_head_dim": 128, "qk_nope_head_dim": 128,
-  "topk_method": "noaux_tc", "n_group": 8, "topk_group": 4, "num_experts_per_tok": 8, "moe_layer_freq": 1,
-  "first_k_dense_replace": 3, "norm_topk_prob": true, "scoring_func": "sigmoid", "hidden_act": "silu",
-  "max_position_embeddings": 163840, "rms_norm_eps": 1e-06, "rope_theta": 10000,
-  "rope_scaling": {"type": "yarn", "factor": 40, "original_max_position_embeddings": 4096,
-                   "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0},
-  "bos_token_id": 0, "eos_token_id": 1, "tie_word_embeddings": false, "attention_bias": false,
-  "torch_dtype": "bfloat16",
-  "quantization_config": {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
-                          "weight_block_size": [128, 128]}
-})";
 
 // Deterministic on every platform (std distributions are not): splitmix64 to uniform.
 struct Rng {
@@ -173,16 +102,13 @@ void write_text(const fs::path& p, const std::string& s) {
 
 }  // namespace
 
+// The presets are the one table of models/presets.h.
 const std::vector<SynthPreset>& synth_presets() {
-    static const std::vector<SynthPreset> p = {
-        {"v3-tiny", "DeepSeek-V3 layout at the v3-tiny fixture's shapes: FP8, q_lora, YaRN, noaux_tc, 1 dense + 3 MoE + MTP",
-         kV3Tiny, 2},
-        {"v2-lite-tiny", "DeepSeek-V2-Lite layout at the v2-lite-tiny fixture's shapes: q_proj, softmax, greedy",
-         kV2LiteTiny, 2},
-        {"v2-lite", "DeepSeek-V2-Lite's real configuration (27 layers, 15.7B parameters; --layers for fewer)", kV2Lite,
-         4},
-        {"v3", "DeepSeek-V3's real configuration (61 layers + MTP, 671B parameters; --layers for fewer)", kV3, 8},
-    };
+    static const std::vector<SynthPreset> p = [] {
+        std::vector<SynthPreset> v;
+        for (const ModelPreset& m : model_presets()) v.push_back({m.name, m.description, m.config_json, m.n_shards});
+        return v;
+    }();
     return p;
 }
 

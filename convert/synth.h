@@ -7,8 +7,8 @@
 // model.safetensors.index.json; config.json and generation_config.json beside them.
 // Tensor names and shapes come from the one mapping table (convert/mapping.h).
 //
-// A preset is a config.json: adding a real model (V3 671B, V2-Lite, Kimi-K2) is adding
-// its config to the table. Generation streams tensor by tensor, so size is no limit
+// A preset is a config.json from the one table of models/presets.h (the fixtures' tiny
+// shapes, V3/R1 671B, V2-Lite, Kimi-K2), which `ds3 bench --synthetic` shares. Generation streams tensor by tensor, so size is no limit
 // beyond the disk.
 #pragma once
 
