@@ -6,7 +6,10 @@
 #include <xxhash.h>
 
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
 #include <cstdlib>
+#include <optional>
 #include <cstring>
 #include <map>
 #include <unordered_map>
@@ -119,15 +122,33 @@ private:
 float* f32(Buffer* b) { return static_cast<float*>(static_cast<CudaBuffer*>(b)->dev()); }
 const int32_t* i32(Buffer* b) { return static_cast<const int32_t*>(static_cast<CudaBuffer*>(b)->dev()); }
 
-bool weight_type_ok(TypeId t) { return t == TypeId::F32 || t == TypeId::BF16 || t == TypeId::F16; }
-
-cuda::WType wtype(TypeId t) {
+// The weight types the kernels decode (quant.cuh), or nullopt.
+std::optional<cuda::WType> wtype_of(TypeId t) {
     switch (t) {
+        case TypeId::F32: return cuda::WType::f32;
         case TypeId::BF16: return cuda::WType::bf16;
         case TypeId::F16: return cuda::WType::f16;
-        default: return cuda::WType::f32;
+        case TypeId::Q8_0: return cuda::WType::q8_0;
+        case TypeId::Q4_0: return cuda::WType::q4_0;
+        case TypeId::Q2_K: return cuda::WType::q2_K;
+        case TypeId::Q3_K: return cuda::WType::q3_K;
+        case TypeId::Q4_K: return cuda::WType::q4_K;
+        case TypeId::Q5_K: return cuda::WType::q5_K;
+        case TypeId::Q6_K: return cuda::WType::q6_K;
+        case TypeId::IQ4_XS: return cuda::WType::iq4_xs;
+        case TypeId::FP8_E4M3_B128: return cuda::WType::fp8_b128;
+        default: return std::nullopt;
     }
 }
+bool plain_float(TypeId t) { return t == TypeId::F32 || t == TypeId::BF16 || t == TypeId::F16; }
+
+// A matrix the GEMV/GEMM/get_rows kernels can read: a known type and whole blocks per row.
+bool matrix_ok(const Weight& w) {
+    auto t = wtype_of(w.type);
+    return t && w.ne[0] % cuda::wtype_block(*t) == 0;
+}
+
+cuda::WType wtype(TypeId t) { return wtype_of(t).value_or(cuda::WType::f32); }
 
 // A sample of a weight's bytes: a later Weight at the same address with other contents
 // (a model unloaded and another mapped in its place) is uploaded afresh.
@@ -159,10 +180,16 @@ public:
         DS3_CU(cudaMemsetAsync(err_, 0, sizeof(cuda::DevError), stream_));
         DS3_CU(cudaStreamSynchronize(stream_));
         pool_ = std::make_shared<Pool>();
+        if (const char* p = std::getenv("DS3_CUDA_PROFILE")) prof_ = std::atoi(p) != 0;
     }
 
     ~CudaBackend() override {
         cudaStreamSynchronize(stream_);
+        if (prof_) {
+            prof_collect();
+            prof_print();
+            for (auto& [a, b] : prof_events_) cudaEventDestroy(a), cudaEventDestroy(b);
+        }
         for (auto& [k, w] : weights_) cudaFree(w.ptr);
         cudaFree(err_);
         cudaStreamDestroy(stream_);
@@ -171,8 +198,14 @@ public:
     const std::string& name() const override { return name_; }
 
     bool supports(const Node& n) const override {
-        for (const Weight* w : n.w)
-            if (!weight_type_ok(w->type)) return false;
+        // Gains and the router bias are read element-wise: plain floats only. Matrices:
+        // the plain floats and the block formats of quant.cuh.
+        for (size_t i = 0; i < n.w.size(); ++i) {
+            const Weight* w = n.w[i];
+            if (!w) continue;
+            const bool elementwise = n.op == Op::rms_norm || (n.op == Op::moe_route && i == 1);
+            if (elementwise ? !plain_float(w->type) : !matrix_ok(*w)) return false;
+        }
         switch (n.op) {
             case Op::rope_yarn:
                 return n.rope && n.rope_dim / 2 <= cuda::kMaxRopeHalf &&
@@ -183,7 +216,8 @@ public:
                 return n.route.n_expert <= cuda::kMaxExperts && n.route.n_used <= 32 && n.route.n_group >= 1 &&
                        n.route.n_expert % n.route.n_group == 0;
             case Op::moe_ffn:
-                return n.route.n_expert <= cuda::kMaxExperts;
+                return n.route.n_expert <= cuda::kMaxExperts && n.w.size() == 3 && n.w[0]->type == n.w[1]->type &&
+                       n.w[1]->type == n.w[2]->type;
             default:
                 return true;
         }
@@ -206,6 +240,7 @@ public:
 
     void synchronize() override {
         DS3_CU(cudaStreamSynchronize(stream_));
+        if (prof_) prof_collect();
         cuda::DevError e;
         DS3_CU(cudaMemcpyAsync(&e, err_, sizeof e, cudaMemcpyDeviceToHost, stream_));
         DS3_CU(cudaStreamSynchronize(stream_));
@@ -218,7 +253,20 @@ public:
     }
 
     void compute(const Node& n, std::span<Buffer* const> in, Buffer& out_buf, Buffer* state) override {
-        DS3_CU(cudaSetDevice(device_));
+        // cudaSetDevice costs a driver call per node: only when this thread is elsewhere.
+        thread_local int current = -1;
+        if (current != device_) {
+            DS3_CU(cudaSetDevice(device_));
+            current = device_;
+        }
+        const auto t0 = std::chrono::steady_clock::now();
+        if (prof_) prof_begin();
+        compute_op(n, in, out_buf, state);
+        if (prof_) prof_end(n, t0);
+    }
+
+private:
+    void compute_op(const Node& n, std::span<Buffer* const> in, Buffer& out_buf, Buffer* state) {
         float* out = f32(&out_buf);
         switch (n.op) {
             case Op::input:
@@ -270,7 +318,54 @@ public:
         launched(n.name);
     }
 
-private:
+    // DS3_CUDA_PROFILE=1: GPU time (events around each node) and host time (inside
+    // compute) per op kind, summed over the backend's life and printed to stderr at its
+    // end. The events are read back when the backend next synchronises.
+    struct ProfRow {
+        int64_t calls = 0;
+        double gpu_ms = 0, host_ms = 0;
+    };
+    void prof_begin() {
+        if (prof_used_ == prof_events_.size()) {
+            cudaEvent_t a, b;
+            DS3_CU(cudaEventCreate(&a));
+            DS3_CU(cudaEventCreate(&b));
+            prof_events_.push_back({a, b});
+        }
+        DS3_CU(cudaEventRecord(prof_events_[prof_used_].first, stream_));
+    }
+    void prof_end(const Node& n, std::chrono::steady_clock::time_point t0) {
+        DS3_CU(cudaEventRecord(prof_events_[prof_used_].second, stream_));
+        std::string kind = op_name(n.op);
+        if (n.op == Op::mul_mat || n.op == Op::shared_ffn || n.op == Op::moe_ffn || n.op == Op::logits)
+            kind += n.rows <= 8 ? " (<=8 rows)" : " (>8 rows)";
+        prof_pending_.push_back(kind);
+        ++prof_used_;
+        ProfRow& r = prof_rows_[kind];
+        ++r.calls;
+        r.host_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    }
+    void prof_collect() {
+        for (size_t i = 0; i < prof_used_; ++i) {
+            float ms = 0;
+            if (cudaEventElapsedTime(&ms, prof_events_[i].first, prof_events_[i].second) == cudaSuccess)
+                prof_rows_[prof_pending_[i]].gpu_ms += ms;
+            else
+                cudaGetLastError();
+        }
+        prof_used_ = 0;
+        prof_pending_.clear();
+    }
+    void prof_print() {
+        double g = 0, h = 0;
+        for (auto& [k, r] : prof_rows_) g += r.gpu_ms, h += r.host_ms;
+        std::fprintf(stderr, "cuda profile: %-24s %8s %10s %10s\n", "op", "calls", "gpu ms", "host ms");
+        for (auto& [k, r] : prof_rows_)
+            std::fprintf(stderr, "cuda profile: %-24s %8lld %10.3f %10.3f\n", k.c_str(), static_cast<long long>(r.calls),
+                         r.gpu_ms, r.host_ms);
+        std::fprintf(stderr, "cuda profile: %-24s %8s %10.3f %10.3f\n", "total", "", g, h);
+    }
+
     struct DevWeight {
         void* ptr = nullptr;
         uint64_t nbytes = 0;
@@ -280,7 +375,7 @@ private:
 
     // The resident copy of w, uploaded on first use.
     const void* weight(const Weight& w) {
-        check(weight_type_ok(w.type), "cuda",
+        check(wtype_of(w.type).has_value(), "cuda",
               w.name + ": weight type " + std::string(type_traits(w.type).name) + " is not supported by the CUDA backend");
         const uint64_t print = fingerprint(w);
         auto it = weights_.find(w.data);
@@ -327,7 +422,6 @@ private:
     }
 
     void rope(const Node& n, const float* x, const int32_t* pos, float* y) {
-        DS3_CU(cudaMemcpyAsync(y, x, n.nbytes(), cudaMemcpyDeviceToDevice, stream_));
         cuda::RopeArgs a;
         a.rows = n.rows;
         a.cols = n.cols;
@@ -337,7 +431,7 @@ private:
         a.rope_dim = n.rope_dim;
         a.attn_factor = n.rope->attn_factor;
         std::copy_n(n.rope->inv_freq.begin(), n.rope_dim / 2, a.inv_freq);
-        cuda::rope(a, pos, y, stream_);
+        cuda::rope(a, pos, x, y, stream_);
     }
 
     void mla_attn(const Node& n, const float* q, const float* latent, const float* k_pe, Buffer& cache_buf, float* out) {
@@ -495,12 +589,11 @@ private:
         Scratch g(*pool_, static_cast<size_t>(P * a.F) * 4);
         Scratch u(*pool_, static_cast<size_t>(P * a.F) * 4);
         Scratch y(*pool_, static_cast<size_t>(P * a.D) * 4);
-        const uint64_t es = a.wt == cuda::WType::f32 ? 4 : 2;
         cuda::GemmArgs ga;
         ga.x = x;
         ga.ldx = a.D;
         ga.wt = a.wt;
-        ga.w_bstride = static_cast<int64_t>(a.F * a.D * es);
+        ga.w_bstride = static_cast<int64_t>(n.w[0]->row_bytes()) * a.F;
         ga.ldy = a.F;
         ga.M = max_rows;
         ga.N = a.F;
@@ -520,7 +613,7 @@ private:
         gd.ldx = a.F;
         gd.x_rows = nullptr;
         gd.w = a.down;
-        gd.w_bstride = static_cast<int64_t>(a.D * a.F * es);
+        gd.w_bstride = static_cast<int64_t>(n.w[2]->row_bytes()) * a.D;
         gd.y = y.f();
         gd.ldy = a.D;
         gd.N = a.D;
@@ -531,6 +624,23 @@ private:
 
     void shared_ffn(const Node& n, const float* x, float* out) {
         const int64_t T = n.rows, F = n.w[0]->ne[1];
+        if (T <= 8 && n.w[0]->type == n.w[1]->type) {
+            // Decode: gate, up and SwiGLU in one kernel, then down.
+            Scratch act(*pool_, static_cast<size_t>(T * F) * 4);
+            cuda::GemmArgs a;
+            a.x = x;
+            a.ldx = n.w[0]->ne[0];
+            a.w = weight(*n.w[0]);
+            a.wt = wtype(n.w[0]->type);
+            a.y = act.f();
+            a.ldy = F;
+            a.M = T;
+            a.N = F;
+            a.K = n.w[0]->ne[0];
+            cuda::gemv_swiglu(a, weight(*n.w[1]), stream_);
+            matmul(*n.w[2], act.f(), T, out);
+            return;
+        }
         Scratch g(*pool_, static_cast<size_t>(T * F) * 4);
         Scratch u(*pool_, static_cast<size_t>(T * F) * 4);
         matmul(*n.w[0], x, T, g.f());
@@ -546,6 +656,11 @@ private:
     cuda::DevError* err_ = nullptr;
     std::shared_ptr<Pool> pool_;
     std::unordered_map<const uint8_t*, DevWeight> weights_;
+    bool prof_ = false;
+    std::vector<std::pair<cudaEvent_t, cudaEvent_t>> prof_events_;
+    size_t prof_used_ = 0;
+    std::vector<std::string> prof_pending_;
+    std::map<std::string, ProfRow> prof_rows_;
 };
 
 }  // namespace

@@ -2,6 +2,7 @@
 // no tensor cores yet (the next slice adds them for prefill); decode is memory-bound and
 // these kernels read each weight byte once per step.
 #include "backends/cuda/kernels.h"
+#include "backends/cuda/quant.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -13,15 +14,39 @@
 
 namespace ds3::cuda {
 
-int wtype_size(WType t) { return t == WType::f32 ? 4 : 2; }
+int wtype_block(WType t) {
+    switch (t) {
+        case WType::f32: case WType::bf16: case WType::f16: return 1;
+        case WType::q8_0: case WType::q4_0: return 32;
+        case WType::fp8_b128: return 128;
+        default: return 256;
+    }
+}
+int wtype_block_bytes(WType t) {
+    switch (t) {
+        case WType::f32: return 4;
+        case WType::bf16: case WType::f16: return 2;
+        case WType::q8_0: return q::Q8_0::TS;
+        case WType::q4_0: return q::Q4_0::TS;
+        case WType::q2_K: return q::Q2_K::TS;
+        case WType::q3_K: return q::Q3_K::TS;
+        case WType::q4_K: return q::Q4_K::TS;
+        case WType::q5_K: return q::Q5_K::TS;
+        case WType::q6_K: return q::Q6_K::TS;
+        case WType::iq4_xs: return q::IQ4_XS::TS;
+        case WType::fp8_b128: return q::FP8_B128::TS;
+    }
+    return 1;
+}
 
 namespace {
 
 // ---- weight element loaders ---------------------------------------------------------
 
 struct WF32 {
-    using T = float;
+    static constexpr bool kQuant = false;
     static constexpr int kPerVec = 4;  // elements per 16 bytes
+    __host__ __device__ static constexpr int64_t row_bytes(int64_t K) { return K * 4; }
     __device__ static float get(const void* p, int64_t i) { return static_cast<const float*>(p)[i]; }
     __device__ static void vec(const uint4& v, float* o) {
         o[0] = __uint_as_float(v.x);
@@ -31,7 +56,9 @@ struct WF32 {
     }
 };
 struct WBF16 {
+    static constexpr bool kQuant = false;
     static constexpr int kPerVec = 8;
+    __host__ __device__ static constexpr int64_t row_bytes(int64_t K) { return K * 2; }
     __device__ static float get(const void* p, int64_t i) {
         return __uint_as_float(static_cast<uint32_t>(static_cast<const uint16_t*>(p)[i]) << 16);
     }
@@ -47,7 +74,9 @@ struct WBF16 {
     }
 };
 struct WF16 {
+    static constexpr bool kQuant = false;
     static constexpr int kPerVec = 8;
+    __host__ __device__ static constexpr int64_t row_bytes(int64_t K) { return K * 2; }
     __device__ static float get(const void* p, int64_t i) {
         return __half2float(static_cast<const __half*>(p)[i]);
     }
@@ -64,6 +93,36 @@ struct WF16 {
         pair(v.w, o + 6);
     }
 };
+
+// A block format as a row loader: chunk i of a row is elements 16i..16i+15.
+template <typename Q>
+struct WQ {
+    static constexpr bool kQuant = true;
+    static constexpr int kPerBlock = Q::QK / 16;
+    __host__ __device__ static constexpr int64_t row_bytes(int64_t K) { return K / Q::QK * Q::TS; }
+    __device__ static void chunk(const uint8_t* row, int64_t i, float (&o)[16]) {
+        Q::chunk(row + (i / kPerBlock) * Q::TS, static_cast<int>(i % kPerBlock), o);
+    }
+};
+
+// Calls f(L{}) with the loader of type t (host side: picks the kernel instantiation).
+template <typename F>
+void with_loader(WType t, F&& f) {
+    switch (t) {
+        case WType::f32: return f(WF32{});
+        case WType::bf16: return f(WBF16{});
+        case WType::f16: return f(WF16{});
+        case WType::q8_0: return f(WQ<q::Q8_0>{});
+        case WType::q4_0: return f(WQ<q::Q4_0>{});
+        case WType::q2_K: return f(WQ<q::Q2_K>{});
+        case WType::q3_K: return f(WQ<q::Q3_K>{});
+        case WType::q4_K: return f(WQ<q::Q4_K>{});
+        case WType::q5_K: return f(WQ<q::Q5_K>{});
+        case WType::q6_K: return f(WQ<q::Q6_K>{});
+        case WType::iq4_xs: return f(WQ<q::IQ4_XS>{});
+        case WType::fp8_b128: return f(WQ<q::FP8_B128>{});
+    }
+}
 
 __device__ inline float load_w(WType t, const void* p, int64_t i) {
     switch (t) {
@@ -136,6 +195,42 @@ __device__ inline void warp_dot_rows(const uint8_t* wrow, int64_t K, const float
     }
 }
 
+// Any loader: 16-byte vectors for the plain types where aligned (else single elements),
+// 16-element chunks for the block formats (lane i takes chunks i, i + 32, ...: adjacent
+// lanes read adjacent bytes, and every block is read once).
+template <typename L, int MR>
+__device__ inline void warp_dot(const uint8_t* wrow, int64_t K, const float* x, int64_t ldx, int m_rows,
+                                float (&acc)[MR]) {
+    const bool xvec = (ldx % 4) == 0 && (reinterpret_cast<uintptr_t>(x) % 16) == 0;
+    if constexpr (L::kQuant) {
+        const int lane = threadIdx.x & 31;
+        const int64_t nc = K / 16;
+#pragma unroll 2
+        for (int64_t i = lane; i < nc; i += 32) {
+            float w[16];
+            L::chunk(wrow, i, w);
+#pragma unroll
+            for (int m = 0; m < MR; ++m) {
+                if (m >= m_rows) break;
+                const float* xr = x + m * ldx + i * 16;
+                if (xvec) {
+#pragma unroll
+                    for (int q = 0; q < 4; ++q) {
+                        const float4 xx = __ldg(reinterpret_cast<const float4*>(xr) + q);
+                        acc[m] += w[4 * q] * xx.x + w[4 * q + 1] * xx.y + w[4 * q + 2] * xx.z + w[4 * q + 3] * xx.w;
+                    }
+                } else {
+#pragma unroll
+                    for (int j = 0; j < 16; ++j) acc[m] += w[j] * xr[j];
+                }
+            }
+        }
+    } else {
+        const bool vec = xvec && (K % L::kPerVec) == 0 && (reinterpret_cast<uintptr_t>(wrow) % 16) == 0;
+        warp_dot_rows<L, MR>(wrow, K, x, ldx, m_rows, vec, acc);
+    }
+}
+
 // ---- GEMV (M ≤ 8): one warp per output column n, all M rows at once -----------------
 
 template <typename L, int MR>
@@ -144,20 +239,37 @@ __global__ void gemv_kernel(GemmArgs a) {
     const int64_t n = static_cast<int64_t>(blockIdx.x) * 8 + warp;
     const int b = blockIdx.y;
     if (n >= a.N) return;
-    const int64_t row_bytes = a.K * (L::kPerVec == 4 ? 4 : 2);
-    const uint8_t* wrow = static_cast<const uint8_t*>(a.w) + b * a.w_bstride + n * row_bytes;
+    const uint8_t* wrow = static_cast<const uint8_t*>(a.w) + b * a.w_bstride + n * L::row_bytes(a.K);
     const float* x = a.x + b * a.x_bstride;
-    const bool vec = (a.K % L::kPerVec) == 0 && (a.ldx % 4) == 0 &&
-                     (reinterpret_cast<uintptr_t>(x) % 16) == 0 && (reinterpret_cast<uintptr_t>(wrow) % 16) == 0;
     float acc[MR];
 #pragma unroll
     for (int m = 0; m < MR; ++m) acc[m] = 0.0f;
-    warp_dot_rows<L, MR>(wrow, a.K, x, a.ldx, static_cast<int>(a.M), vec, acc);
+    warp_dot<L, MR>(wrow, a.K, x, a.ldx, static_cast<int>(a.M), acc);
 #pragma unroll
     for (int m = 0; m < MR; ++m) {
         if (m >= a.M) break;
         float v = warp_sum(acc[m]);
         if (lane == 0) a.y[b * a.y_bstride + m * a.ldy + n] = v;
+    }
+}
+
+// Gate and up rows n of a SwiGLU MLP against the same ≤ 8 activation rows.
+template <typename L, int MR>
+__global__ void gemv_swiglu_kernel(GemmArgs a, const void* up) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int64_t n = static_cast<int64_t>(blockIdx.x) * 8 + warp;
+    if (n >= a.N) return;
+    const int64_t rb = L::row_bytes(a.K);
+    float ag[MR], au[MR];
+#pragma unroll
+    for (int m = 0; m < MR; ++m) ag[m] = au[m] = 0.0f;
+    warp_dot<L, MR>(static_cast<const uint8_t*>(a.w) + n * rb, a.K, a.x, a.ldx, static_cast<int>(a.M), ag);
+    warp_dot<L, MR>(static_cast<const uint8_t*>(up) + n * rb, a.K, a.x, a.ldx, static_cast<int>(a.M), au);
+#pragma unroll
+    for (int m = 0; m < MR; ++m) {
+        if (m >= a.M) break;
+        const float g = warp_sum(ag[m]), u = warp_sum(au[m]);
+        if (lane == 0) a.y[m * a.ldy + n] = silu(g) * u;
     }
 }
 
@@ -174,7 +286,7 @@ __global__ void __launch_bounds__(256) gemm_kernel(GemmArgs a) {
     const int64_t n0 = static_cast<int64_t>(blockIdx.x) * BN;
     const int64_t m0 = static_cast<int64_t>(blockIdx.y) * BM;
     const int z = blockIdx.z;
-    const int64_t row_bytes = a.K * (L::kPerVec == 4 ? 4 : 2);
+    const int64_t row_bytes = L::row_bytes(a.K);
 
     int64_t rows = a.M, y_off = 0, x_off = 0;
     const uint8_t* w = static_cast<const uint8_t*>(a.w);
@@ -208,7 +320,22 @@ __global__ void __launch_bounds__(256) gemm_kernel(GemmArgs a) {
         for (int i = 0; i < 4; ++i) {
             const int64_t k = k0 + lk + i;
             As[lk + i][lr] = (xrow && k < a.K) ? xrow[k] : 0.0f;
-            Bs[lk + i][lr] = (wrow && k < a.K) ? L::get(wrow, k) : 0.0f;
+        }
+        if constexpr (L::kQuant) {
+            // K is a whole number of blocks and k0 a multiple of 16: the tile is one chunk
+            // of the row. Each of the row's four threads decodes it and keeps its 4 values
+            // (prefill is compute-bound here; the redundant decode is cheap next to it).
+            float wv[16];
+            if (wrow) L::chunk(wrow, k0 / 16, wv);
+#pragma unroll
+            for (int j = 0; j < 16; ++j)
+                if ((j >> 2) == (lk >> 2)) Bs[j][lr] = wrow ? wv[j] : 0.0f;
+        } else {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const int64_t k = k0 + lk + i;
+                Bs[lk + i][lr] = (wrow && k < a.K) ? L::get(wrow, k) : 0.0f;
+            }
         }
         __syncthreads();
 #pragma unroll
@@ -238,6 +365,17 @@ __global__ void __launch_bounds__(256) gemm_kernel(GemmArgs a) {
 }
 
 template <typename L>
+void launch_gemv_swiglu(const GemmArgs& a, const void* up, cudaStream_t s) {
+    const dim3 grid(static_cast<unsigned>((a.N + 7) / 8));
+    switch (a.M) {
+        case 1: gemv_swiglu_kernel<L, 1><<<grid, 256, 0, s>>>(a, up); return;
+        case 2: gemv_swiglu_kernel<L, 2><<<grid, 256, 0, s>>>(a, up); return;
+        case 3: case 4: gemv_swiglu_kernel<L, 4><<<grid, 256, 0, s>>>(a, up); return;
+        default: gemv_swiglu_kernel<L, 8><<<grid, 256, 0, s>>>(a, up); return;
+    }
+}
+
+template <typename L>
 void launch_gemm(const GemmArgs& a, cudaStream_t s) {
     if (!a.groups && a.M <= 8) {
         dim3 grid(static_cast<unsigned>((a.N + 7) / 8), static_cast<unsigned>(a.batch));
@@ -256,8 +394,9 @@ void launch_gemm(const GemmArgs& a, cudaStream_t s) {
 
 // ---- element-wise and small ops ------------------------------------------------------
 
-__global__ void get_rows_kernel(const void* w, WType wt, int64_t cols, int64_t n_vocab, const int32_t* ids,
-                                float* y, DevError* err) {
+template <typename L>
+__global__ void get_rows_kernel(const void* w, int64_t cols, int64_t n_vocab, const int32_t* ids, float* y,
+                                DevError* err) {
     const int64_t r = blockIdx.x;
     const int32_t id = ids[r];
     if (id < 0 || id >= n_vocab) {
@@ -265,8 +404,17 @@ __global__ void get_rows_kernel(const void* w, WType wt, int64_t cols, int64_t n
         for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) y[r * cols + c] = 0.0f;
         return;
     }
-    const uint8_t* row = static_cast<const uint8_t*>(w) + static_cast<int64_t>(id) * cols * (wt == WType::f32 ? 4 : 2);
-    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) y[r * cols + c] = load_w(wt, row, c);
+    const uint8_t* row = static_cast<const uint8_t*>(w) + static_cast<int64_t>(id) * L::row_bytes(cols);
+    if constexpr (L::kQuant) {
+        for (int64_t c = threadIdx.x; c < cols / 16; c += blockDim.x) {
+            float v[16];
+            L::chunk(row, c, v);
+#pragma unroll
+            for (int j = 0; j < 16; ++j) y[r * cols + 16 * c + j] = v[j];
+        }
+    } else {
+        for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) y[r * cols + c] = L::get(row, c);
+    }
 }
 
 __global__ void rms_norm_kernel(const float* x, const void* gain, WType wt, float eps, int64_t cols, float* y) {
@@ -311,9 +459,16 @@ __global__ void copy2d_kernel(const float* src, int64_t lds, float* dst, int64_t
     }
 }
 
-__global__ void rope_kernel(RopeArgs a, const int32_t* positions, float* y) {
+__global__ void rope_kernel(RopeArgs a, const int32_t* positions, const float* x, float* y) {
     const int64_t r = blockIdx.x;
     const int half = a.rope_dim / 2;
+    // Everything outside the rope parts is copied; the rotation below writes the rest.
+    for (int64_t c = threadIdx.x; c < a.cols; c += blockDim.x) {
+        const int64_t in_head = c % a.head_dim;
+        const bool rot = c < static_cast<int64_t>(a.n_head) * a.head_dim && in_head >= a.rope_offset &&
+                         in_head < a.rope_offset + a.rope_dim;
+        if (!rot) y[r * a.cols + c] = x[r * a.cols + c];
+    }
     const int total = a.n_head * half;
     for (int idx = threadIdx.x; idx < total; idx += blockDim.x) {
         const int h = idx / half, i = idx % half;
@@ -321,8 +476,9 @@ __global__ void rope_kernel(RopeArgs a, const int32_t* positions, float* y) {
         const double theta = static_cast<double>(positions[r]) * static_cast<double>(a.inv_freq[i]);
         const float cs = static_cast<float>(cos(theta) * a.attn_factor);
         const float sn = static_cast<float>(sin(theta) * a.attn_factor);
-        float* p = y + r * a.cols + static_cast<int64_t>(h) * a.head_dim + a.rope_offset;
-        const float x0 = p[2 * i], x1 = p[2 * i + 1];
+        const int64_t off = r * a.cols + static_cast<int64_t>(h) * a.head_dim + a.rope_offset;
+        float* p = y + off;
+        const float x0 = x[off + 2 * i], x1 = x[off + 2 * i + 1];
         p[2 * i] = x0 * cs - x1 * sn;
         p[2 * i + 1] = x0 * sn + x1 * cs;
     }
@@ -586,14 +742,13 @@ __global__ void moe_gate_up_kernel(MoeArgs a, const float* x, const float* route
         return;
     }
     if (!in_mask(a.mask, e)) return;
-    const int64_t rb = a.D * (L::kPerVec == 4 ? 4 : 2);
+    const int64_t rb = L::row_bytes(a.D);
     const uint8_t* g = static_cast<const uint8_t*>(a.gate) + (e * a.F + f) * rb;
     const uint8_t* u = static_cast<const uint8_t*>(a.up) + (e * a.F + f) * rb;
     const float* xr = x + t * a.D;
-    const bool vec = (a.D % L::kPerVec) == 0 && (reinterpret_cast<uintptr_t>(xr) % 16) == 0 && (rb % 16) == 0;
     float ag[1] = {0.0f}, au[1] = {0.0f};
-    warp_dot_rows<L, 1>(g, a.D, xr, 0, 1, vec, ag);
-    warp_dot_rows<L, 1>(u, a.D, xr, 0, 1, vec, au);
+    warp_dot<L, 1>(g, a.D, xr, 0, 1, ag);
+    warp_dot<L, 1>(u, a.D, xr, 0, 1, au);
     const float gs = warp_sum(ag[0]), us = warp_sum(au[0]);
     if (lane == 0) act[pair * a.F + f] = silu(gs) * us;
 }
@@ -606,12 +761,11 @@ __global__ void moe_down_kernel(MoeArgs a, const float* act, const float* route,
     if (d >= a.D) return;
     const int e = static_cast<int>(route[t * 2 * a.n_used + a.n_used + j]);
     if (e < 0 || e >= a.n_expert || !in_mask(a.mask, e)) return;
-    const int64_t rb = a.F * (L::kPerVec == 4 ? 4 : 2);
+    const int64_t rb = L::row_bytes(a.F);
     const uint8_t* w = static_cast<const uint8_t*>(a.down) + (e * a.D + d) * rb;
     const float* xr = act + pair * a.F;
-    const bool vec = (a.F % L::kPerVec) == 0 && (reinterpret_cast<uintptr_t>(xr) % 16) == 0 && (rb % 16) == 0;
     float acc[1] = {0.0f};
-    warp_dot_rows<L, 1>(w, a.F, xr, 0, 1, vec, acc);
+    warp_dot<L, 1>(w, a.F, xr, 0, 1, acc);
     const float v = warp_sum(acc[0]);
     if (lane == 0) y[pair * a.D + d] = v;
 }
@@ -640,16 +794,20 @@ __global__ void moe_combine_kernel(MoeArgs a, const float* y, const float* route
 
 void gemm(const GemmArgs& a, cudaStream_t s) {
     if (a.M <= 0 || a.N <= 0 || a.batch <= 0) return;
-    switch (a.wt) {
-        case WType::bf16: return launch_gemm<WBF16>(a, s);
-        case WType::f16: return launch_gemm<WF16>(a, s);
-        default: return launch_gemm<WF32>(a, s);
-    }
+    with_loader(a.wt, [&](auto l) { launch_gemm<decltype(l)>(a, s); });
+}
+
+void gemv_swiglu(const GemmArgs& a, const void* up, cudaStream_t s) {
+    if (a.M <= 0 || a.N <= 0) return;
+    with_loader(a.wt, [&](auto l) { launch_gemv_swiglu<decltype(l)>(a, up, s); });
 }
 
 void get_rows(const void* w, WType wt, int64_t cols, int64_t n_vocab, const int32_t* ids, int64_t n, float* y,
               DevError* err, cudaStream_t s) {
-    if (n > 0) get_rows_kernel<<<static_cast<unsigned>(n), 256, 0, s>>>(w, wt, cols, n_vocab, ids, y, err);
+    if (n <= 0) return;
+    with_loader(wt, [&](auto l) {
+        get_rows_kernel<decltype(l)><<<static_cast<unsigned>(n), 256, 0, s>>>(w, cols, n_vocab, ids, y, err);
+    });
 }
 
 void rms_norm(const float* x, const void* gain, WType wt, float eps, int64_t rows, int64_t cols, float* y,
@@ -669,8 +827,8 @@ void copy2d(const float* src, int64_t lds, float* dst, int64_t ldd, int64_t rows
     if (rows > 0 && cols > 0) copy2d_kernel<<<grid_for(rows * cols, 256), 256, 0, s>>>(src, lds, dst, ldd, rows, cols);
 }
 
-void rope(const RopeArgs& a, const int32_t* positions, float* y, cudaStream_t s) {
-    if (a.rows > 0 && a.rope_dim > 0) rope_kernel<<<static_cast<unsigned>(a.rows), 128, 0, s>>>(a, positions, y);
+void rope(const RopeArgs& a, const int32_t* positions, const float* x, float* y, cudaStream_t s) {
+    if (a.rows > 0) rope_kernel<<<static_cast<unsigned>(a.rows), 128, 0, s>>>(a, positions, x, y);
 }
 
 void mla_store(float* cache, int64_t width, const float* latent, const float* k_pe, int kv_lora, int qk_rope,
@@ -732,21 +890,13 @@ void moe_pairs_gate_up(const MoeArgs& a, const float* x, const float* route, flo
                        cudaStream_t s) {
     if (a.T <= 0) return;
     dim3 grid(static_cast<unsigned>((a.F + 7) / 8), static_cast<unsigned>(a.T * a.n_used));
-    switch (a.wt) {
-        case WType::bf16: moe_gate_up_kernel<WBF16><<<grid, 256, 0, s>>>(a, x, route, act, err); return;
-        case WType::f16: moe_gate_up_kernel<WF16><<<grid, 256, 0, s>>>(a, x, route, act, err); return;
-        default: moe_gate_up_kernel<WF32><<<grid, 256, 0, s>>>(a, x, route, act, err); return;
-    }
+    with_loader(a.wt, [&](auto l) { moe_gate_up_kernel<decltype(l)><<<grid, 256, 0, s>>>(a, x, route, act, err); });
 }
 
 void moe_pairs_down(const MoeArgs& a, const float* act, const float* route, float* y, cudaStream_t s) {
     if (a.T <= 0) return;
     dim3 grid(static_cast<unsigned>((a.D + 7) / 8), static_cast<unsigned>(a.T * a.n_used));
-    switch (a.wt) {
-        case WType::bf16: moe_down_kernel<WBF16><<<grid, 256, 0, s>>>(a, act, route, y); return;
-        case WType::f16: moe_down_kernel<WF16><<<grid, 256, 0, s>>>(a, act, route, y); return;
-        default: moe_down_kernel<WF32><<<grid, 256, 0, s>>>(a, act, route, y); return;
-    }
+    with_loader(a.wt, [&](auto l) { moe_down_kernel<decltype(l)><<<grid, 256, 0, s>>>(a, act, route, y); });
 }
 
 void moe_combine(const MoeArgs& a, const float* y, const float* route, const int* pair_row, float* out,

@@ -3,9 +3,10 @@
 // returns at once; errors inside kernels (a token or expert id out of range) are
 // recorded in a DevError in device memory that the backend checks when it synchronises.
 //
-// Activations are f32, weights F32/BF16/F16 (WType). A weight matrix is row-major with
-// K contiguous values per output row (ggml's ne[0] = K), stacks of them (experts, heads)
-// `w_bstride` bytes apart.
+// Activations are f32; weights are F32/BF16/F16 or one of the quantized block formats
+// (WType, decoded in registers by quant.cuh). A weight matrix is row-major with K
+// contiguous values per output row (ggml's ne[0] = K; for block formats a whole number
+// of blocks), stacks of them (experts, heads) `w_bstride` bytes apart.
 #pragma once
 
 #include <cstdint>
@@ -14,8 +15,11 @@ typedef struct CUstream_st* cudaStream_t;
 
 namespace ds3::cuda {
 
-enum class WType : uint8_t { f32, bf16, f16 };
-int wtype_size(WType t);
+enum class WType : uint8_t { f32, bf16, f16, q8_0, q4_0, q2_K, q3_K, q4_K, q5_K, q6_K, iq4_xs, fp8_b128 };
+// Elements per block and bytes per block (1 and the element size for the plain types).
+int wtype_block(WType t);
+int wtype_block_bytes(WType t);
+inline bool wtype_quantized(WType t) { return t != WType::f32 && t != WType::bf16 && t != WType::f16; }
 
 // The first in-kernel failure of a launch sequence (code 0: none).
 struct DevError {
@@ -44,6 +48,10 @@ struct GemmArgs {
     const int* x_rows = nullptr;  // device
 };
 void gemm(const GemmArgs& a, cudaStream_t s);
+// The gate and up projections of a SwiGLU MLP for M ≤ 8 rows in one pass: y[m][n] =
+// silu(x[m]·G[n]) · (x[m]·U[n]), where `a` describes G (a.w) and `up` is U, of the same
+// type and shape. No intermediate leaves registers.
+void gemv_swiglu(const GemmArgs& a, const void* up, cudaStream_t s);
 
 void get_rows(const void* w, WType wt, int64_t cols, int64_t n_vocab, const int32_t* ids, int64_t n, float* y,
               DevError* err, cudaStream_t s);
@@ -61,8 +69,8 @@ struct RopeArgs {
     float attn_factor = 1.0f;
     float inv_freq[kMaxRopeHalf] = {};
 };
-// In place on y (a copy of the input): rotates the rope part of every head.
-void rope(const RopeArgs& a, const int32_t* positions, float* y, cudaStream_t s);
+// y = x with the rope part of every head rotated (one pass: the copy is fused).
+void rope(const RopeArgs& a, const int32_t* positions, const float* x, float* y, cudaStream_t s);
 
 // Absorbed MLA over the latent cache ([n_ctx][width], width = kv_lora + qk_rope).
 // mla_store writes the batch's rows at positions pos0..pos0+T-1. mla_attend takes

@@ -1,60 +1,85 @@
 #!/usr/bin/env bash
-# One call on a GPU machine: the CUDA tests, the goldens with --backend cuda and a decode
-# timing on a 4-layer V2-Lite-shape model in BF16. Logs go to $OUT (or ./device-out).
-#   DS3_FIXTURES=.devdata/fixtures tests/cuda/device_run.sh
-# Uses prebuilt binaries from .devdata/bin when they start (built elsewhere with
-# DS3_BINARY=$DS3_BAKED_BIN), else builds here in build-dev.
+# One call on a GPU machine: the CUDA tests, then decode timings on a 4-layer V2-Lite-shape
+# model in BF16, Q4_K_M and FP8, with a per-op profile. Logs go to $OUT (or ./device-out).
+#
+# Binaries are built on the development machine (the device image lacks ds3's pkg-config
+# dependencies) and carried, stripped, in one xz archive with a large dictionary (the five
+# binaries share their CUDA fatbin, so it compresses ~15x):
+#   cmake -S . -B build-cuda -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES="80;90"
+#   cmake --build build-cuda -j2 --target ds3 test_cuda_ops test_cuda_model test_cuda_golden test_cuda_quant
+#   tests/cuda/device_run.sh --pack      # writes .devdata/bin.tar.xz (git-ignored)
+# then run with carry [".devdata"]:  DS3_FIXTURES=.devdata/fixtures tests/cuda/device_run.sh
+# .devdata/lib holds the shared libraries the binaries need (xxhash, pcre2, gomp, ...);
+# .devdata/fixtures a copy of ../shared/fixtures. An optional ds3-old in the archive (an
+# earlier build) is timed too, for before/after numbers on the same machine.
+# DS3_DEVICE_STEPS (default "tests bench") picks the parts.
 set -uo pipefail
+if [ "${1:-}" = --pack ]; then
+  B=${BUILD:-build-cuda}
+  d=$(mktemp -d)
+  cp "$B/bin/ds3" "$B"/tests/cuda/test_cuda_{ops,model,golden,quant} "$d/"
+  [ -n "${OLD_DS3:-}" ] && cp "$OLD_DS3" "$d/ds3-old"
+  strip "$d"/*
+  mkdir -p .devdata && tar -C "$d" -cf - . | xz -9 -T1 >.devdata/bin.tar.xz
+  rm -rf "$d"
+  ls -la .devdata/bin.tar.xz
+  exit 0
+fi
 OUT=${OUT:-$PWD/device-out}
 mkdir -p "$OUT"
 export DS3_FIXTURES=${DS3_FIXTURES:-$PWD/.devdata/fixtures}
+STEPS=${DS3_DEVICE_STEPS:-tests bench}
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
 
-BIN=""
-if [ -x .devdata/bin/test_cuda_ops ]; then
-  export LD_LIBRARY_PATH=$PWD/.devdata/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-  if .devdata/bin/test_cuda_ops "cuda: create_backend*" >"$OUT/prebuilt.err" 2>&1; then
-    BIN=$PWD/.devdata/bin
-    mkdir -p "$(dirname "$DS3_BAKED_BIN")" && cp .devdata/bin/ds3 "$DS3_BAKED_BIN"
-    echo "using prebuilt binaries"
-  else
-    echo "prebuilt binaries do not start: $(head -c 300 "$OUT/prebuilt.err")"
-    unset LD_LIBRARY_PATH
-  fi
-fi
-if [ -z "$BIN" ]; then
-  t0=$(date +%s)
-  cmake -S . -B build-dev -DCMAKE_BUILD_TYPE=Release -DDS3_VULKAN=OFF -DCMAKE_CUDA_ARCHITECTURES=90 >"$OUT/build.log" 2>&1 &&
-    cmake --build build-dev -j16 --target ds3 test_cuda_ops test_cuda_model test_cuda_golden >>"$OUT/build.log" 2>&1
-  rc=$?
-  echo "build rc=$rc in $(( $(date +%s) - t0 )) s"; tail -5 "$OUT/build.log"
-  [ $rc -eq 0 ] || exit 1
-  mkdir -p build-dev/all && cp build-dev/bin/ds3 build-dev/tests/cuda/test_cuda_* build-dev/all/
-  BIN=$PWD/build-dev/all
-fi
+BIN=/tmp/ds3-bin
+mkdir -p $BIN && tar -C $BIN -xJf .devdata/bin.tar.xz || exit 1
+export LD_LIBRARY_PATH=$PWD/.devdata/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+# The golden test runs the CLI at the path baked in at build time (DS3_BINARY in
+# tests/CMakeLists.txt): put the carried binary there.
+BAKED=${DS3_BAKED_BIN:-/work/main/build-cuda/bin/ds3}
+mkdir -p "$(dirname "$BAKED")" && { [ -e "$BAKED" ] || cp $BIN/ds3 "$BAKED"; }
 
-for t in test_cuda_ops test_cuda_model test_cuda_golden; do
-  t0=$(date +%s.%N)
-  timeout 240 "$BIN/$t" 2>&1 | tee "$OUT/$t.log" | grep -E "FAILED|failed|with expansion|^  [a-z]|passed|skipped" | head -40
-  echo "== $t rc=${PIPESTATUS[0]} $(( $(date +%s) - ${t0%.*} )) s"
-done
-
-# Decode timing: 4 layers of V2-Lite's real shapes, BF16.
-if [ "${DS3_SKIP_BENCH:-0}" != 1 ]; then
-  M=/tmp/ds3-v2lite4
-  timeout 200 "$BIN/ds3" synth --preset v2-lite --layers 4 -o $M >"$OUT/synth.log" 2>&1 &&
-    timeout 200 "$BIN/ds3" convert $M -o $M.bf16.gguf --outtype bf16 >>"$OUT/synth.log" 2>&1
-  echo "synth+convert rc=$? size $(du -h $M.bf16.gguf 2>/dev/null | cut -f1)"
-  P=$(seq -s, 1 64)
-  for be in cuda cpu; do
-    n=128; [ $be = cpu ] && n=16
-    timeout 120 "$BIN/ds3" run -m $M.bf16.gguf --backend $be --tokens "$P" -n $n --temp 0 --ignore-eos --print-ids \
-      >"$OUT/run_$be.out" 2>"$OUT/run_$be.err"
-    echo "run $be rc=$?: $(grep -E '^run:' "$OUT/run_$be.err")"
+if [[ " $STEPS " == *" tests "* ]]; then
+  for t in test_cuda_quant test_cuda_ops test_cuda_model test_cuda_golden; do
+    t0=$(date +%s)
+    timeout 240 "$BIN/$t" 2>&1 >"$OUT/$t.log"
+    rc=$?
+    grep -E "FAILED|failed|with expansion|passed|skipped" "$OUT/$t.log" | head -30
+    echo "== $t rc=$rc $(( $(date +%s) - t0 )) s"
   done
-  timeout 120 "$BIN/ds3" run -m $M.bf16.gguf --backend cuda --tokens "$(seq -s, 1 1000)" -n 128 --temp 0 --ignore-eos \
-    --print-ids >"$OUT/run_cuda_long.out" 2>"$OUT/run_cuda_long.err"
-  echo "run cuda, 1000-token prompt rc=$?: $(grep -E '^run:' "$OUT/run_cuda_long.err")"
-  cmp -n 40 "$OUT/run_cuda.out" "$OUT/run_cpu.out" >/dev/null 2>&1 && echo "cuda and cpu ids agree on the first bytes" ||
-    { echo "ids differ:"; head -c 200 "$OUT/run_cuda.out"; echo; head -c 200 "$OUT/run_cpu.out"; echo; }
+fi
+
+if [[ " $STEPS " == *" bench "* ]]; then
+  M=/tmp/ds3-v2lite4
+  t0=$(date +%s)
+  timeout 200 "$BIN/ds3" synth --preset v2-lite --layers 4 -o $M >"$OUT/model.log" 2>&1 &&
+    timeout 200 "$BIN/ds3" convert $M -o $M.bf16.gguf --outtype bf16 --no-progress >>"$OUT/model.log" 2>&1 &&
+    timeout 200 "$BIN/ds3" quantize $M.bf16.gguf $M.q4km.gguf Q4_K_M --no-progress >>"$OUT/model.log" 2>&1 &&
+    timeout 200 "$BIN/ds3" quantize $M.bf16.gguf $M.fp8.gguf fp8 --no-progress >>"$OUT/model.log" 2>&1
+  echo "models rc=$? in $(( $(date +%s) - t0 )) s: $(ls -la $M.*.gguf | awk '{printf "%s %s; ", $9, $5}')"
+  P=$(seq -s, 1 64)
+  run() {  # name binary model backend n [env]
+    local name=$1 bin=$2 model=$3 be=$4 n=$5
+    shift 5
+    env "$@" timeout 120 "$bin" run -m "$model" --backend "$be" --tokens "$P" -n "$n" --temp 0 --ignore-eos \
+      --print-ids >"$OUT/run_$name.out" 2>"$OUT/run_$name.err"
+    echo "$name rc=$?: $(grep -E '^run:' "$OUT/run_$name.err")"
+  }
+  [ -x $BIN/ds3-old ] && run bf16_old $BIN/ds3-old $M.bf16.gguf cuda 128
+  run bf16 $BIN/ds3 $M.bf16.gguf cuda 128
+  run q4km $BIN/ds3 $M.q4km.gguf cuda 128
+  run fp8 $BIN/ds3 $M.fp8.gguf cuda 128
+  run q4km_cpu $BIN/ds3 $M.q4km.gguf cpu 8
+  run bf16_prof $BIN/ds3 $M.bf16.gguf cuda 128 DS3_CUDA_PROFILE=1
+  run q4km_prof $BIN/ds3 $M.q4km.gguf cuda 128 DS3_CUDA_PROFILE=1
+  grep "cuda profile" "$OUT/run_bf16_prof.err" | sed 's/^/bf16 /'
+  grep "cuda profile" "$OUT/run_q4km_prof.err" | sed 's/^/q4km /'
+  # Greedy ids of the GPU and the CPU on the quantized model (8 decoded tokens).
+  cpu_ids=$(tr -s ' ,\n' '  ' <"$OUT/run_q4km_cpu.out" | xargs)
+  nw=$(echo "$cpu_ids" | wc -w)
+  cuda_ids=$(tr -s ' ,\n' '  ' <"$OUT/run_q4km.out" | xargs | cut -d' ' -f1-"$nw")
+  [ "$cuda_ids" = "$cpu_ids" ] && echo "q4km: cuda and cpu agree on all $nw printed ids" ||
+    { echo "q4km ids differ:"; echo "cuda: $cuda_ids" | cut -c1-400; echo "cpu:  $cpu_ids" | cut -c1-400; }
+  "$BIN/ds3" inspect $M.q4km.gguf 2>/dev/null | grep -oE "\b(q[0-9]_[0-9K]+|iq4_xs|f32|bf16|f16|fp8_e4m3_b128)\b" | sort | uniq -c |
+    tr '\n' ' ' | sed 's/^/q4km tensor types: /'; echo
 fi

@@ -331,11 +331,12 @@ TEST_CASE("cuda: bad ids are reported, unsupported weights fall back to the CPU"
         }
     }
 
-    // A Q8_0 matrix: the CUDA backend declines it, the scheduler places it on the CPU.
-    std::vector<uint8_t> q8(34 * 3, 0);
-    const Weight& wq = s.add_owned("wq", TypeId::Q8_0, {32, 3}, q8);
+    // An IQ2_XXS matrix (no device decoder): the CUDA backend declines it, the scheduler
+    // places it on the CPU.
+    std::vector<uint8_t> iq(66 * 3, 0);
+    const Weight& wq = s.add_owned("wq", TypeId::IQ2_XXS, {256, 3}, iq);
     Graph h;
-    int x = h.input("x", DType::f32, 1, 32);
+    int x = h.input("x", DType::f32, 1, 256);
     int mm = h.mul_mat("mm", x, wq);
     CHECK_FALSE(gpu->supports(h.node(mm)));
     auto cpu = create_backend("cpu", {1});

@@ -1,0 +1,220 @@
+// Device-side decoders of the quantized block formats (quantize/blocks.h: ggml's layouts
+// byte for byte, plus our FP8 e4m3 block-128). Every format is read the same way: a
+// "chunk" is 16 consecutive elements of one block, decoded to f32 in registers. The GEMV,
+// MoE and get_rows kernels give each lane chunks of a row; the tiled GEMM decodes a chunk
+// per k-tile (its BK is 16). Loads use the widest access the block layout's alignment
+// allows (blocks of 34, 110 or 210 bytes are only 2-byte aligned).
+//
+// The arithmetic mirrors quantize/formats_ref.cpp's dequantisers (scale · level − min in
+// f32), so a GPU matmul equals dequantise-then-f32 up to summation order.
+#pragma once
+
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+// Host and device: the decoders also run on the host, where a throwaway check can compare
+// them with the CPU references without a GPU.
+#define DS3_QHD __host__ __device__ __forceinline__
+#ifdef __CUDA_ARCH__
+#define DS3_UNROLL _Pragma("unroll")
+#else
+#define DS3_UNROLL
+#endif
+
+namespace ds3::cuda::q {
+
+DS3_QHD float bits_to_float(uint32_t u) {
+#ifdef __CUDA_ARCH__
+    return __uint_as_float(u);
+#else
+    float f;
+    __builtin_memcpy(&f, &u, 4);
+    return f;
+#endif
+}
+
+DS3_QHD float h2f(const uint8_t* p) {
+    return __half2float(__ushort_as_half(*reinterpret_cast<const uint16_t*>(p)));
+}
+
+// 16 bytes starting at p, as four little-endian words, for p aligned to A bytes.
+template <int A>
+DS3_QHD void ld16(const uint8_t* p, uint32_t (&w)[4]) {
+    if constexpr (A >= 16) {
+        const uint4 v = *reinterpret_cast<const uint4*>(p);
+        w[0] = v.x, w[1] = v.y, w[2] = v.z, w[3] = v.w;
+    } else if constexpr (A >= 8) {
+        const uint2 a = reinterpret_cast<const uint2*>(p)[0], b = reinterpret_cast<const uint2*>(p)[1];
+        w[0] = a.x, w[1] = a.y, w[2] = b.x, w[3] = b.y;
+    } else if constexpr (A >= 4) {
+DS3_UNROLL
+        for (int i = 0; i < 4; ++i) w[i] = reinterpret_cast<const uint32_t*>(p)[i];
+    } else {
+        const uint16_t* h = reinterpret_cast<const uint16_t*>(p);
+DS3_UNROLL
+        for (int i = 0; i < 4; ++i) w[i] = static_cast<uint32_t>(h[2 * i]) | (static_cast<uint32_t>(h[2 * i + 1]) << 16);
+    }
+}
+DS3_QHD int byte_of(const uint32_t (&w)[4], int i) { return (w[i >> 2] >> (8 * (i & 3))) & 0xff; }
+
+// The scale and min of sub-block j of the 12-byte Q4_K/Q5_K packing (k4_scale_min).
+DS3_QHD void k4_scale_min(int j, const uint8_t* s, int& sc, int& m) {
+    if (j < 4) {
+        sc = s[j] & 63;
+        m = s[j + 4] & 63;
+    } else {
+        sc = (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4);
+        m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+    }
+}
+
+// e4m3: 4 exponent bits (bias 7), 3 mantissa bits, no infinities, 0x7f/0xff NaN.
+DS3_QHD float fp8_e4m3(int b) {
+    const int e = (b >> 3) & 15, m = b & 7;
+    float v;
+    if (e == 15 && m == 7) v = bits_to_float(0x7fc00000u);
+    else if (e == 0) v = static_cast<float>(m) * (1.0f / 512.0f);
+    else v = bits_to_float(static_cast<uint32_t>(((e + 120) << 23) | (m << 20)));
+    return (b & 0x80) ? -v : v;
+}
+
+// ggml's kvalues_iq4nl, kept in two 64-bit registers (a table in local or constant memory
+// would serialise on divergent indices).
+DS3_QHD int iq4nl(int i) {
+    const uint64_t lo = 0xF6EADDCFBFAD9881ull;  // -127,-104,-83,-65,-49,-35,-22,-10
+    const uint64_t hi = 0x7159453526190D01ull;  // 1,13,25,38,53,69,89,113
+    return static_cast<int8_t>(((i < 8 ? lo : hi) >> (8 * (i & 7))) & 0xff);
+}
+
+// Each format: QK elements in TS bytes; chunk(blk, c, o) writes elements 16c..16c+15.
+struct Q8_0 {
+    static constexpr int QK = 32, TS = 34;
+    DS3_QHD static void chunk(const uint8_t* b, int c, float (&o)[16]) {
+        const float d = h2f(b);
+        uint32_t w[4];
+        ld16<2>(b + 2 + 16 * c, w);
+DS3_UNROLL
+        for (int i = 0; i < 16; ++i) o[i] = d * static_cast<float>(static_cast<int8_t>(byte_of(w, i)));
+    }
+};
+
+struct Q4_0 {
+    static constexpr int QK = 32, TS = 18;
+    DS3_QHD static void chunk(const uint8_t* b, int c, float (&o)[16]) {
+        const float d = h2f(b);
+        uint32_t w[4];
+        ld16<2>(b + 2, w);
+DS3_UNROLL
+        for (int i = 0; i < 16; ++i) o[i] = d * static_cast<float>(((byte_of(w, i) >> (4 * c)) & 0xF) - 8);
+    }
+};
+
+struct Q2_K {  // scales[16] @0, qs[64] @16, d @80, dmin @82
+    static constexpr int QK = 256, TS = 84;
+    DS3_QHD static void chunk(const uint8_t* b, int c, float (&o)[16]) {
+        const int h = c >> 3, j = (c & 7) >> 1, l0 = 16 * (c & 1);
+        const int sc = b[c];
+        const float dl = h2f(b + 80) * static_cast<float>(sc & 0xF), ml = h2f(b + 82) * static_cast<float>(sc >> 4);
+        uint32_t w[4];
+        ld16<4>(b + 16 + 32 * h + l0, w);
+DS3_UNROLL
+        for (int i = 0; i < 16; ++i) o[i] = dl * static_cast<float>((byte_of(w, i) >> (2 * j)) & 3) - ml;
+    }
+};
+
+struct Q3_K {  // hmask[32] @0, qs[64] @32, scales[12] @96, d @108
+    static constexpr int QK = 256, TS = 110;
+    DS3_QHD static void chunk(const uint8_t* b, int c, float (&o)[16]) {
+        const int h = c >> 3, j = (c & 7) >> 1, l0 = 16 * (c & 1);
+        const uint8_t* s = b + 96;
+        const int lo = c < 8 ? (s[c] & 0xF) : (s[c - 8] >> 4);
+        const int hi = (s[8 + (c & 3)] >> (2 * (c >> 2))) & 3;
+        const float dl = h2f(b + 108) * static_cast<float>((lo | (hi << 4)) - 32);
+        uint32_t q[4], m[4];
+        ld16<2>(b + 32 + 32 * h + l0, q);
+        ld16<2>(b + l0, m);
+        const int bit = 4 * h + j;
+DS3_UNROLL
+        for (int i = 0; i < 16; ++i) {
+            const int v = ((byte_of(q, i) >> (2 * j)) & 3) - (((byte_of(m, i) >> bit) & 1) ? 0 : 4);
+            o[i] = dl * static_cast<float>(v);
+        }
+    }
+};
+
+struct Q4_K {  // d @0, dmin @2, scales[12] @4, qs[128] @16
+    static constexpr int QK = 256, TS = 144;
+    DS3_QHD static void chunk(const uint8_t* b, int c, float (&o)[16]) {
+        const int s = c >> 1, l0 = 16 * (c & 1), p = s >> 1, sh = 4 * (s & 1);
+        int sc, mn;
+        k4_scale_min(s, b + 4, sc, mn);
+        const float dl = h2f(b) * static_cast<float>(sc), ml = h2f(b + 2) * static_cast<float>(mn);
+        uint32_t w[4];
+        ld16<16>(b + 16 + 32 * p + l0, w);
+DS3_UNROLL
+        for (int i = 0; i < 16; ++i) o[i] = dl * static_cast<float>((byte_of(w, i) >> sh) & 0xF) - ml;
+    }
+};
+
+struct Q5_K {  // d @0, dmin @2, scales[12] @4, qh[32] @16, qs[128] @48
+    static constexpr int QK = 256, TS = 176;
+    DS3_QHD static void chunk(const uint8_t* b, int c, float (&o)[16]) {
+        const int s = c >> 1, l0 = 16 * (c & 1), p = s >> 1, sh = 4 * (s & 1);
+        int sc, mn;
+        k4_scale_min(s, b + 4, sc, mn);
+        const float dl = h2f(b) * static_cast<float>(sc), ml = h2f(b + 2) * static_cast<float>(mn);
+        uint32_t w[4], hb[4];
+        ld16<16>(b + 48 + 32 * p + l0, w);
+        ld16<16>(b + 16 + l0, hb);
+DS3_UNROLL
+        for (int i = 0; i < 16; ++i) {
+            const int v = ((byte_of(w, i) >> sh) & 0xF) | (((byte_of(hb, i) >> s) & 1) << 4);
+            o[i] = dl * static_cast<float>(v) - ml;
+        }
+    }
+};
+
+struct Q6_K {  // ql[128] @0, qh[64] @128, scales[16] (int8) @192, d @208
+    static constexpr int QK = 256, TS = 210;
+    DS3_QHD static void chunk(const uint8_t* b, int c, float (&o)[16]) {
+        const int h = c >> 3, qd = (c & 7) >> 1, l0 = 16 * (c & 1);
+        const float dl = h2f(b + 208) * static_cast<float>(static_cast<int8_t>(b[192 + c]));
+        uint32_t l[4], hb[4];
+        ld16<2>(b + 64 * h + 32 * (qd & 1) + l0, l);
+        ld16<2>(b + 128 + 32 * h + l0, hb);
+        const int lsh = 4 * (qd >> 1), hsh = 2 * qd;
+DS3_UNROLL
+        for (int i = 0; i < 16; ++i) {
+            const int v = (((byte_of(l, i) >> lsh) & 0xF) | (((byte_of(hb, i) >> hsh) & 3) << 4)) - 32;
+            o[i] = dl * static_cast<float>(v);
+        }
+    }
+};
+
+struct IQ4_XS {  // d @0, scales_h @2, scales_l[4] @4, qs[128] @8
+    static constexpr int QK = 256, TS = 136;
+    DS3_QHD static void chunk(const uint8_t* b, int c, float (&o)[16]) {
+        const int s = c >> 1, sh = 4 * (c & 1);
+        const int sh_bits = *reinterpret_cast<const uint16_t*>(b + 2);
+        const int sc = (((b[4 + (s >> 1)] >> (4 * (s & 1))) & 0xF) | (((sh_bits >> (2 * s)) & 3) << 4)) - 32;
+        const float dl = h2f(b) * static_cast<float>(sc);
+        uint32_t w[4];
+        ld16<8>(b + 8 + 16 * s, w);
+DS3_UNROLL
+        for (int i = 0; i < 16; ++i) o[i] = dl * static_cast<float>(iq4nl((byte_of(w, i) >> sh) & 0xF));
+    }
+};
+
+struct FP8_B128 {  // d (f32) @0, qs[128] @4
+    static constexpr int QK = 128, TS = 132;
+    DS3_QHD static void chunk(const uint8_t* b, int c, float (&o)[16]) {
+        const float d = *reinterpret_cast<const float*>(b);
+        uint32_t w[4];
+        ld16<4>(b + 4 + 16 * c, w);
+DS3_UNROLL
+        for (int i = 0; i < 16; ++i) o[i] = fp8_e4m3(byte_of(w, i)) * d;
+    }
+};
+
+}  // namespace ds3::cuda::q

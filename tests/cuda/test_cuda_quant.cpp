@@ -1,0 +1,257 @@
+// Quantized weights on the CUDA backend: every block format the kernels decode, in every
+// op that reads matrices (get_rows, mul_mat and logits on the GEMV and tiled paths,
+// shared_ffn, moe_ffn on the decode and grouped paths, mla_attn's per-head products).
+//
+// Two references, both on the CPU backend:
+//  - the same graph with F32 twins of the weights, holding exactly the dequantised values
+//    (quantize/formats_ref.cpp's to_float). The GPU decodes blocks to f32 in registers and
+//    multiplies in f32, so only the summation order differs: normalised error ≤ 1e-5
+//    (get_rows: 1e-6, the last bit of a fused multiply-add in the decode).
+//  - the same graph with the quantized weights, where the CPU quantises the activations to
+//    Q8_0 / Q8_K (ggml's pairing) before its integer dot products. An 8-bit block of n
+//    values has a step of amax/127 and a rounding error of step/√12 per element; normal
+//    activations have amax ≈ 3σ in a block, so the product's normalised error is about
+//    3/(127·√12) ≈ 0.007 per matmul. Two chained matmuls (FFNs) with heavier-tailed
+//    SwiGLU activations stay well under the 0.05 used here. FP8 meets f32 activations on
+//    the CPU, so it is held to the tight limit there too.
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <string>
+
+#include "backends/cpu/cpu_backend.h"
+#include "cuda_test.h"
+#include "op_inputs.h"
+#include "quantize/formats.h"
+#include "runtime/error.h"
+#include "runtime/kv_cache.h"
+#include "runtime/sched/sched.h"
+#include "runtime/weights.h"
+
+using namespace ds3;
+using namespace ds3::test;
+
+namespace {
+
+const char* tname(TypeId t) { return type_traits(t).name.data(); }
+
+const TypeId kQuantTypes[] = {TypeId::Q8_0, TypeId::Q4_0,   TypeId::Q2_K, TypeId::Q3_K,         TypeId::Q4_K,
+                              TypeId::Q5_K, TypeId::Q6_K,   TypeId::IQ4_XS, TypeId::FP8_E4M3_B128};
+
+int64_t block_of(TypeId t) { return type_traits(t).block_size; }
+
+// A quantized weight and its F32 twin holding the dequantised values.
+struct QWeight {
+    const Weight* q = nullptr;
+    const Weight* f = nullptr;
+};
+QWeight add_qweight(WeightStore& s, const std::string& name, TypeId t, std::vector<int64_t> ne, uint32_t seed,
+                    float scale = 1.0f) {
+    int64_t n = 1;
+    for (int64_t d : ne) n *= d;
+    auto v = randn(size_t(n), seed, scale);
+    const TypeTraits& tr = type_traits(t);
+    const int64_t row = ne[0], rows = n / row, rb = row / tr.block_size * tr.type_size;
+    std::vector<uint8_t> bytes(size_t(rows * rb));
+    for (int64_t r = 0; r < rows; ++r) {
+        quantize_row(t, v.data() + r * row, bytes.data() + r * rb, row);
+        dequantize_row(t, bytes.data() + r * rb, v.data() + r * row, row);
+    }
+    QWeight w;
+    w.q = &s.add_owned(name, t, ne, std::move(bytes));
+    w.f = &add_weight(s, name + ".f32", TypeId::F32, ne, v);
+    return w;
+}
+
+void poison(Backend& b, const Graph& g) {
+    std::vector<std::unique_ptr<Buffer>> held;
+    for (const Node& n : g.nodes())
+        for (int i = 0; i < 2; ++i) {
+            auto buf = b.alloc(n.nbytes());
+            std::vector<float> nan(n.nbytes() / 4 + 1, std::numeric_limits<float>::quiet_NaN());
+            b.upload(*buf, 0, nan.data(), n.nbytes());
+            held.push_back(std::move(buf));
+        }
+    b.synchronize();
+}
+
+std::vector<float> run_on(Backend& b, const Graph& g, const std::vector<GraphInput>& ins, int out,
+                          KvCache* cache = nullptr) {
+    Scheduler s({&b});
+    Graph placed = s.place(g);
+    for (const Node& n : placed.nodes()) REQUIRE(n.backend == 0);
+    poison(b, placed);
+    const int fetch[] = {out};
+    return s.run(placed, ins, cache, fetch).at(out);
+}
+
+// Builds the graph twice (quantized weights, then their F32 twins) with `build`, which
+// returns the output node; checks the GPU against both CPU references.
+template <typename Build>
+void check_op(Backend& gpu, TypeId t, const std::vector<GraphInput>& ins, Build build, double loose,
+              double tight = 1e-5) {
+    Graph gq, gf;
+    const int oq = build(gq, true), of = build(gf, false);
+    REQUIRE(gpu.supports(gq.node(oq)));
+    auto cpu = create_backend("cpu", {2});
+    const auto got = run_on(gpu, gq, ins, oq);
+    const auto ref = run_on(*cpu, gf, ins, of);
+    const auto cpu_q = run_on(*cpu, gq, ins, oq);
+    REQUIRE(got.size() == ref.size());
+    CHECK(all_finite(got));
+    CHECK(nmse_root(got, ref) <= tight);
+    CHECK(nmse_root(got, cpu_q) <= (t == TypeId::FP8_E4M3_B128 ? std::max(tight, 1e-5) : loose));
+}
+
+}  // namespace
+
+TEST_CASE("cuda quant: get_rows decodes every format exactly", "[cuda][quant]") {
+    DS3_REQUIRE_CUDA(gpu);
+    for (TypeId t : kQuantTypes)
+        for (int64_t blocks : {1, 3}) {
+            const int64_t cols = blocks * block_of(t);
+            WeightStore s;
+            QWeight e = add_qweight(s, "embd", t, {cols, 37}, 1);
+            std::vector<int32_t> ids = {36, 0, 17, 17, 5};
+            for (int64_t T : {1, 5}) {
+                INFO(tname(t) << " cols " << cols << " T " << T);
+                auto build = [&](Graph& g, bool q) {
+                    int in = g.input("ids", DType::i32, T, 1);
+                    return g.get_rows("y", q ? *e.q : *e.f, in);
+                };
+                check_op(*gpu, t, {{0, ids.data()}}, build, 1e-6, 1e-6);
+            }
+        }
+}
+
+TEST_CASE("cuda quant: mul_mat and logits, GEMV (1-8 rows) and tiled (> 8) paths", "[cuda][quant]") {
+    DS3_REQUIRE_CUDA(gpu);
+    for (TypeId t : kQuantTypes)
+        for (auto [kb, out] : {std::pair<int64_t, int64_t>{1, 3}, {3, 33}, {7, 129}})
+            for (int64_t rows : {1, 2, 3, 5, 8, 9, 33}) {
+                const int64_t in = kb * block_of(t);
+                WeightStore s;
+                QWeight w = add_qweight(s, "w", t, {in, out}, 2);
+                auto xv = randn(size_t(rows * in), 3);
+                INFO(tname(t) << " in " << in << " out " << out << " rows " << rows);
+                check_op(*gpu, t, {{0, xv.data()}}, [&](Graph& g, bool q) {
+                    int x = g.input("x", DType::f32, rows, in);
+                    return g.mul_mat("y", x, q ? *w.q : *w.f);
+                }, 0.05);
+                check_op(*gpu, t, {{0, xv.data()}}, [&](Graph& g, bool q) {
+                    int x = g.input("x", DType::f32, rows, in);
+                    return g.logits("l", x, q ? *w.q : *w.f, true);
+                }, 0.05);
+            }
+}
+
+TEST_CASE("cuda quant: shared_ffn (fused gate/up GEMV) and moe_ffn (decode pairs, grouped prefill)",
+          "[cuda][quant]") {
+    DS3_REQUIRE_CUDA(gpu);
+    const int E = 5, k = 2;
+    for (TypeId t : kQuantTypes) {
+        const int64_t D = block_of(t) * 2, F = block_of(t);  // F is the down matrix's K
+        WeightStore s;
+        QWeight g = add_qweight(s, "g", t, {D, F, E}, 4, 0.3f), u = add_qweight(s, "u", t, {D, F, E}, 5, 0.3f),
+                d = add_qweight(s, "d", t, {F, D, E}, 6, 0.3f);
+        QWeight sg = add_qweight(s, "sg", t, {D, F}, 7, 0.3f), su = add_qweight(s, "su", t, {D, F}, 8, 0.3f),
+                sd = add_qweight(s, "sd", t, {F, D}, 9, 0.3f);
+        RouteParams p{E, k, 1, 1, ScoringFunc::softmax, TopkMethod::greedy, false, 1.0f};
+        for (int64_t T : {1, 3, 8, 9, 21}) {
+            std::vector<float> route(size_t(T * 2 * k));
+            for (int64_t i = 0; i < T; ++i)
+                for (int j = 0; j < k; ++j) {
+                    route[size_t(i * 2 * k + j)] = 0.3f + 0.4f * float(j) + 0.01f * float(i);
+                    route[size_t(i * 2 * k + k + j)] = float((i * 3 + j * 2) % E);
+                }
+            auto xv = randn(size_t(T * D), 10);
+            const std::vector<GraphInput> ins = {{0, xv.data()}, {1, route.data()}};
+            for (bool subset : {false, true}) {
+                INFO(tname(t) << " D " << D << " F " << F << " T " << T << (subset ? " subset" : ""));
+                check_op(*gpu, t, ins, [&](Graph& gr, bool q) {
+                    int x = gr.input("x", DType::f32, T, D);
+                    int r = gr.input("r", DType::f32, T, 2 * k);
+                    int m = gr.moe_ffn("m", x, r, q ? *g.q : *g.f, q ? *u.q : *u.f, q ? *d.q : *d.f, p);
+                    if (subset) gr.node(m).experts = {0, 1, 1, 0, 1};
+                    return m;
+                }, 0.05);
+            }
+            INFO(tname(t) << " shared_ffn T " << T);
+            check_op(*gpu, t, ins, [&](Graph& gr, bool q) {
+                int x = gr.input("x", DType::f32, T, D);
+                gr.input("r", DType::f32, T, 2 * k);
+                return gr.shared_ffn("sh", x, q ? *sg.q : *sg.f, q ? *su.q : *su.f, q ? *sd.q : *sd.f);
+            }, 0.05);
+        }
+    }
+}
+
+TEST_CASE("cuda quant: mla_attn with quantized k_b / v_b", "[cuda][quant]") {
+    DS3_REQUIRE_CUDA(gpu);
+    for (TypeId t : {TypeId::Q8_0, TypeId::Q4_0, TypeId::Q6_K, TypeId::FP8_E4M3_B128}) {
+        const int H = 3, rope = 8, nope = int(block_of(t)), kv_lora = int(block_of(t)), v_head = 7;
+        WeightStore s;
+        QWeight kb = add_qweight(s, "kb", t, {nope, kv_lora, H}, 11, 0.3f);
+        QWeight vb = add_qweight(s, "vb", t, {kv_lora, v_head, H}, 12, 0.3f);
+        auto cpu = create_backend("cpu", {2});
+        KvCache gc(1, 16, kv_lora, rope), rc(1, 16, kv_lora, rope);
+        int64_t pos0 = 0;
+        uint32_t seed = 200;
+        for (int64_t T : {5, 1, 2}) {
+            AttnParams p{H, nope, rope, v_head, kv_lora, 1.0f / std::sqrt(float(nope + rope)), pos0};
+            auto build = [&](Graph& g, bool q) {
+                int qn = g.input("q", DType::f32, T, H * (nope + rope));
+                int lat = g.input("lat", DType::f32, T, kv_lora);
+                int kpe = g.input("kpe", DType::f32, T, rope);
+                return g.mla_attn("o", qn, lat, kpe, q ? *kb.q : *kb.f, q ? *vb.q : *vb.f, p, 0);
+            };
+            auto qv = randn(size_t(T * H * (nope + rope)), seed++);
+            auto lv = randn(size_t(T * kv_lora), seed++);
+            auto kv = randn(size_t(T * rope), seed++);
+            const std::vector<GraphInput> ins = {{0, qv.data()}, {1, lv.data()}, {2, kv.data()}};
+            Graph gq, gf;
+            const int oq = build(gq, true), of = build(gf, false);
+            const auto got = run_on(*gpu, gq, ins, oq, &gc);
+            const auto want = run_on(*cpu, gf, ins, of, &rc);
+            INFO(tname(t) << " batch of " << T << " at " << pos0);
+            CHECK(all_finite(got));
+            CHECK(nmse_root(got, want) <= 2e-5);
+            gc.advance(T);
+            rc.advance(T);
+            pos0 += T;
+        }
+    }
+}
+
+TEST_CASE("cuda quant: supports() names exactly the types that run", "[cuda][quant][errors]") {
+    DS3_REQUIRE_CUDA(gpu);
+    WeightStore s;
+    auto node_with = [&](TypeId t, int64_t in) {
+        const TypeTraits& tr = type_traits(t);
+        std::vector<uint8_t> bytes(size_t(in / tr.block_size * tr.type_size * 3), 0);
+        const Weight& w = s.add_owned(std::string("w") + tname(t) + std::to_string(in), t, {in, 3}, std::move(bytes));
+        Graph g;
+        int x = g.input("x", DType::f32, 1, in);
+        return g.node(g.mul_mat("y", x, w));
+    };
+    for (TypeId t : kQuantTypes) CHECK(gpu->supports(node_with(t, 256)));
+    for (TypeId t : {TypeId::F32, TypeId::BF16, TypeId::F16}) CHECK(gpu->supports(node_with(t, 256)));
+    // Formats without a device decoder go to the next backend.
+    CHECK_FALSE(gpu->supports(node_with(TypeId::IQ2_XXS, 256)));
+    CHECK_FALSE(gpu->supports(node_with(TypeId::Q5_0, 32)));
+    // Gains are read element by element: plain floats only.
+    std::vector<uint8_t> q8(34, 0);
+    const Weight& gain = s.add_owned("gain", TypeId::Q8_0, {32}, q8);
+    Graph g;
+    int x = g.input("x", DType::f32, 1, 32);
+    CHECK_FALSE(gpu->supports(g.node(g.rms_norm("n", x, gain, 1e-6f))));
+    // Experts of mixed types in one moe_ffn are declined (the CPU runs them).
+    QWeight a = add_qweight(s, "ga", TypeId::Q8_0, {32, 32, 2}, 13);
+    RouteParams p{2, 1, 1, 1, ScoringFunc::softmax, TopkMethod::greedy, false, 1.0f};
+    Graph m;
+    int mx = m.input("x", DType::f32, 1, 32);
+    int mr = m.input("r", DType::f32, 1, 2);
+    CHECK_FALSE(gpu->supports(m.node(m.moe_ffn("m", mx, mr, *a.q, *a.q, *a.f, p))));
+}
