@@ -358,6 +358,7 @@ int run_bench(const BenchArgs& a) {
     if (a.n_prompt > 0) row(pp_name, pp);
     if (a.n_gen > 0) row(tg_name, tg);
     std::printf("\n");
+    std::printf("model built/loaded in %.2f s; warm-up (first uploads included) %.2f s\n", build_s, warmup_s);
     if (placement.size() > 1) {
         std::string p;
         for (const auto& [b, n] : placement) p += (p.empty() ? "" : ", ") + std::to_string(n) + " on " + b;
