@@ -216,8 +216,8 @@ public:
                 return n.route.n_expert <= cuda::kMaxExperts && n.route.n_used <= 32 && n.route.n_group >= 1 &&
                        n.route.n_expert % n.route.n_group == 0;
             case Op::moe_ffn:
-                return n.route.n_expert <= cuda::kMaxExperts && n.w.size() == 3 && n.w[0]->type == n.w[1]->type &&
-                       n.w[1]->type == n.w[2]->type;
+                // Gate and up share a kernel (one type); down may differ (Q4_K_M's Q6_K).
+                return n.route.n_expert <= cuda::kMaxExperts && n.w.size() == 3 && n.w[0]->type == n.w[1]->type;
             default:
                 return true;
         }
@@ -522,9 +522,12 @@ private:
         a.gate = weight(*n.w[0]);
         a.up = weight(*n.w[1]);
         a.down = weight(*n.w[2]);
-        check(n.w[0]->type == n.w[1]->type && n.w[1]->type == n.w[2]->type, "cuda",
-              n.name + ": gate, up and down experts of different types are not supported yet");
+        check(n.w[0]->type == n.w[1]->type, "cuda",
+              n.name + ": gate and up experts of different types are not supported (" +
+                  std::string(type_traits(n.w[0]->type).name) + " vs " + std::string(type_traits(n.w[1]->type).name) +
+                  ")");
         a.wt = wtype(n.w[0]->type);
+        a.wt_down = wtype(n.w[2]->type);
         for (int e = 0; e < n.route.n_expert; ++e)
             if (n.experts.empty() || n.experts[static_cast<size_t>(e)]) a.mask.bits[e / 32] |= 1u << (e % 32);
         return a;
@@ -613,6 +616,7 @@ private:
         gd.ldx = a.F;
         gd.x_rows = nullptr;
         gd.w = a.down;
+        gd.wt = a.wt_down;
         gd.w_bstride = static_cast<int64_t>(n.w[2]->row_bytes()) * a.D;
         gd.y = y.f();
         gd.ldy = a.D;

@@ -896,7 +896,7 @@ void moe_pairs_gate_up(const MoeArgs& a, const float* x, const float* route, flo
 void moe_pairs_down(const MoeArgs& a, const float* act, const float* route, float* y, cudaStream_t s) {
     if (a.T <= 0) return;
     dim3 grid(static_cast<unsigned>((a.D + 7) / 8), static_cast<unsigned>(a.T * a.n_used));
-    with_loader(a.wt, [&](auto l) { moe_down_kernel<decltype(l)><<<grid, 256, 0, s>>>(a, act, route, y); });
+    with_loader(a.wt_down, [&](auto l) { moe_down_kernel<decltype(l)><<<grid, 256, 0, s>>>(a, act, route, y); });
 }
 
 void moe_combine(const MoeArgs& a, const float* y, const float* route, const int* pair_row, float* out,

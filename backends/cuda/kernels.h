@@ -113,7 +113,8 @@ struct MoeArgs {
     int64_t T = 0, D = 0, F = 0;  // tokens, n_embd, expert width
     int n_used = 0, n_expert = 0;
     const void *gate = nullptr, *up = nullptr, *down = nullptr;
-    WType wt = WType::f32;
+    WType wt = WType::f32;       // gate and up
+    WType wt_down = WType::f32;  // down (mixes such as Q4_K_M give it more bits)
     ExpertMask mask;
 };
 // Decode (few tokens): one (token, slot) pair per grid row, reading only the chosen

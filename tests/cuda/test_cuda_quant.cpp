@@ -247,11 +247,47 @@ TEST_CASE("cuda quant: supports() names exactly the types that run", "[cuda][qua
     Graph g;
     int x = g.input("x", DType::f32, 1, 32);
     CHECK_FALSE(gpu->supports(g.node(g.rms_norm("n", x, gain, 1e-6f))));
-    // Experts of mixed types in one moe_ffn are declined (the CPU runs them).
+    // moe_ffn: down may have its own type (Q4_K_M's mix); gate and up of different
+    // types are declined (the CPU runs them).
     QWeight a = add_qweight(s, "ga", TypeId::Q8_0, {32, 32, 2}, 13);
     RouteParams p{2, 1, 1, 1, ScoringFunc::softmax, TopkMethod::greedy, false, 1.0f};
     Graph m;
     int mx = m.input("x", DType::f32, 1, 32);
     int mr = m.input("r", DType::f32, 1, 2);
-    CHECK_FALSE(gpu->supports(m.node(m.moe_ffn("m", mx, mr, *a.q, *a.q, *a.f, p))));
+    CHECK(gpu->supports(m.node(m.moe_ffn("m1", mx, mr, *a.q, *a.q, *a.f, p))));
+    CHECK_FALSE(gpu->supports(m.node(m.moe_ffn("m2", mx, mr, *a.q, *a.f, *a.q, p))));
+}
+
+TEST_CASE("cuda quant: moe_ffn and shared_ffn with down in another type (the Q4_K_M mix)", "[cuda][quant]") {
+    DS3_REQUIRE_CUDA(gpu);
+    const int E = 4, k = 2;
+    const int64_t D = 512, F = 256;
+    WeightStore s;
+    QWeight g = add_qweight(s, "g", TypeId::Q4_K, {D, F, E}, 30, 0.3f), u = add_qweight(s, "u", TypeId::Q4_K, {D, F, E}, 31, 0.3f),
+            d = add_qweight(s, "d", TypeId::Q6_K, {F, D, E}, 32, 0.3f);
+    QWeight sg = add_qweight(s, "sg", TypeId::Q4_K, {D, F}, 33, 0.3f), su = add_qweight(s, "su", TypeId::Q5_K, {D, F}, 34, 0.3f),
+            sd = add_qweight(s, "sd", TypeId::Q6_K, {F, D}, 35, 0.3f);
+    RouteParams p{E, k, 1, 1, ScoringFunc::softmax, TopkMethod::greedy, false, 1.0f};
+    for (int64_t T : {1, 4, 17}) {
+        std::vector<float> route(size_t(T * 2 * k));
+        for (int64_t i = 0; i < T; ++i)
+            for (int j = 0; j < k; ++j) {
+                route[size_t(i * 2 * k + j)] = 0.5f + 0.1f * float(j);
+                route[size_t(i * 2 * k + k + j)] = float((i + j * 3) % E);
+            }
+        auto xv = randn(size_t(T * D), 36);
+        const std::vector<GraphInput> ins = {{0, xv.data()}, {1, route.data()}};
+        INFO("T " << T);
+        check_op(*gpu, TypeId::Q4_K, ins, [&](Graph& gr, bool q) {
+            int x = gr.input("x", DType::f32, T, D);
+            int r = gr.input("r", DType::f32, T, 2 * k);
+            return gr.moe_ffn("m", x, r, q ? *g.q : *g.f, q ? *u.q : *u.f, q ? *d.q : *d.f, p);
+        }, 0.05);
+        // Gate and up of different types: the fused GEMV is skipped, three matmuls run.
+        check_op(*gpu, TypeId::Q4_K, ins, [&](Graph& gr, bool q) {
+            int x = gr.input("x", DType::f32, T, D);
+            gr.input("r", DType::f32, T, 2 * k);
+            return gr.shared_ffn("sh", x, q ? *sg.q : *sg.f, q ? *su.q : *su.f, q ? *sd.q : *sd.f);
+        }, 0.05);
+    }
 }
