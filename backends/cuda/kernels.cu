@@ -100,7 +100,7 @@ struct WQ {
     static constexpr bool kQuant = true;
     static constexpr int kPerBlock = Q::QK / 16;
     __host__ __device__ static constexpr int64_t row_bytes(int64_t K) { return K / Q::QK * Q::TS; }
-    __device__ static void chunk(const uint8_t* row, int64_t i, float (&o)[16]) {
+    __host__ __device__ static void chunk(const uint8_t* row, int64_t i, float (&o)[16]) {
         Q::chunk(row + (i / kPerBlock) * Q::TS, static_cast<int>(i % kPerBlock), o);
     }
 };
@@ -791,6 +791,17 @@ __global__ void moe_combine_kernel(MoeArgs a, const float* y, const float* route
 }  // namespace
 
 // ---- launchers ------------------------------------------------------------------------
+
+bool decode_chunk_host(WType t, const void* block, int c, float out[16]) {
+    if (!wtype_quantized(t)) return false;
+    float o[16] = {};
+    const auto* b = static_cast<const uint8_t*>(block);
+    with_loader(t, [&](auto l) {
+        if constexpr (decltype(l)::kQuant) decltype(l)::chunk(b, c, o);
+    });
+    for (int i = 0; i < 16; ++i) out[i] = o[i];
+    return true;
+}
 
 void gemm(const GemmArgs& a, cudaStream_t s) {
     if (a.M <= 0 || a.N <= 0 || a.batch <= 0) return;

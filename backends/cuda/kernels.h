@@ -16,6 +16,11 @@ typedef struct CUstream_st* cudaStream_t;
 namespace ds3::cuda {
 
 enum class WType : uint8_t { f32, bf16, f16, q8_0, q4_0, q2_K, q3_K, q4_K, q5_K, q6_K, iq4_xs, fp8_b128 };
+// Elements 16c..16c+15 of one block of a block format, decoded on the host by the same
+// code the kernels run (quant.cuh is host and device): lets tests hold the decoders to
+// the CPU references on machines without a GPU. Plain types: not block formats, false.
+bool decode_chunk_host(WType t, const void* block, int c, float out[16]);
+
 // Elements per block and bytes per block (1 and the element size for the plain types).
 int wtype_block(WType t);
 int wtype_block_bytes(WType t);

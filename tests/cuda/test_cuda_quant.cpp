@@ -18,10 +18,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <string>
 
 #include "backends/cpu/cpu_backend.h"
+#include "backends/cuda/kernels.h"
 #include "cuda_test.h"
 #include "op_inputs.h"
 #include "quantize/formats.h"
@@ -106,6 +108,51 @@ void check_op(Backend& gpu, TypeId t, const std::vector<GraphInput>& ins, Build 
 }
 
 }  // namespace
+
+TEST_CASE("cuda quant: the device decoders, run on the host, equal the CPU references", "[cuda][quant]") {
+    // No GPU needed: quant.cuh is host and device code, so CI checks the decoders too.
+    const std::pair<TypeId, cuda::WType> types[] = {
+        {TypeId::Q8_0, cuda::WType::q8_0}, {TypeId::Q4_0, cuda::WType::q4_0},     {TypeId::Q2_K, cuda::WType::q2_K},
+        {TypeId::Q3_K, cuda::WType::q3_K}, {TypeId::Q4_K, cuda::WType::q4_K},     {TypeId::Q5_K, cuda::WType::q5_K},
+        {TypeId::Q6_K, cuda::WType::q6_K}, {TypeId::IQ4_XS, cuda::WType::iq4_xs}, {TypeId::FP8_E4M3_B128, cuda::WType::fp8_b128}};
+    for (auto [t, wt] : types) {
+        const TypeTraits& tr = type_traits(t);
+        REQUIRE(cuda::wtype_block(wt) == int(tr.block_size));
+        REQUIRE(cuda::wtype_block_bytes(wt) == int(tr.type_size));
+        const int64_t n = 5 * tr.block_size;
+        for (float scale : {1.0f, 1e-3f, 300.0f}) {
+            auto v = randn(size_t(n), 40, scale);
+            v[3] = 0.0f;
+            std::vector<uint8_t> bytes(size_t(n / tr.block_size * tr.type_size));
+            std::vector<float> ref(static_cast<size_t>(n));
+            quantize_row(t, v.data(), bytes.data(), n);
+            dequantize_row(t, bytes.data(), ref.data(), n);
+            int bad = 0;
+            for (int64_t blk = 0; blk < n / tr.block_size; ++blk)
+                for (int c = 0; c < int(tr.block_size / 16); ++c) {
+                    float o[16];
+                    REQUIRE(cuda::decode_chunk_host(wt, bytes.data() + blk * tr.type_size, c, o));
+                    for (int i = 0; i < 16; ++i) bad += o[i] != ref[size_t(blk * tr.block_size + 16 * c + i)];
+                }
+            INFO(tname(t) << " scale " << scale);
+            CHECK(bad == 0);
+        }
+    }
+    // Every e4m3 byte, NaN included, through a block with scale 1.
+    std::vector<uint8_t> blk(132, 0);
+    const float one = 1.0f;
+    std::memcpy(blk.data(), &one, 4);
+    for (int b = 0; b < 256; ++b) {
+        blk[4 + 16 * (b % 8) + 3] = uint8_t(b);
+        float o[16], ref[128];
+        cuda::decode_chunk_host(cuda::WType::fp8_b128, blk.data(), b % 8, o);
+        dequantize_row(TypeId::FP8_E4M3_B128, blk.data(), ref, 128);
+        INFO("e4m3 byte " << b);
+        CHECK((o[3] == ref[16 * (b % 8) + 3] || (std::isnan(o[3]) && std::isnan(ref[16 * (b % 8) + 3]))));
+    }
+    float o[16];
+    CHECK_FALSE(cuda::decode_chunk_host(cuda::WType::bf16, blk.data(), 0, o));
+}
 
 TEST_CASE("cuda quant: get_rows decodes every format exactly", "[cuda][quant]") {
     DS3_REQUIRE_CUDA(gpu);
