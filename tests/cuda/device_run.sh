@@ -27,6 +27,9 @@ if [ "${1:-}" = --pack ]; then
 fi
 OUT=${OUT:-$PWD/device-out}
 mkdir -p "$OUT"
+# Only 8 files come back from a device call: full logs are gathered into tests.log and
+# runs.log; per-run files stay in $W.
+W=$(mktemp -d)
 export DS3_FIXTURES=${DS3_FIXTURES:-$PWD/.devdata/fixtures}
 STEPS=${DS3_DEVICE_STEPS:-tests bench}
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
@@ -42,9 +45,10 @@ mkdir -p "$(dirname "$BAKED")" && { [ -e "$BAKED" ] || cp $BIN/ds3 "$BAKED"; }
 if [[ " $STEPS " == *" tests "* ]]; then
   for t in test_cuda_quant test_cuda_ops test_cuda_model test_cuda_golden; do
     t0=$(date +%s)
-    timeout 240 "$BIN/$t" 2>&1 >"$OUT/$t.log"
+    timeout 240 "$BIN/$t" >"$W/$t.log" 2>&1
     rc=$?
-    grep -E "FAILED|failed|with expansion|passed|skipped" "$OUT/$t.log" | head -30
+    { echo "=== $t rc=$rc"; cat "$W/$t.log"; } >>"$OUT/tests.log"
+    grep -E "FAILED|failed|with expansion|passed|skipped" "$W/$t.log" | head -30
     echo "== $t rc=$rc $(( $(date +%s) - t0 )) s"
   done
 fi
@@ -62,8 +66,11 @@ if [[ " $STEPS " == *" bench "* ]]; then
     local name=$1 bin=$2 model=$3 be=$4 n=$5
     shift 5
     env "$@" timeout 120 "$bin" run -m "$model" --backend "$be" --tokens "$P" -n "$n" --temp 0 --ignore-eos \
-      --print-ids >"$OUT/run_$name.out" 2>"$OUT/run_$name.err"
-    echo "$name rc=$?: $(grep -E '^run:' "$OUT/run_$name.err")"
+      --print-ids >"$W/run_$name.out" 2>"$W/run_$name.err"
+    local rc=$?
+    { echo "=== $name rc=$rc"; cat "$W/run_$name.err"; } >>"$OUT/runs.log"
+    echo "$name rc=$rc: $(grep -E '^run:' "$W/run_$name.err")"
+    [ $rc -eq 0 ] || tail -3 "$W/run_$name.err"
   }
   [ -x $BIN/ds3-old ] && run bf16_old $BIN/ds3-old $M.bf16.gguf cuda 128
   run bf16 $BIN/ds3 $M.bf16.gguf cuda 128
@@ -72,12 +79,12 @@ if [[ " $STEPS " == *" bench "* ]]; then
   run q4km_cpu $BIN/ds3 $M.q4km.gguf cpu 8
   run bf16_prof $BIN/ds3 $M.bf16.gguf cuda 128 DS3_CUDA_PROFILE=1
   run q4km_prof $BIN/ds3 $M.q4km.gguf cuda 128 DS3_CUDA_PROFILE=1
-  grep "cuda profile" "$OUT/run_bf16_prof.err" | sed 's/^/bf16 /'
-  grep "cuda profile" "$OUT/run_q4km_prof.err" | sed 's/^/q4km /'
+  grep "cuda profile" "$W/run_bf16_prof.err" | sed 's/^/bf16 /'
+  grep "cuda profile" "$W/run_q4km_prof.err" | sed 's/^/q4km /'
   # Greedy ids of the GPU and the CPU on the quantized model (8 decoded tokens).
-  cpu_ids=$(tr -s ' ,\n' '  ' <"$OUT/run_q4km_cpu.out" | xargs)
+  cpu_ids=$(tr -s ' ,\n' '  ' <"$W/run_q4km_cpu.out" | xargs)
   nw=$(echo "$cpu_ids" | wc -w)
-  cuda_ids=$(tr -s ' ,\n' '  ' <"$OUT/run_q4km.out" | xargs | cut -d' ' -f1-"$nw")
+  cuda_ids=$(tr -s ' ,\n' '  ' <"$W/run_q4km.out" | xargs | cut -d' ' -f1-"$nw")
   [ "$cuda_ids" = "$cpu_ids" ] && echo "q4km: cuda and cpu agree on all $nw printed ids" ||
     { echo "q4km ids differ:"; echo "cuda: $cuda_ids" | cut -c1-400; echo "cpu:  $cpu_ids" | cut -c1-400; }
   "$BIN/ds3" inspect $M.q4km.gguf 2>/dev/null | grep -oE "\b(q[0-9]_[0-9K]+|iq4_xs|f32|bf16|f16|fp8_e4m3_b128)\b" | sort | uniq -c |
