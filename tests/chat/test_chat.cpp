@@ -11,7 +11,8 @@
 #include <chrono>
 #include <functional>
 #include <nlohmann/json.hpp>
-#include <regex>
+#include <cstdio>
+#include <sstream>
 
 #include "chat_fixture.h"
 
@@ -150,14 +151,21 @@ TEST_CASE("ds3 chat over a pipe: turns, commands, saved JSON", "[chat][cli]") {
     CHECK(r.err.find("/load: cannot open /nonexistent/x.json") != std::string::npos);
     CHECK(r.err.find("/reset") != std::string::npos);  // the /help list
     CHECK(r.err.find("saved 11 messages to " + f2) != std::string::npos);
-    const std::regex speed(R"(\[prompt (\d+) tokens \((\d+) cached\), [0-9.]+ tok/s \| answer (\d+) tokens, [0-9.]+ tok/s \| [a-z ]+\])");
-    std::vector<std::smatch> lines;
-    for (auto it = std::sregex_iterator(r.err.begin(), r.err.end(), speed); it != std::sregex_iterator(); ++it)
-        lines.push_back(*it);
+    // Speed lines: "[prompt P tokens (C cached), x tok/s | answer A tokens, y tok/s | reason]".
+    struct Speed { long prompt, cached, answer; };
+    std::vector<Speed> lines;
+    std::istringstream err_lines(r.err);
+    for (std::string line; std::getline(err_lines, line);) {
+        Speed sp{};
+        float tps1 = 0, tps2 = 0;
+        if (std::sscanf(line.c_str(), "[prompt %ld tokens (%ld cached), %f tok/s | answer %ld tokens, %f tok/s |",
+                        &sp.prompt, &sp.cached, &tps1, &sp.answer, &tps2) == 5)
+            lines.push_back(sp);
+    }
     REQUIRE(lines.size() == 6);
     // The second turn was fed incrementally: its prompt reuses the first turn's cache.
-    CHECK(std::stol(lines[0][2]) == 0);
-    CHECK(std::stol(lines[1][2]) > std::stol(lines[0][1]));
+    CHECK(lines[0].cached == 0);
+    CHECK(lines[1].cached > lines[0].prompt);
 
     // The same second turn in a fresh process, from the saved history, evaluated from
     // scratch, gives the same answer as the incremental one.
