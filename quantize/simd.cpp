@@ -9,6 +9,10 @@
 #include "quantize/formats.h"
 #include "quantize/simd_x86.h"
 
+#if DS3_QUANT_X86
+#include <cpuid.h>
+#endif
+
 namespace ds3::quant {
 
 std::string_view simd_level_name(SimdLevel l) {
@@ -20,12 +24,20 @@ std::string_view simd_level_name(SimdLevel l) {
     return "?";
 }
 
+#if DS3_QUANT_X86
+// F16C from CPUID leaf 1 (ECX bit 29): clang 14's __builtin_cpu_supports has no "f16c".
+static bool cpu_has_f16c() {
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29)) != 0;
+}
+#endif
+
 bool simd_level_available(SimdLevel l) {
     switch (l) {
         case SimdLevel::scalar: return true;
 #if DS3_QUANT_X86
         case SimdLevel::avx2:
-            return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+            return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c();
         case SimdLevel::avx512:
             return simd_level_available(SimdLevel::avx2) && __builtin_cpu_supports("avx512f") &&
                    __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "quantize/float.h"
+#include "quantize/simd.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -160,8 +161,7 @@ const RowKernels& scalar_kernels() {
 
 const RowKernels& best_kernels() {
 #if defined(__x86_64__)
-    static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                             __builtin_cpu_supports("f16c");
+    static const bool avx2 = quant::simd_level_available(quant::SimdLevel::avx2);  // avx2 + fma + f16c
     static const RowKernels k{dot_f32_avx2,    dot_bf16_avx2,    dot_f16_avx2, bf16_to_f32_avx2,
                               f16_to_f32_avx2, dot_4x2_f32_avx2, "avx2"};
     if (avx2) return k;
