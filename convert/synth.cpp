@@ -11,6 +11,7 @@
 #include "convert/safetensors_writer.h"
 #include "models/presets.h"
 #include "quantize/float.h"
+#include "runtime/rng.h"
 #include "runtime/error.h"
 
 namespace ds3::hf {
@@ -22,17 +23,7 @@ using json = nlohmann::ordered_json;
 
 [[noreturn]] void fail(const std::string& msg) { throw Error("synth", msg); }
 
-// Deterministic on every platform (std distributions are not): splitmix64 to uniform.
-struct Rng {
-    uint64_t s;
-    uint64_t next() {
-        uint64_t z = (s += 0x9e3779b97f4a7c15ull);
-        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-        return z ^ (z >> 31);
-    }
-    float uniform(float a) { return static_cast<float>((double(next() >> 11) * 0x1p-53 * 2.0 - 1.0) * a); }
-};
+using Rng = SplitMix64;
 
 // Nearest e4m3 code of a value already scaled into [-448, 448].
 struct Fp8Encoder {

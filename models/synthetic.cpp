@@ -13,6 +13,7 @@
 #include "models/presets.h"
 #include "quantize/formats.h"
 #include "runtime/error.h"
+#include "runtime/rng.h"
 
 namespace ds3 {
 
@@ -25,22 +26,7 @@ constexpr uint64_t kCopyBelow = uint64_t{1} << 20;  // smaller tensors are plain
 constexpr int64_t kSeedElems = 65536;
 constexpr float kSigma = 0.02f;
 
-// splitmix64: deterministic on every platform.
-struct Rng {
-    uint64_t s;
-    uint64_t next() {
-        uint64_t z = (s += 0x9e3779b97f4a7c15ull);
-        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-        return z ^ (z >> 31);
-    }
-    double uniform01() { return (static_cast<double>(next() >> 11) + 0.5) * 0x1p-53; }
-    float uniform(float a) { return static_cast<float>((uniform01() * 2.0 - 1.0) * a); }
-    float normal(float sigma) {  // Box-Muller, one value per call
-        const double u = uniform01(), v = uniform01();
-        return static_cast<float>(sigma * std::sqrt(-2.0 * std::log(u)) * std::cos(6.283185307179586 * v));
-    }
-};
+using Rng = SplitMix64;
 
 uint64_t round_up(uint64_t v, uint64_t m) { return (v + m - 1) / m * m; }
 
