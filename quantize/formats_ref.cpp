@@ -402,13 +402,16 @@ float q3_K_vec_dot_ref(int64_t n, const void* w, const void* act) {
     return s;
 }
 
-float q4_K_vec_dot_ref(int64_t n, const void* w, const void* act) {
-    const auto* x = static_cast<const BlockQ4_K*>(w);
+// Q4_K and Q5_K share the dot: 8 groups of 32 with 6-bit scale and min, only the level
+// decoder differs.
+template <typename Block, void (*decode)(const Block&, uint8_t*)>
+float k4_vec_dot_ref(int64_t n, const void* w, const void* act) {
+    const auto* x = static_cast<const Block*>(w);
     const auto* y = static_cast<const BlockQ8_K*>(act);
     uint8_t q[kQK_K];
     float s = 0;
     for (int64_t i = 0; i < n / kQK_K; ++i) {
-        decode_q4_K(x[i], q);
+        decode(x[i], q);
         int isum = 0, imin = 0;
         for (int g = 0; g < 8; ++g) {
             uint8_t sc, m;
@@ -421,23 +424,12 @@ float q4_K_vec_dot_ref(int64_t n, const void* w, const void* act) {
     return s;
 }
 
+float q4_K_vec_dot_ref(int64_t n, const void* w, const void* act) {
+    return k4_vec_dot_ref<BlockQ4_K, decode_q4_K>(n, w, act);
+}
+
 float q5_K_vec_dot_ref(int64_t n, const void* w, const void* act) {
-    const auto* x = static_cast<const BlockQ5_K*>(w);
-    const auto* y = static_cast<const BlockQ8_K*>(act);
-    uint8_t q[kQK_K];
-    float s = 0;
-    for (int64_t i = 0; i < n / kQK_K; ++i) {
-        decode_q5_K(x[i], q);
-        int isum = 0, imin = 0;
-        for (int g = 0; g < 8; ++g) {
-            uint8_t sc, m;
-            k4_scale_min(g, x[i].scales, sc, m);
-            isum += sc * dot_levels(q + 32 * g, y[i].qs + 32 * g, 32);
-            imin += m * (y[i].bsums[2 * g] + y[i].bsums[2 * g + 1]);
-        }
-        s += y[i].d * (h2f(x[i].d) * static_cast<float>(isum) - h2f(x[i].dmin) * static_cast<float>(imin));
-    }
-    return s;
+    return k4_vec_dot_ref<BlockQ5_K, decode_q5_K>(n, w, act);
 }
 
 float q6_K_vec_dot_ref(int64_t n, const void* w, const void* act) {
