@@ -310,11 +310,14 @@ void q3_K_to_float(const void* src, float* dst, int64_t n) {
     }
 }
 
-void q4_K_to_float(const void* src, float* dst, int64_t n) {
-    const auto* b = static_cast<const BlockQ4_K*>(src);
+// Q4_K and Q5_K dequantise alike: 8 groups of 32 with 6-bit scale and min, only the level
+// decoder differs.
+template <typename Block, void (*decode)(const Block&, uint8_t*)>
+void k4_to_float(const void* src, float* dst, int64_t n) {
+    const auto* b = static_cast<const Block*>(src);
     uint8_t q[kQK_K];
     for (int64_t i = 0; i < n / kQK_K; ++i, dst += kQK_K) {
-        decode_q4_K(b[i], q);
+        decode(b[i], q);
         const float d = h2f(b[i].d), dmin = h2f(b[i].dmin);
         for (int s = 0; s < 8; ++s) {
             uint8_t sc, m;
@@ -325,20 +328,8 @@ void q4_K_to_float(const void* src, float* dst, int64_t n) {
     }
 }
 
-void q5_K_to_float(const void* src, float* dst, int64_t n) {
-    const auto* b = static_cast<const BlockQ5_K*>(src);
-    uint8_t q[kQK_K];
-    for (int64_t i = 0; i < n / kQK_K; ++i, dst += kQK_K) {
-        decode_q5_K(b[i], q);
-        const float d = h2f(b[i].d), dmin = h2f(b[i].dmin);
-        for (int s = 0; s < 8; ++s) {
-            uint8_t sc, m;
-            k4_scale_min(s, b[i].scales, sc, m);
-            const float dl = d * sc, ml = dmin * m;
-            for (int l = 0; l < 32; ++l) dst[32 * s + l] = dl * q[32 * s + l] - ml;
-        }
-    }
-}
+void q4_K_to_float(const void* src, float* dst, int64_t n) { k4_to_float<BlockQ4_K, decode_q4_K>(src, dst, n); }
+void q5_K_to_float(const void* src, float* dst, int64_t n) { k4_to_float<BlockQ5_K, decode_q5_K>(src, dst, n); }
 
 void q6_K_to_float(const void* src, float* dst, int64_t n) {
     const auto* b = static_cast<const BlockQ6_K*>(src);
