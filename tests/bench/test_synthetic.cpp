@@ -6,6 +6,7 @@
 #include <cmath>
 #include <set>
 
+#include "tiny_model.h"
 #include "backends/backend.h"
 #include "models/footprint.h"
 #include "models/presets.h"
@@ -24,39 +25,13 @@ bool all_finite(const std::vector<float>& v) {
     return true;
 }
 
-// Odd sizes, as tests/runtime's tiny model: 3 layers, the first dense.
-Deepseek2HParams odd_hparams() {
-    Deepseek2HParams hp;
-    hp.n_vocab = 53;
-    hp.n_embd = 40;
-    hp.n_layer = 3;
-    hp.n_head = 3;
-    hp.q_lora = 24;
-    hp.kv_lora = 20;
-    hp.qk_nope = 10;
-    hp.qk_rope = 6;
-    hp.v_head = 12;
-    hp.n_ff = 36;
-    hp.n_ff_exp = 14;
-    hp.n_expert = 8;
-    hp.n_expert_used = 3;
-    hp.n_expert_shared = 1;
-    hp.n_group = 4;
-    hp.topk_group = 2;
-    hp.n_dense_lead = 1;
-    hp.scoring = ScoringFunc::sigmoid;
-    hp.topk = TopkMethod::noaux_tc;
-    hp.norm_topk = true;
-    hp.routed_scale = 2.5f;
-    return hp;
-}
 
 }  // namespace
 
 TEST_CASE("synthetic: bytes read per decoded token, against a hand count", "[bench][synthetic]") {
     const auto target = quant::parse_target("f32");
     REQUIRE(target);
-    const SyntheticModel sm = build_synthetic(odd_hparams(), *target, 1);
+    const SyntheticModel sm = build_synthetic(test::tiny_hparams(), *target, 1);
     // Per layer, elements: norms 40 + 24 + 20 + 40, q_a 40*24, q_b 24*3*16, kv_a 40*26,
     // k_b 10*20*3, v_b 20*12*3, attn_output 36*40.
     const double attn = 40 + 960 + 24 + 1152 + 1040 + 20 + 600 + 720 + 1440 + 40;  // 6036
