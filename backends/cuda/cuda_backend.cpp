@@ -418,6 +418,9 @@ private:
         a.M = rows;
         a.N = w.ne[1];
         a.K = w.ne[0];
+        const size_t sb = rows <= 8 ? cuda::gemv_scratch_bytes(a.wt, rows, a.K) : 0;
+        std::optional<Scratch> sq;
+        if (sb) a.scratch = sq.emplace(*pool_, sb).f();
         cuda::gemm(a, stream_);
     }
 
@@ -540,11 +543,15 @@ private:
         const cuda::MoeArgs a = moe_args(n);
         const int64_t T = n.rows, k = a.n_used;
         if (T <= 8) {
+            cuda::MoeArgs ad = a;
+            const size_t sb = cuda::moe_scratch_bytes(a);
+            std::optional<Scratch> sq;
+            if (sb) ad.scratch = sq.emplace(*pool_, sb).f();
             Scratch act(*pool_, static_cast<size_t>(T * k * a.F) * 4);
             Scratch y(*pool_, static_cast<size_t>(T * k * a.D) * 4);
-            cuda::moe_pairs_gate_up(a, x, route, act.f(), err_, stream_);
-            cuda::moe_pairs_down(a, act.f(), route, y.f(), stream_);
-            cuda::moe_combine(a, y.f(), route, nullptr, out, stream_);
+            cuda::moe_pairs_gate_up(ad, x, route, act.f(), err_, stream_);
+            cuda::moe_pairs_down(ad, act.f(), route, y.f(), stream_);
+            cuda::moe_combine(ad, y.f(), route, nullptr, out, stream_);
             return;
         }
         std::vector<float> r(static_cast<size_t>(T * 2 * k));
@@ -641,6 +648,9 @@ private:
             a.M = T;
             a.N = F;
             a.K = n.w[0]->ne[0];
+            const size_t sb = cuda::gemv_scratch_bytes(a.wt, T, a.K);
+            std::optional<Scratch> sq;
+            if (sb) a.scratch = sq.emplace(*pool_, sb).f();
             cuda::gemv_swiglu(a, weight(*n.w[1]), stream_);
             matmul(*n.w[2], act.f(), T, out);
             return;

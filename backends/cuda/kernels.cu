@@ -2,6 +2,7 @@
 // no tensor cores yet (the next slice adds them for prefill); decode is memory-bound and
 // these kernels read each weight byte once per step.
 #include "backends/cuda/kernels.h"
+#include "backends/cuda/device_util.cuh"
 #include "backends/cuda/quant.cuh"
 
 #include <cuda_bf16.h>
@@ -122,39 +123,6 @@ void with_loader(WType t, F&& f) {
         case WType::iq4_xs: return f(WQ<q::IQ4_XS>{});
         case WType::fp8_b128: return f(WQ<q::FP8_B128>{});
     }
-}
-
-__device__ inline float load_w(WType t, const void* p, int64_t i) {
-    switch (t) {
-        case WType::bf16: return WBF16::get(p, i);
-        case WType::f16: return WF16::get(p, i);
-        default: return WF32::get(p, i);
-    }
-}
-
-__device__ inline float warp_sum(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-__device__ inline float warp_max(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
-
-__device__ inline float silu(float x) { return x / (1.0f + expf(-x)); }
-
-__device__ inline void set_error(DevError* e, int code, int value, int limit) {
-    if (atomicCAS(&e->code, 0, code) == 0) {
-        e->value = value;
-        e->limit = limit;
-    }
-}
-
-unsigned grid_for(int64_t n, int threads) {
-    int64_t b = (n + threads - 1) / threads;
-    return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(b, 65535LL * 32)));
 }
 
 // Dot products of one weight row with MR activation rows, spread over a warp: each lane
@@ -484,248 +452,6 @@ __global__ void rope_kernel(RopeArgs a, const int32_t* positions, const float* x
     }
 }
 
-// ---- MLA ----------------------------------------------------------------------------
-
-__global__ void mla_store_kernel(float* cache, int64_t width, const float* latent, const float* k_pe, int kv_lora,
-                                 int qk_rope, int64_t pos0) {
-    const int64_t t = blockIdx.x;
-    float* row = cache + (pos0 + t) * width;
-    for (int i = threadIdx.x; i < kv_lora + qk_rope; i += blockDim.x)
-        row[i] = i < kv_lora ? latent[t * kv_lora + i] : k_pe[t * qk_rope + (i - kv_lora)];
-}
-
-constexpr int kMlaHeads = 8;     // heads per block: they share every cache row read
-constexpr int kMlaThreads = 128;
-constexpr int kMlaMaxChunk = 512;
-
-// One block: query t (of this pass), heads h0..h0+7, positions of split `blockIdx.x`.
-// Writes the unnormalised partial context and the split's (max, sum) per head.
-__global__ void __launch_bounds__(kMlaThreads) mla_split_kernel(const float* qcat, const float* cache, int64_t width,
-                                                              int kv_lora, int n_head, int64_t t0, int64_t pos0,
-                                                              float scale, int chunk, int n_split, float* part,
-                                                              float* stats) {
-    extern __shared__ float smem[];
-    float* q_s = smem;                          // [kMlaHeads][width]
-    float* p_s = smem + kMlaHeads * width;      // [kMlaHeads][chunk]
-    const int split = blockIdx.x;
-    const int h0 = blockIdx.y * kMlaHeads;
-    const int64_t tl = blockIdx.z, t = t0 + tl;
-    const int nh = min(kMlaHeads, n_head - h0);
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int64_t n_vis = pos0 + t + 1;
-    const int64_t s_lo = static_cast<int64_t>(split) * chunk;
-    const int64_t s_hi = min(n_vis, s_lo + chunk);
-    const int n_pos = s_hi > s_lo ? static_cast<int>(s_hi - s_lo) : 0;
-
-    for (int i = threadIdx.x; i < kMlaHeads * width; i += blockDim.x) {
-        const int h = i / static_cast<int>(width), d = i % static_cast<int>(width);
-        q_s[i] = h < nh ? qcat[(t * n_head + h0 + h) * width + d] : 0.0f;
-    }
-    __syncthreads();
-
-    // Scores: a warp per position, all heads of the block against one cache row.
-    for (int j = warp; j < n_pos; j += kMlaThreads / 32) {
-        const float* row = cache + (s_lo + j) * width;
-        float acc[kMlaHeads] = {};
-        for (int d = lane; d < width; d += 32) {
-            const float c = row[d];
-#pragma unroll
-            for (int h = 0; h < kMlaHeads; ++h) acc[h] += q_s[h * width + d] * c;
-        }
-#pragma unroll
-        for (int h = 0; h < kMlaHeads; ++h) {
-            float v = warp_sum(acc[h]);
-            if (lane == 0) p_s[h * chunk + j] = v * scale;
-        }
-    }
-    __syncthreads();
-
-    // Split-local softmax statistics, a warp per head.
-    float* st = stats + ((tl * n_split + split) * n_head + h0) * 2;
-    for (int h = warp; h < nh; h += kMlaThreads / 32) {
-        float mx = -INFINITY;
-        for (int j = lane; j < n_pos; j += 32) mx = fmaxf(mx, p_s[h * chunk + j]);
-        mx = warp_max(mx);
-        float sum = 0.0f;
-        for (int j = lane; j < n_pos; j += 32) {
-            const float e = expf(p_s[h * chunk + j] - mx);
-            p_s[h * chunk + j] = e;
-            sum += e;
-        }
-        sum = warp_sum(sum);
-        if (lane == 0) {
-            st[2 * h] = mx;
-            st[2 * h + 1] = sum;
-        }
-    }
-    __syncthreads();
-
-    // Partial context: thread per latent dimension, all heads of the block.
-    float* out = part + ((tl * n_split + split) * n_head + h0) * static_cast<int64_t>(kv_lora);
-    for (int d = threadIdx.x; d < kv_lora; d += blockDim.x) {
-        float acc[kMlaHeads] = {};
-        for (int j = 0; j < n_pos; ++j) {
-            const float c = cache[(s_lo + j) * width + d];
-#pragma unroll
-            for (int h = 0; h < kMlaHeads; ++h) acc[h] += p_s[h * chunk + j] * c;
-        }
-        for (int h = 0; h < nh; ++h) out[h * static_cast<int64_t>(kv_lora) + d] = acc[h];
-    }
-}
-
-// Merges the splits: ctx = Σ_i e^{m_i − M} O_i / Σ_i e^{m_i − M} l_i.
-__global__ void mla_merge_kernel(const float* part, const float* stats, int kv_lora, int n_head, int n_split,
-                                 int64_t t0, float* ctx) {
-    const int h = blockIdx.x;
-    const int64_t tl = blockIdx.y, t = t0 + tl;
-    float M = -INFINITY;
-    for (int i = 0; i < n_split; ++i) M = fmaxf(M, stats[((tl * n_split + i) * n_head + h) * 2]);
-    float denom = 0.0f;
-    for (int i = 0; i < n_split; ++i) {
-        const float* st = stats + ((tl * n_split + i) * n_head + h) * 2;
-        if (st[1] > 0.0f) denom += expf(st[0] - M) * st[1];
-    }
-    const float inv = 1.0f / denom;
-    for (int d = threadIdx.x; d < kv_lora; d += blockDim.x) {
-        float v = 0.0f;
-        for (int i = 0; i < n_split; ++i) {
-            const float* st = stats + ((tl * n_split + i) * n_head + h) * 2;
-            if (st[1] > 0.0f)
-                v += expf(st[0] - M) * part[((tl * n_split + i) * n_head + h) * static_cast<int64_t>(kv_lora) + d];
-        }
-        ctx[(t * n_head + h) * static_cast<int64_t>(kv_lora) + d] = v * inv;
-    }
-}
-
-// ---- routing --------------------------------------------------------------------------
-
-constexpr int kRouteThreads = 256;
-
-// Block-wide argmax over (value desc, index asc); -1 when nothing is eligible.
-__device__ void block_argmax(float v, int idx, float* sv, int* si, float& best_v, int& best_i) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        float ov = __shfl_xor_sync(0xffffffffu, v, o);
-        int oi = __shfl_xor_sync(0xffffffffu, idx, o);
-        if (oi >= 0 && (idx < 0 || ov > v || (ov == v && oi < idx))) v = ov, idx = oi;
-    }
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    if (lane == 0) sv[warp] = v, si[warp] = idx;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        best_v = sv[0], best_i = si[0];
-        for (int w = 1; w < kRouteThreads / 32; ++w)
-            if (si[w] >= 0 && (best_i < 0 || sv[w] > best_v || (sv[w] == best_v && si[w] < best_i)))
-                best_v = sv[w], best_i = si[w];
-        si[0] = best_i;
-    }
-    __syncthreads();
-    best_i = si[0];
-    __syncthreads();
-}
-
-__global__ void __launch_bounds__(kRouteThreads) route_kernel(RouteArgs a, const float* logits, float* out) {
-    __shared__ float score[kMaxExperts], choice[kMaxExperts];
-    __shared__ uint8_t keep[kMaxExperts], taken[kMaxExperts];
-    __shared__ float gscore[kMaxExperts];
-    __shared__ uint8_t gkeep[kMaxExperts];
-    __shared__ float sv[kRouteThreads / 32];
-    __shared__ int si[kRouteThreads / 32];
-    __shared__ double dsum[kRouteThreads / 32];
-    __shared__ int chosen[32];
-    const int64_t t = blockIdx.x;
-    const int E = a.n_expert, k = a.n_used, per_group = a.n_expert / a.n_group;
-    const float* lg = logits + t * E;
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-
-    if (a.sigmoid) {
-        for (int e = threadIdx.x; e < E; e += blockDim.x) score[e] = 1.0f / (1.0f + expf(-lg[e]));
-    } else {
-        float mx = -INFINITY;
-        for (int e = threadIdx.x; e < E; e += blockDim.x) mx = fmaxf(mx, lg[e]);
-        mx = warp_max(mx);
-        if (lane == 0) sv[warp] = mx;
-        __syncthreads();
-        mx = sv[0];
-        for (int w = 1; w < kRouteThreads / 32; ++w) mx = fmaxf(mx, sv[w]);
-        double s = 0.0;
-        for (int e = threadIdx.x; e < E; e += blockDim.x) s += (score[e] = expf(lg[e] - mx));
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-        if (lane == 0) dsum[warp] = s;
-        __syncthreads();
-        double sum = 0.0;
-        for (int w = 0; w < kRouteThreads / 32; ++w) sum += dsum[w];
-        for (int e = threadIdx.x; e < E; e += blockDim.x) score[e] = static_cast<float>(score[e] / sum);
-    }
-    __syncthreads();
-    // The correction bias steers which experts are chosen, never their weights.
-    for (int e = threadIdx.x; e < E; e += blockDim.x) {
-        choice[e] = score[e] + (a.bias ? load_w(a.bias_t, a.bias, e) : 0.0f);
-        taken[e] = 0;
-    }
-    for (int g = threadIdx.x; g < a.n_group; g += blockDim.x) gkeep[g] = 1;
-    __syncthreads();
-    if (a.method != 0 && a.topk_group < a.n_group) {
-        for (int g = threadIdx.x; g < a.n_group; g += blockDim.x) {
-            const float* c = choice + g * per_group;
-            float b1 = -INFINITY, b2 = -INFINITY;
-            for (int i = 0; i < per_group; ++i) {
-                if (c[i] > b1) b2 = b1, b1 = c[i];
-                else if (c[i] > b2) b2 = c[i];
-            }
-            gscore[g] = a.method == 2 ? b1 + b2 : b1;  // V3: best two; V2: the best one
-        }
-        __syncthreads();
-        if (threadIdx.x == 0) {
-            // The topk_group best groups, ties to the lower index (a stable sort).
-            for (int g = 0; g < a.n_group; ++g) gkeep[g] = 0;
-            for (int n = 0; n < a.topk_group; ++n) {
-                int best = -1;
-                for (int g = 0; g < a.n_group; ++g)
-                    if (!gkeep[g] && (best < 0 || gscore[g] > gscore[best])) best = g;
-                gkeep[best] = 1;
-            }
-        }
-        __syncthreads();
-    }
-    for (int e = threadIdx.x; e < E; e += blockDim.x) keep[e] = gkeep[e / per_group];
-    __syncthreads();
-
-    for (int j = 0; j < k; ++j) {
-        float v = -INFINITY;
-        int idx = -1;
-        for (int e = threadIdx.x; e < E; e += blockDim.x)
-            if (keep[e] && !taken[e] && (idx < 0 || choice[e] > v)) v = choice[e], idx = e;
-        float bv;
-        int bi;
-        block_argmax(v, idx, sv, si, bv, bi);
-        if (threadIdx.x == 0) {
-            chosen[j] = bi;
-            if (bi >= 0) taken[bi] = 1;
-        }
-        __syncthreads();
-    }
-    if (threadIdx.x == 0) {
-        float* o = out + t * 2 * k;
-        double wsum = 0.0;
-        for (int j = 0; j < k; ++j) {
-            const int e = chosen[j];
-            o[j] = e >= 0 ? score[e] : 0.0f;
-            o[k + j] = static_cast<float>(e);
-            wsum += o[j];
-        }
-        // V3 (sigmoid) normalises when asked and then always scales; V2 (softmax) either
-        // normalises or scales, as the reference implementations do.
-        const bool norm = a.norm_topk && k > 1;
-        const bool scale = a.sigmoid || !norm;
-        for (int j = 0; j < k; ++j) {
-            if (norm) o[j] = static_cast<float>(o[j] / (wsum + 1e-20));
-            if (scale) o[j] *= a.scale;
-        }
-    }
-}
-
 // ---- MoE, decode path -----------------------------------------------------------------
 
 __device__ inline bool in_mask(const ExpertMask& m, int e) { return (m.bits[e >> 5] >> (e & 31)) & 1u; }
@@ -803,6 +529,9 @@ bool decode_chunk_host(WType t, const void* block, int c, float out[16]) {
     return true;
 }
 
+size_t gemv_scratch_bytes(WType, int64_t, int64_t) { return 0; }
+size_t moe_scratch_bytes(const MoeArgs&) { return 0; }
+
 void gemm(const GemmArgs& a, cudaStream_t s) {
     if (a.M <= 0 || a.N <= 0 || a.batch <= 0) return;
     with_loader(a.wt, [&](auto l) { launch_gemm<decltype(l)>(a, s); });
@@ -842,60 +571,7 @@ void rope(const RopeArgs& a, const int32_t* positions, const float* x, float* y,
     if (a.rows > 0) rope_kernel<<<static_cast<unsigned>(a.rows), 128, 0, s>>>(a, positions, x, y);
 }
 
-void mla_store(float* cache, int64_t width, const float* latent, const float* k_pe, int kv_lora, int qk_rope,
-               int64_t pos0, int64_t T, cudaStream_t s) {
-    if (T > 0)
-        mla_store_kernel<<<static_cast<unsigned>(T), 128, 0, s>>>(cache, width, latent, k_pe, kv_lora, qk_rope, pos0);
-}
 
-MlaPlan mla_plan(int n_head, int64_t T, int64_t n_kv, int kv_lora, int n_sm) {
-    MlaPlan p;
-    const int64_t head_groups = (n_head + kMlaHeads - 1) / kMlaHeads;
-    // Enough blocks to fill the chip twice; never a split of fewer than 32 positions
-    // nor more than kMlaMaxChunk (its scores live in shared memory).
-    int64_t want = (2 * static_cast<int64_t>(n_sm) + head_groups * T - 1) / std::max<int64_t>(1, head_groups * T);
-    want = std::max<int64_t>(1, std::min<int64_t>(want, (n_kv + 31) / 32));
-    want = std::max<int64_t>(want, (n_kv + kMlaMaxChunk - 1) / kMlaMaxChunk);
-    int64_t chunk = (n_kv + want - 1) / want;
-    chunk = std::min<int64_t>(kMlaMaxChunk, (chunk + 31) / 32 * 32);
-    p.chunk = static_cast<int>(chunk);
-    p.n_split = static_cast<int>((n_kv + chunk - 1) / chunk);
-    // Scratch per query: n_split · n_head · (kv_lora + 2) floats; keep a pass ≤ 64 M floats.
-    const int64_t per_t = static_cast<int64_t>(p.n_split) * n_head * (kv_lora + 2);
-    p.t_per_pass = std::max<int64_t>(1, std::min<int64_t>(T, (int64_t{64} << 20) / std::max<int64_t>(1, per_t)));
-    return p;
-}
-
-int64_t mla_scratch_floats(const MlaPlan& p, int n_head, int kv_lora) {
-    return p.t_per_pass * p.n_split * static_cast<int64_t>(n_head) * (kv_lora + 2);
-}
-
-void mla_attend(const MlaPlan& p, const float* qcat, const float* cache, int64_t width, int kv_lora, int n_head,
-                int64_t T, int64_t pos0, float scale, float* ctx, float* scratch, cudaStream_t s) {
-    const size_t smem = static_cast<size_t>(kMlaHeads) * (width + p.chunk) * sizeof(float);
-    static bool attr_set = false;
-    if (!attr_set) {
-        // Up to kMlaHeads · (kMlaMaxWidth + kMlaMaxChunk) floats = 48 KB.
-        cudaFuncSetAttribute(mla_split_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             kMlaHeads * (kMlaMaxWidth + kMlaMaxChunk) * static_cast<int>(sizeof(float)));
-        attr_set = true;
-    }
-    const int head_groups = (n_head + kMlaHeads - 1) / kMlaHeads;
-    for (int64_t t0 = 0; t0 < T; t0 += p.t_per_pass) {
-        const int64_t nt = std::min<int64_t>(p.t_per_pass, T - t0);
-        float* part = scratch;
-        float* stats = scratch + nt * p.n_split * static_cast<int64_t>(n_head) * kv_lora;
-        dim3 grid(static_cast<unsigned>(p.n_split), static_cast<unsigned>(head_groups), static_cast<unsigned>(nt));
-        mla_split_kernel<<<grid, kMlaThreads, smem, s>>>(qcat, cache, width, kv_lora, n_head, t0, pos0, scale, p.chunk,
-                                                         p.n_split, part, stats);
-        dim3 mgrid(static_cast<unsigned>(n_head), static_cast<unsigned>(nt));
-        mla_merge_kernel<<<mgrid, 128, 0, s>>>(part, stats, kv_lora, n_head, p.n_split, t0, ctx);
-    }
-}
-
-void moe_route(const RouteArgs& a, const float* logits, float* out, cudaStream_t s) {
-    if (a.T > 0) route_kernel<<<static_cast<unsigned>(a.T), kRouteThreads, 0, s>>>(a, logits, out);
-}
 
 void moe_pairs_gate_up(const MoeArgs& a, const float* x, const float* route, float* act, DevError* err,
                        cudaStream_t s) {

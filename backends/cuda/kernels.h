@@ -51,7 +51,12 @@ struct GemmArgs {
     int batch = 1;
     const int* groups = nullptr;  // device
     const int* x_rows = nullptr;  // device
+    // Device scratch of gemv_scratch_bytes(wt, M, K) bytes for the decode GEMV (M ≤ 8) of a
+    // block format: the activation rows quantised to 8-bit blocks for integer dot products.
+    // Null (or a size of 0): the f32-activation path.
+    void* scratch = nullptr;
 };
+size_t gemv_scratch_bytes(WType wt, int64_t M, int64_t K);
 void gemm(const GemmArgs& a, cudaStream_t s);
 // The gate and up projections of a SwiGLU MLP for M ≤ 8 rows in one pass: y[m][n] =
 // silu(x[m]·G[n]) · (x[m]·U[n]), where `a` describes G (a.w) and `up` is U, of the same
@@ -121,7 +126,9 @@ struct MoeArgs {
     WType wt = WType::f32;       // gate and up
     WType wt_down = WType::f32;  // down (mixes such as Q4_K_M give it more bits)
     ExpertMask mask;
+    void* scratch = nullptr;  // device, moe_scratch_bytes(*this) bytes (see GemmArgs::scratch)
 };
+size_t moe_scratch_bytes(const MoeArgs& a);
 // Decode (few tokens): one (token, slot) pair per grid row, reading only the chosen
 // experts' rows. act [T·k][F], y [T·k][D].
 void moe_pairs_gate_up(const MoeArgs& a, const float* x, const float* route, float* act, DevError* err,

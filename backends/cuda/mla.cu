@@ -1,0 +1,182 @@
+// Absorbed MLA over the latent cache: storing a batch's rows and the split-sequence
+// (flash-decoding) attention of every head against the shared latent rows (kernels.h).
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+#include "backends/cuda/device_util.cuh"
+#include "backends/cuda/kernels.h"
+
+namespace ds3::cuda {
+
+namespace {
+
+// ---- MLA ----------------------------------------------------------------------------
+
+__global__ void mla_store_kernel(float* cache, int64_t width, const float* latent, const float* k_pe, int kv_lora,
+                                 int qk_rope, int64_t pos0) {
+    const int64_t t = blockIdx.x;
+    float* row = cache + (pos0 + t) * width;
+    for (int i = threadIdx.x; i < kv_lora + qk_rope; i += blockDim.x)
+        row[i] = i < kv_lora ? latent[t * kv_lora + i] : k_pe[t * qk_rope + (i - kv_lora)];
+}
+
+constexpr int kMlaHeads = 8;     // heads per block: they share every cache row read
+constexpr int kMlaThreads = 128;
+constexpr int kMlaMaxChunk = 512;
+
+// One block: query t (of this pass), heads h0..h0+7, positions of split `blockIdx.x`.
+// Writes the unnormalised partial context and the split's (max, sum) per head.
+__global__ void __launch_bounds__(kMlaThreads) mla_split_kernel(const float* qcat, const float* cache, int64_t width,
+                                                              int kv_lora, int n_head, int64_t t0, int64_t pos0,
+                                                              float scale, int chunk, int n_split, float* part,
+                                                              float* stats) {
+    extern __shared__ float smem[];
+    float* q_s = smem;                          // [kMlaHeads][width]
+    float* p_s = smem + kMlaHeads * width;      // [kMlaHeads][chunk]
+    const int split = blockIdx.x;
+    const int h0 = blockIdx.y * kMlaHeads;
+    const int64_t tl = blockIdx.z, t = t0 + tl;
+    const int nh = min(kMlaHeads, n_head - h0);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int64_t n_vis = pos0 + t + 1;
+    const int64_t s_lo = static_cast<int64_t>(split) * chunk;
+    const int64_t s_hi = min(n_vis, s_lo + chunk);
+    const int n_pos = s_hi > s_lo ? static_cast<int>(s_hi - s_lo) : 0;
+
+    for (int i = threadIdx.x; i < kMlaHeads * width; i += blockDim.x) {
+        const int h = i / static_cast<int>(width), d = i % static_cast<int>(width);
+        q_s[i] = h < nh ? qcat[(t * n_head + h0 + h) * width + d] : 0.0f;
+    }
+    __syncthreads();
+
+    // Scores: a warp per position, all heads of the block against one cache row.
+    for (int j = warp; j < n_pos; j += kMlaThreads / 32) {
+        const float* row = cache + (s_lo + j) * width;
+        float acc[kMlaHeads] = {};
+        for (int d = lane; d < width; d += 32) {
+            const float c = row[d];
+#pragma unroll
+            for (int h = 0; h < kMlaHeads; ++h) acc[h] += q_s[h * width + d] * c;
+        }
+#pragma unroll
+        for (int h = 0; h < kMlaHeads; ++h) {
+            float v = warp_sum(acc[h]);
+            if (lane == 0) p_s[h * chunk + j] = v * scale;
+        }
+    }
+    __syncthreads();
+
+    // Split-local softmax statistics, a warp per head.
+    float* st = stats + ((tl * n_split + split) * n_head + h0) * 2;
+    for (int h = warp; h < nh; h += kMlaThreads / 32) {
+        float mx = -INFINITY;
+        for (int j = lane; j < n_pos; j += 32) mx = fmaxf(mx, p_s[h * chunk + j]);
+        mx = warp_max(mx);
+        float sum = 0.0f;
+        for (int j = lane; j < n_pos; j += 32) {
+            const float e = expf(p_s[h * chunk + j] - mx);
+            p_s[h * chunk + j] = e;
+            sum += e;
+        }
+        sum = warp_sum(sum);
+        if (lane == 0) {
+            st[2 * h] = mx;
+            st[2 * h + 1] = sum;
+        }
+    }
+    __syncthreads();
+
+    // Partial context: thread per latent dimension, all heads of the block.
+    float* out = part + ((tl * n_split + split) * n_head + h0) * static_cast<int64_t>(kv_lora);
+    for (int d = threadIdx.x; d < kv_lora; d += blockDim.x) {
+        float acc[kMlaHeads] = {};
+        for (int j = 0; j < n_pos; ++j) {
+            const float c = cache[(s_lo + j) * width + d];
+#pragma unroll
+            for (int h = 0; h < kMlaHeads; ++h) acc[h] += p_s[h * chunk + j] * c;
+        }
+        for (int h = 0; h < nh; ++h) out[h * static_cast<int64_t>(kv_lora) + d] = acc[h];
+    }
+}
+
+// Merges the splits: ctx = Σ_i e^{m_i − M} O_i / Σ_i e^{m_i − M} l_i.
+__global__ void mla_merge_kernel(const float* part, const float* stats, int kv_lora, int n_head, int n_split,
+                                 int64_t t0, float* ctx) {
+    const int h = blockIdx.x;
+    const int64_t tl = blockIdx.y, t = t0 + tl;
+    float M = -INFINITY;
+    for (int i = 0; i < n_split; ++i) M = fmaxf(M, stats[((tl * n_split + i) * n_head + h) * 2]);
+    float denom = 0.0f;
+    for (int i = 0; i < n_split; ++i) {
+        const float* st = stats + ((tl * n_split + i) * n_head + h) * 2;
+        if (st[1] > 0.0f) denom += expf(st[0] - M) * st[1];
+    }
+    const float inv = 1.0f / denom;
+    for (int d = threadIdx.x; d < kv_lora; d += blockDim.x) {
+        float v = 0.0f;
+        for (int i = 0; i < n_split; ++i) {
+            const float* st = stats + ((tl * n_split + i) * n_head + h) * 2;
+            if (st[1] > 0.0f)
+                v += expf(st[0] - M) * part[((tl * n_split + i) * n_head + h) * static_cast<int64_t>(kv_lora) + d];
+        }
+        ctx[(t * n_head + h) * static_cast<int64_t>(kv_lora) + d] = v * inv;
+    }
+}
+
+}  // namespace
+
+void mla_store(float* cache, int64_t width, const float* latent, const float* k_pe, int kv_lora, int qk_rope,
+               int64_t pos0, int64_t T, cudaStream_t s) {
+    if (T > 0)
+        mla_store_kernel<<<static_cast<unsigned>(T), 128, 0, s>>>(cache, width, latent, k_pe, kv_lora, qk_rope, pos0);
+}
+
+MlaPlan mla_plan(int n_head, int64_t T, int64_t n_kv, int kv_lora, int n_sm) {
+    MlaPlan p;
+    const int64_t head_groups = (n_head + kMlaHeads - 1) / kMlaHeads;
+    // Enough blocks to fill the chip twice; never a split of fewer than 32 positions
+    // nor more than kMlaMaxChunk (its scores live in shared memory).
+    int64_t want = (2 * static_cast<int64_t>(n_sm) + head_groups * T - 1) / std::max<int64_t>(1, head_groups * T);
+    want = std::max<int64_t>(1, std::min<int64_t>(want, (n_kv + 31) / 32));
+    want = std::max<int64_t>(want, (n_kv + kMlaMaxChunk - 1) / kMlaMaxChunk);
+    int64_t chunk = (n_kv + want - 1) / want;
+    chunk = std::min<int64_t>(kMlaMaxChunk, (chunk + 31) / 32 * 32);
+    p.chunk = static_cast<int>(chunk);
+    p.n_split = static_cast<int>((n_kv + chunk - 1) / chunk);
+    // Scratch per query: n_split · n_head · (kv_lora + 2) floats; keep a pass ≤ 64 M floats.
+    const int64_t per_t = static_cast<int64_t>(p.n_split) * n_head * (kv_lora + 2);
+    p.t_per_pass = std::max<int64_t>(1, std::min<int64_t>(T, (int64_t{64} << 20) / std::max<int64_t>(1, per_t)));
+    return p;
+}
+
+int64_t mla_scratch_floats(const MlaPlan& p, int n_head, int kv_lora) {
+    return p.t_per_pass * p.n_split * static_cast<int64_t>(n_head) * (kv_lora + 2);
+}
+
+void mla_attend(const MlaPlan& p, const float* qcat, const float* cache, int64_t width, int kv_lora, int n_head,
+                int64_t T, int64_t pos0, float scale, float* ctx, float* scratch, cudaStream_t s) {
+    const size_t smem = static_cast<size_t>(kMlaHeads) * (width + p.chunk) * sizeof(float);
+    static bool attr_set = false;
+    if (!attr_set) {
+        // Up to kMlaHeads · (kMlaMaxWidth + kMlaMaxChunk) floats = 48 KB.
+        cudaFuncSetAttribute(mla_split_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             kMlaHeads * (kMlaMaxWidth + kMlaMaxChunk) * static_cast<int>(sizeof(float)));
+        attr_set = true;
+    }
+    const int head_groups = (n_head + kMlaHeads - 1) / kMlaHeads;
+    for (int64_t t0 = 0; t0 < T; t0 += p.t_per_pass) {
+        const int64_t nt = std::min<int64_t>(p.t_per_pass, T - t0);
+        float* part = scratch;
+        float* stats = scratch + nt * p.n_split * static_cast<int64_t>(n_head) * kv_lora;
+        dim3 grid(static_cast<unsigned>(p.n_split), static_cast<unsigned>(head_groups), static_cast<unsigned>(nt));
+        mla_split_kernel<<<grid, kMlaThreads, smem, s>>>(qcat, cache, width, kv_lora, n_head, t0, pos0, scale, p.chunk,
+                                                         p.n_split, part, stats);
+        dim3 mgrid(static_cast<unsigned>(n_head), static_cast<unsigned>(nt));
+        mla_merge_kernel<<<mgrid, 128, 0, s>>>(part, stats, kv_lora, n_head, p.n_split, t0, ctx);
+    }
+}
+
+}  // namespace ds3::cuda
