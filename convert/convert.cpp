@@ -10,6 +10,7 @@
 #include "convert/hf_tokenizer.h"
 #include "convert/mapping.h"
 #include "quantize/formats.h"
+#include "quantize/imatrix.h"
 #include "quantize/quantize_model.h"
 #include "quantize/float.h"
 #include "runtime/error.h"
@@ -41,7 +42,9 @@ Value u32(uint64_t v, const char* what) {
 }
 
 // f32 values (whole rows of row_len) -> the bytes of `type` (out is overwritten).
-void encode(std::span<const float> in, TypeId type, uint64_t row_len, std::vector<uint8_t>& out) {
+// importance: row_len per-column weights for every row, or nullptr.
+void encode(std::span<const float> in, TypeId type, uint64_t row_len, const float* importance,
+            std::vector<uint8_t>& out) {
     switch (type) {
     case TypeId::F32:
         out.resize(in.size() * 4);
@@ -64,12 +67,14 @@ void encode(std::span<const float> in, TypeId type, uint64_t row_len, std::vecto
         }
         return;
     default: {
-        // Quantized: whole rows of row_len, quantised on all threads (no importance).
+        // Quantized: whole rows of row_len, quantised on all threads.
         const uint64_t rb = *type_nbytes(type, row_len);
         const uint64_t n_rows = in.size() / row_len;
         out.resize(n_rows * rb);
-        quant::quantize_rows(type, in.data(), out.data(), static_cast<int64_t>(n_rows), static_cast<int64_t>(row_len), {},
-                             0);
+        std::vector<const float*> row_imp;
+        if (importance) row_imp.assign(n_rows, importance);
+        quant::quantize_rows(type, in.data(), out.data(), static_cast<int64_t>(n_rows), static_cast<int64_t>(row_len),
+                             row_imp, 0);
         return;
     }
     }
@@ -78,11 +83,17 @@ void encode(std::span<const float> in, TypeId type, uint64_t row_len, std::vecto
 // Streams one planned tensor into the writer (between begin_tensor and end_tensor).
 class TensorStreamer {
 public:
-    TensorStreamer(Checkpoint& ck, gguf::Writer& w, Progress& prog) : ck_(ck), w_(w), prog_(prog) {}
+    TensorStreamer(Checkpoint& ck, gguf::Writer& w, Progress& prog, const quant::Imatrix* im)
+        : ck_(ck), w_(w), prog_(prog), im_(im) {}
 
     void write(const TensorPlan& p, TypeId type, const HfConfig& c) {
         type_ = type;
         row_len_ = p.ne.empty() ? 1 : p.ne[0];
+        // The same condition as quantize_model: quantized matrices only.
+        name_ = p.gguf_name;
+        use_im_ = im_ && type_traits(type).quantized && p.ne.size() >= 2;
+        mat_ = 0;
+        imp_mat_ = -1;
         w_.begin_tensor();
         if (type == TypeId::FP8_E4M3_B128 && fp8_keep(p, c)) {
             w_.end_tensor();
@@ -93,8 +104,12 @@ public:
             rows(p.hf_names[0], 0, p.hf_shape.empty() ? 1 : p.hf_shape[0]);
             break;
         case Source::ExpertStack:
-            // Expert by expert: never more than a chunk of one expert in memory.
-            for (const std::string& n : p.hf_names) rows(n, 0, p.hf_shape[0]);
+            // Expert by expert: never more than a chunk of one expert in memory (and
+            // one importance vector, the expert's, per chunk).
+            for (const std::string& n : p.hf_names) {
+                rows(n, 0, p.hf_shape[0]);
+                ++mat_;
+            }
             break;
         case Source::KvbK: {
             // Head h's k rows [nope][kv_lora] are stored transposed, [kv_lora][nope], so that
@@ -106,6 +121,7 @@ public:
                 ck_.read_rows_f32(p.hf_names[0], h * per, nope, buf_);
                 for (uint64_t i = 0; i < nope; ++i)
                     for (uint64_t j = 0; j < kvl; ++j) tr[j * nope + i] = buf_[i * kvl + j];
+                mat_ = static_cast<int64_t>(h);
                 emit(tr);
             }
             break;
@@ -113,7 +129,10 @@ public:
         case Source::KvbV: {
             // Head h's v rows [v_head][kv_lora] as they are: ne = [kv_lora, v_head, n_head].
             const uint64_t nope = c.qk_nope_head_dim, per = nope + c.v_head_dim;
-            for (uint64_t h = 0; h < c.num_attention_heads; ++h) rows(p.hf_names[0], h * per + nope, c.v_head_dim);
+            for (uint64_t h = 0; h < c.num_attention_heads; ++h) {
+                mat_ = static_cast<int64_t>(h);
+                rows(p.hf_names[0], h * per + nope, c.v_head_dim);
+            }
             break;
         }
         }
@@ -132,7 +151,15 @@ private:
         }
     }
     void emit(std::span<const float> v) {
-        encode(v, type_, row_len_, bytes_);
+        const float* imp = nullptr;
+        if (use_im_) {
+            if (mat_ != imp_mat_) {
+                imp_ok_ = im_->importance(name_, mat_, static_cast<int64_t>(row_len_), imp_);
+                imp_mat_ = mat_;
+            }
+            if (imp_ok_) imp = imp_.data();
+        }
+        encode(v, type_, row_len_, imp, bytes_);
         w_.write_chunk(bytes_);
         prog_.add(bytes_.size());
     }
@@ -211,8 +238,14 @@ private:
     Checkpoint& ck_;
     gguf::Writer& w_;
     Progress& prog_;
+    const quant::Imatrix* im_;
     TypeId type_ = TypeId::F32;
     uint64_t row_len_ = 1;
+    // Importance of the current matrix (an expert of a stack, a head of attn_k_b/v_b).
+    std::string name_;
+    bool use_im_ = false, imp_ok_ = false;
+    int64_t mat_ = 0, imp_mat_ = -1;
+    std::vector<float> imp_;
     std::vector<float> buf_;
     std::vector<uint8_t> bytes_;
 };
@@ -335,6 +368,9 @@ void write_model_metadata(gguf::Writer& w, const HfConfig& c, const std::optiona
 }
 
 ConvertStats convert(const std::string& hf_dir, const std::string& out_path, const ConvertOptions& opts) {
+    if (opts.imatrix && !opts.target)
+        fail("an importance matrix needs a quantized --outtype (a mix or type such as Q4_K_M), not " +
+             std::string(outtype_name(opts.outtype)));
     const HfConfig cfg = read_config(hf_dir);
     const std::optional<GenerationConfig> gen = read_generation_config(hf_dir);
     Checkpoint ck = Checkpoint::open(hf_dir);
@@ -391,6 +427,13 @@ ConvertStats convert(const std::string& hf_dir, const std::string& out_path, con
         // As `ds3 quantize` writes them, so a one-pass file equals convert-then-quantize.
         w.set_kv("general.file_type", Value::u32(target.file_type));
         w.set_kv("ds3.quantize.type", Value::str(target.name));
+        if (opts.imatrix) {
+            // llama.cpp's keys, as quantize_model writes them.
+            w.set_kv("quantize.imatrix.file", Value::str(fs::path(opts.imatrix_path).filename().string()));
+            w.set_kv("quantize.imatrix.dataset", Value::str(opts.imatrix->dataset));
+            w.set_kv("quantize.imatrix.entries_count", Value::i32(static_cast<int32_t>(opts.imatrix->entries.size())));
+            w.set_kv("quantize.imatrix.chunks_count", Value::i32(static_cast<int32_t>(opts.imatrix->chunk_count)));
+        }
     }
 
     uint64_t total = 0;
@@ -402,7 +445,7 @@ ConvertStats convert(const std::string& hf_dir, const std::string& out_path, con
     w.write_header();
 
     Progress prog("convert", total, opts.progress);
-    TensorStreamer st(ck, w, prog);
+    TensorStreamer st(ck, w, prog, opts.imatrix);
     for (size_t i = 0; i < plan.size(); ++i) {
         const TensorPlan& p = plan[i];
         prog.set_detail(p.gguf_name);

@@ -23,6 +23,9 @@
 namespace ds3::gguf {
 class Writer;
 }
+namespace ds3::quant {
+struct Imatrix;
+}
 
 namespace ds3::hf {
 
@@ -42,6 +45,11 @@ struct ConvertOptions {
     // quantised as it streams (no f32 intermediate file). With fp8 on an FP8 release, the
     // release's e4m3 bytes and 128x128 tile scales are kept as they are (FP8_E4M3_B128).
     std::optional<quant::Target> target;
+    // Per-column importance for the quantised matrices (`--imatrix`), applied exactly as
+    // `ds3 quantize --imatrix` applies it (same bytes, same quantize.imatrix.* keys).
+    // Needs a target; nullable.
+    const quant::Imatrix* imatrix = nullptr;
+    std::string imatrix_path;  // recorded in the output's metadata
     std::string name;  // general.name; empty: the release directory's name
     Progress::Mode progress = Progress::Mode::Off;  // the CLI passes Auto
     bool tokenizer = true;  // write tokenizer.* keys when the release has tokenizer.json
