@@ -14,6 +14,7 @@
 #pragma once
 
 #include <cstddef>
+#include <map>
 #include <memory>
 #include <span>
 #include <string>
@@ -23,6 +24,13 @@
 #include "runtime/graph/graph.h"
 
 namespace ds3 {
+
+class KvCache;
+
+struct GraphInput {
+    int node = -1;
+    const void* data = nullptr;  // node.nbytes() bytes (f32 or i32 as the node says)
+};
 
 class Buffer {
 public:
@@ -43,6 +51,16 @@ public:
     // the latent cache for mla_attn (nullptr otherwise).
     virtual void compute(const Node& n, std::span<Buffer* const> inputs, Buffer& out, Buffer* state) = 0;
     virtual void synchronize() {}
+
+    // Optional: runs a whole placed graph whose every node is on this backend, as
+    // Scheduler::run does, when the backend can do it better at once (the CUDA backend
+    // captures a decode step into a CUDA graph and replays it). Returns false to have the
+    // scheduler run the graph node by node instead.
+    virtual bool run_graph(const Graph& g, std::span<const GraphInput> inputs, KvCache* cache,
+                           std::span<const int> fetch, std::map<int, std::vector<float>>& results) {
+        (void)g, (void)inputs, (void)cache, (void)fetch, (void)results;
+        return false;
+    }
 };
 
 struct BackendOptions {

@@ -46,7 +46,7 @@ int build_attention(Graph& g, const Deepseek2Model& m, const Deepseek2Layer& L, 
     ap.kv_lora = static_cast<int>(hp.kv_lora);
     ap.scale = hp.softmax_scale();
     ap.pos0 = b.pos0;
-    int ctx = g.mla_attn(ln(il, "attn_ctx"), q, lat, kpe, *L.k_b, *L.v_b, ap, static_cast<int>(il));  // [T, H·v_head]
+    int ctx = g.mla_attn(ln(il, "attn_ctx"), q, lat, kpe, *L.k_b, *L.v_b, ap, static_cast<int>(il), pos);  // [T, H·v_head]
     return g.mul_mat(ln(il, "attn_out"), ctx, *L.attn_out);                          // [T, n_embd]
 }
 

@@ -26,7 +26,23 @@ std::vector<float> Runner::eval(std::span<const int32_t> tokens, bool all_logits
     b.n_tokens = T;
     b.pos0 = cache_.n_past();
     b.all_logits = all_logits;
-    Graph placed = sched_.place(build_graph(model_, b));
+    // A batch of a shape seen before reuses its placed graph with the new position: decode
+    // builds and places once, and a backend that replays graphs sees the same nodes.
+    Graph fresh;
+    Graph* gp = &fresh;
+    if (dump.empty()) {
+        auto it = graphs_.find({T, all_logits});
+        if (it == graphs_.end()) {
+            if (graphs_.size() >= 8) graphs_.clear();  // prompts of many lengths: keep it bounded
+            it = graphs_.emplace(std::make_pair(T, all_logits), sched_.place(build_graph(model_, b))).first;
+        }
+        gp = &it->second;
+        for (Node& n : gp->nodes())
+            if (n.op == Op::mla_attn) n.attn.pos0 = b.pos0;
+    } else {
+        fresh = sched_.place(build_graph(model_, b));
+    }
+    const Graph& placed = *gp;
 
     std::vector<int32_t> positions(static_cast<size_t>(T));
     std::iota(positions.begin(), positions.end(), static_cast<int32_t>(b.pos0));

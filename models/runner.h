@@ -43,6 +43,7 @@ private:
     const Deepseek2Model& model_;
     Scheduler sched_;
     KvCache cache_;
+    std::map<std::pair<int64_t, bool>, Graph> graphs_;  // placed graphs by (tokens, all_logits)
 };
 
 // Greedy generation (temperature 0): feeds `prompt` as one batch, then decodes n_new

@@ -17,6 +17,7 @@
 
 #include "backends/cuda/kernels.h"
 #include "runtime/error.h"
+#include "runtime/kv_cache.h"
 
 namespace ds3 {
 
@@ -71,7 +72,16 @@ public:
                                     cudaGetErrorString(e) + ")");
         return p;
     }
-    void put(void* p, size_t cap) { free_[cap].push_back(p); }
+    void put(void* p, size_t cap) {
+        if (hold_)
+            hold_->push_back({p, cap});
+        else
+            free_[cap].push_back(p);
+    }
+    // While a CUDA graph is captured, blocks given back are kept for that graph (its
+    // replays use their addresses) instead of going back to the free lists.
+    using Held = std::vector<std::pair<void*, size_t>>;
+    void hold(Held* h) { hold_ = h; }
     void trim() {
         cudaDeviceSynchronize();
         for (auto& [size, list] : free_) {
@@ -82,6 +92,7 @@ public:
 
 private:
     std::map<size_t, std::vector<void*>> free_;
+    Held* hold_ = nullptr;
 };
 
 class CudaBuffer final : public Buffer {
@@ -89,7 +100,11 @@ public:
     CudaBuffer(std::shared_ptr<Pool> pool, size_t bytes) : pool_(std::move(pool)), bytes_(bytes) {
         ptr_ = pool_->get(bytes, cap_);
     }
-    ~CudaBuffer() override { pool_->put(ptr_, cap_); }
+    // A view on memory owned elsewhere (a replayable graph's activation arena).
+    CudaBuffer(void* ptr, size_t bytes) : bytes_(bytes), ptr_(ptr) {}
+    ~CudaBuffer() override {
+        if (pool_) pool_->put(ptr_, cap_);
+    }
     CudaBuffer(const CudaBuffer&) = delete;
     CudaBuffer& operator=(const CudaBuffer&) = delete;
     size_t size() const override { return bytes_; }
@@ -181,10 +196,12 @@ public:
         DS3_CU(cudaStreamSynchronize(stream_));
         pool_ = std::make_shared<Pool>();
         if (const char* p = std::getenv("DS3_CUDA_PROFILE")) prof_ = std::atoi(p) != 0;
+        if (const char* p = std::getenv("DS3_CUDA_GRAPHS")) graphs_ = std::atoi(p) != 0;
     }
 
     ~CudaBackend() override {
         cudaStreamSynchronize(stream_);
+        execs_.clear();
         if (prof_) {
             prof_collect();
             prof_print();
@@ -249,23 +266,240 @@ public:
         DS3_CU(cudaStreamSynchronize(stream_));
         if (e.code == 1)
             throw Error("cuda", "token id " + std::to_string(e.value) + " outside [0, " + std::to_string(e.limit) + ")");
+        if (e.code == 3)
+            throw Error("kv_cache", "position " + std::to_string(e.value) + " outside the context of " +
+                                        std::to_string(e.limit) + " tokens");
         throw Error("cuda", "expert id " + std::to_string(e.value) + " out of range [0, " + std::to_string(e.limit) + ")");
     }
 
     void compute(const Node& n, std::span<Buffer* const> in, Buffer& out_buf, Buffer* state) override {
-        // cudaSetDevice costs a driver call per node: only when this thread is elsewhere.
-        thread_local int current = -1;
-        if (current != device_) {
-            DS3_CU(cudaSetDevice(device_));
-            current = device_;
-        }
+        use_device();
         const auto t0 = std::chrono::steady_clock::now();
         if (prof_) prof_begin();
         compute_op(n, in, out_buf, state);
         if (prof_) prof_end(n, t0);
     }
 
+    // Decode steps (every node ≤ 8 rows) run from a CUDA graph: the first time a graph of
+    // this structure is seen it runs node by node (uploading weights, setting kernel
+    // attributes), the second time its launches are captured, and from then on each step
+    // is one cudaGraphLaunch plus the input copies. Activations live in an arena owned by
+    // the captured graph, and the kernels read positions and token ids from device memory,
+    // so a replay at a new position needs no new parameters. Prefill, profiling and
+    // DS3_CUDA_GRAPHS=0 take the scheduler's node-by-node path.
+    bool run_graph(const Graph& g, std::span<const GraphInput> inputs, KvCache* cache, std::span<const int> fetch,
+                   std::map<int, std::vector<float>>& results) override {
+        if (!graphs_ || prof_) return false;
+        for (const Node& n : g.nodes()) {
+            if (n.rows > 8) return false;  // prefill: moe_ffn groups tokens on the host
+            if (n.op == Op::mla_attn && (n.src.size() < 4 || !cache)) return false;
+        }
+        use_device();
+        if (stale_graphs_) {
+            DS3_CU(cudaStreamSynchronize(stream_));
+            execs_.clear();
+            stale_graphs_ = false;
+        }
+        GraphExec& e = exec_for(g, cache, fetch);
+        for (const GraphInput& in : inputs) {
+            check(in.node >= 0 && in.node < g.size() && in.data, "cuda", "run_graph: an input has no data");
+            const Node& n = g.node(in.node);
+            DS3_CU(cudaMemcpyAsync(e.at(in.node), in.data, n.nbytes(), cudaMemcpyHostToDevice, stream_));
+        }
+        if (e.exec) {
+            DS3_CU(cudaGraphLaunch(e.exec, stream_));
+        } else if (e.runs == 0 || e.eager_only) {
+            record(g, e, cache);
+        } else {
+            capture(g, e, cache);
+            DS3_CU(cudaGraphLaunch(e.exec, stream_));
+        }
+        ++e.runs;
+        synchronize();
+        for (int id : fetch) {
+            check(id >= 0 && id < g.size(), "cuda", "run_graph: fetch of an unknown node");
+            const Node& n = g.node(id);
+            std::vector<float> v(static_cast<size_t>(n.n_elements()));
+            DS3_CU(cudaMemcpyAsync(v.data(), e.at(id), n.nbytes(), cudaMemcpyDeviceToHost, stream_));
+            results[id] = std::move(v);
+        }
+        synchronize();
+        return true;
+    }
+
 private:
+    void use_device() {
+        // cudaSetDevice costs a driver call: only when this thread is on another device.
+        thread_local int current = -1;
+        if (current != device_) {
+            DS3_CU(cudaSetDevice(device_));
+            current = device_;
+        }
+    }
+
+    // A replayable decode step: one arena holding every node's output, the scratch blocks
+    // its kernels were captured with, and the instantiated graph.
+    struct GraphExec {
+        uint64_t key = 0;
+        std::shared_ptr<Pool> pool;
+        void* arena = nullptr;
+        std::vector<size_t> offset;                    // per node, into the arena
+        std::vector<uint8_t> alias;                    // per node: a view on its source's slot
+        std::vector<std::unique_ptr<CudaBuffer>> views;  // per node, on the arena
+        Pool::Held held;                               // scratch the capture used
+        cudaGraphExec_t exec = nullptr;
+        int runs = 0;
+        bool eager_only = false;  // the capture failed once: run node by node
+
+        float* at(int i) const { return static_cast<float*>(views[static_cast<size_t>(i)]->dev()); }
+        ~GraphExec() {
+            if (exec) cudaGraphExecDestroy(exec);
+            for (auto& [p, cap] : held) pool->put(p, cap);
+            views.clear();
+            if (arena) cudaFree(arena);
+        }
+    };
+
+    // What makes two graphs replay the same: every node's op, shape, inputs, weights and
+    // parameters except the position (which the kernels read from the device), the
+    // cache buffers, and what is fetched.
+    uint64_t graph_key(const Graph& g, KvCache* cache, std::span<const int> fetch) {
+        std::vector<uint64_t> v;
+        v.reserve(static_cast<size_t>(g.size()) * 16 + fetch.size());
+        auto f = [](float x) {
+            uint32_t u;
+            std::memcpy(&u, &x, 4);
+            return static_cast<uint64_t>(u);
+        };
+        for (const Node& n : g.nodes()) {
+            v.push_back(static_cast<uint64_t>(n.op) | static_cast<uint64_t>(n.type) << 8 |
+                        static_cast<uint64_t>(n.layer + 1) << 16 | static_cast<uint64_t>(n.last_only) << 48);
+            v.insert(v.end(), {static_cast<uint64_t>(n.rows), static_cast<uint64_t>(n.cols),
+                               static_cast<uint64_t>(n.src_rows), static_cast<uint64_t>(n.src_cols),
+                               static_cast<uint64_t>(n.col0), f(n.eps)});
+            for (int src : n.src) v.push_back(static_cast<uint64_t>(src));
+            for (const Weight* w : n.w)
+                v.push_back(w ? reinterpret_cast<uintptr_t>(w->data) ^ static_cast<uint64_t>(w->type) << 56 : 0);
+            switch (n.op) {
+                case Op::rope_yarn:
+                    v.insert(v.end(), {static_cast<uint64_t>(n.n_head), static_cast<uint64_t>(n.head_dim),
+                                       static_cast<uint64_t>(n.rope_offset), static_cast<uint64_t>(n.rope_dim),
+                                       reinterpret_cast<uintptr_t>(n.rope.get())});
+                    break;
+                case Op::mla_attn: {
+                    const AttnParams& a = n.attn;
+                    v.insert(v.end(), {static_cast<uint64_t>(a.n_head), static_cast<uint64_t>(a.qk_nope),
+                                       static_cast<uint64_t>(a.qk_rope), static_cast<uint64_t>(a.v_head),
+                                       static_cast<uint64_t>(a.kv_lora), f(a.scale)});
+                    Buffer& c = cache->layer(n.layer, *this);
+                    v.push_back(reinterpret_cast<uintptr_t>(static_cast<CudaBuffer&>(c).dev()));
+                    v.push_back(c.size());
+                    break;
+                }
+                case Op::moe_route:
+                case Op::moe_ffn: {
+                    const RouteParams& r = n.route;
+                    v.insert(v.end(), {static_cast<uint64_t>(r.n_expert), static_cast<uint64_t>(r.n_used),
+                                       static_cast<uint64_t>(r.n_group), static_cast<uint64_t>(r.topk_group),
+                                       static_cast<uint64_t>(r.scoring), static_cast<uint64_t>(r.method),
+                                       static_cast<uint64_t>(r.norm_topk), f(r.scale),
+                                       XXH3_64bits(n.experts.data(), n.experts.size())});
+                    break;
+                }
+                default:
+                    break;
+            }
+        }
+        v.push_back(~uint64_t{0});
+        for (int id : fetch) v.push_back(static_cast<uint64_t>(id));
+        return XXH3_64bits(v.data(), v.size() * sizeof(uint64_t));
+    }
+
+    GraphExec& exec_for(const Graph& g, KvCache* cache, std::span<const int> fetch) {
+        const uint64_t key = graph_key(g, cache, fetch);
+        for (auto it = execs_.begin(); it != execs_.end(); ++it)
+            if ((*it)->key == key) {
+                if (it != execs_.begin()) std::rotate(execs_.begin(), it, std::next(it));  // most recent first
+                return *execs_.front();
+            }
+        // A few shapes at once (decode, and 2..8-token batches); the least recent goes.
+        if (execs_.size() >= 4) {
+            DS3_CU(cudaStreamSynchronize(stream_));
+            execs_.pop_back();
+        }
+        auto e = std::make_unique<GraphExec>();
+        e->key = key;
+        e->pool = pool_;
+        size_t total = 0;
+        e->offset.resize(static_cast<size_t>(g.size()));
+        for (int i = 0; i < g.size(); ++i) {
+            e->offset[static_cast<size_t>(i)] = total;
+            total += (std::max<uint64_t>(g.node(i).nbytes(), 4) + 255) / 256 * 256;
+        }
+        void* arena = nullptr;
+        cudaError_t err = cudaMalloc(&arena, total);
+        if (err != cudaSuccess) {
+            cudaGetLastError();
+            pool_->trim();
+            DS3_CU(cudaMalloc(&arena, total));
+        }
+        e->arena = arena;
+        e->alias.assign(static_cast<size_t>(g.size()), 0);
+        for (int i = 0; i < g.size(); ++i) {
+            const Node& n = g.node(i);
+            void* p = static_cast<uint8_t*>(arena) + e->offset[static_cast<size_t>(i)];
+            // A column range of one row is contiguous in its source: the view is an alias
+            // (no copy kernel), valid because no slot of the arena is written twice.
+            if (n.op == Op::view && (n.rows == 1 || (n.col0 == 0 && n.cols == n.src_cols))) {
+                p = e->at(n.src[0]) + n.col0;
+                e->alias[static_cast<size_t>(i)] = 1;
+            }
+            e->views.push_back(std::make_unique<CudaBuffer>(p, n.nbytes()));
+        }
+        execs_.insert(execs_.begin(), std::move(e));
+        return *execs_.front();
+    }
+
+    // Enqueues every node of g on the stream (eagerly, or into a capture).
+    void record(const Graph& g, GraphExec& e, KvCache* cache) {
+        std::vector<Buffer*> in;
+        for (int i = 0; i < g.size(); ++i) {
+            const Node& n = g.node(i);
+            if (n.op == Op::input || e.alias[static_cast<size_t>(i)]) continue;
+            in.clear();
+            for (int src : n.src) in.push_back(e.views[static_cast<size_t>(src)].get());
+            Buffer* state = n.op == Op::mla_attn ? &cache->layer(n.layer, *this) : nullptr;
+            compute_op(n, in, *e.views[static_cast<size_t>(i)], state);
+        }
+    }
+
+    void capture(const Graph& g, GraphExec& e, KvCache* cache) {
+        // Relaxed: the pool may cudaMalloc a scratch block it has not made yet.
+        DS3_CU(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeRelaxed));
+        pool_->hold(&e.held);
+        cudaGraph_t graph = nullptr;
+        try {
+            record(g, e, cache);
+        } catch (...) {
+            pool_->hold(nullptr);
+            cudaStreamEndCapture(stream_, &graph);
+            if (graph) cudaGraphDestroy(graph);
+            cudaGetLastError();
+            throw;
+        }
+        pool_->hold(nullptr);
+        DS3_CU(cudaStreamEndCapture(stream_, &graph));
+        const cudaError_t err = cudaGraphInstantiate(&e.exec, graph, 0);
+        cudaGraphDestroy(graph);
+        if (err != cudaSuccess) {
+            // Run node by node from now on rather than fail the step.
+            cudaGetLastError();
+            e.exec = nullptr;
+            e.eager_only = true;
+            record(g, e, cache);
+        }
+    }
+
     void compute_op(const Node& n, std::span<Buffer* const> in, Buffer& out_buf, Buffer* state) {
         float* out = f32(&out_buf);
         switch (n.op) {
@@ -296,7 +530,7 @@ private:
                 break;
             case Op::mla_attn:
                 check(state != nullptr, "cuda", n.name + ": mla_attn needs the latent cache");
-                mla_attn(n, f32(in[0]), f32(in[1]), f32(in[2]), *state, out);
+                mla_attn(n, f32(in[0]), f32(in[1]), f32(in[2]), in.size() > 3 ? i32(in[3]) : nullptr, *state, out);
                 break;
             case Op::moe_route:
                 moe_route(n, f32(in[0]), out);
@@ -383,6 +617,7 @@ private:
             if (it->second.nbytes == w.nbytes && it->second.type == w.type && it->second.print == print)
                 return it->second.ptr;
             DS3_CU(cudaStreamSynchronize(stream_));  // the old copy may still be read
+            stale_graphs_ = true;                    // captured graphs may read it
             cudaFree(it->second.ptr);
             weights_.erase(it);
         }
@@ -437,7 +672,8 @@ private:
         cuda::rope(a, pos, x, y, stream_);
     }
 
-    void mla_attn(const Node& n, const float* q, const float* latent, const float* k_pe, Buffer& cache_buf, float* out) {
+    void mla_attn(const Node& n, const float* q, const float* latent, const float* k_pe, const int32_t* positions,
+                  Buffer& cache_buf, float* out) {
         const AttnParams& p = n.attn;
         const int64_t T = n.rows, H = p.n_head, width = p.kv_lora + p.qk_rope, qdim = p.qk_nope + p.qk_rope;
         const int64_t n_ctx = static_cast<int64_t>(cache_buf.size() / 4) / width;
@@ -446,7 +682,18 @@ private:
                                         std::to_string(p.pos0 + T - 1) + " exceed the context of " +
                                         std::to_string(n_ctx) + " tokens");
         float* cache = f32(&cache_buf);
-        cuda::mla_store(cache, width, latent, k_pe, p.kv_lora, p.qk_rope, p.pos0, T, stream_);
+        // The kernels read positions from the device (a replayed graph moves on by itself);
+        // a node built without the positions input gets them made from attn.pos0.
+        std::optional<Scratch> made;
+        if (!positions) {
+            std::vector<int32_t> pos(static_cast<size_t>(T));
+            for (int64_t t = 0; t < T; ++t) pos[static_cast<size_t>(t)] = static_cast<int32_t>(p.pos0 + t);
+            made.emplace(*pool_, pos.size() * 4);
+            DS3_CU(cudaMemcpyAsync(made->i(), pos.data(), pos.size() * 4, cudaMemcpyHostToDevice, stream_));
+            DS3_CU(cudaStreamSynchronize(stream_));  // pos is about to go out of scope
+            positions = made->i();
+        }
+        cuda::mla_store(cache, width, n_ctx, latent, k_pe, p.kv_lora, p.qk_rope, positions, T, err_, stream_);
 
         const Weight& k_b = *n.w[0];  // [qk_nope, kv_lora, H]
         const Weight& v_b = *n.w[1];  // [kv_lora, v_head, H]
@@ -470,11 +717,13 @@ private:
         // q_pe after it: rows (t, h) of q are qdim apart, rows of qcat width apart.
         cuda::copy2d(q + p.qk_nope, qdim, qcat.f() + p.kv_lora, width, T * H, p.qk_rope, stream_);
 
-        const cuda::MlaPlan plan = cuda::mla_plan(static_cast<int>(H), T, p.pos0 + T, p.kv_lora, n_sm_);
+        // Decode: a launch shape fixed by the context size, the same at every position.
+        const cuda::MlaPlan plan = T <= 8 ? cuda::mla_plan_decode(static_cast<int>(H), T, n_ctx, p.kv_lora, n_sm_)
+                                          : cuda::mla_plan(static_cast<int>(H), T, p.pos0 + T, p.kv_lora, n_sm_);
         Scratch ctx(*pool_, static_cast<size_t>(T * H * p.kv_lora) * 4);
         Scratch part(*pool_, static_cast<size_t>(cuda::mla_scratch_floats(plan, static_cast<int>(H), p.kv_lora)) * 4);
-        cuda::mla_attend(plan, qcat.f(), cache, width, p.kv_lora, static_cast<int>(H), T, p.pos0, p.scale, ctx.f(),
-                         part.f(), stream_);
+        cuda::mla_attend(plan, qcat.f(), cache, width, n_ctx, p.kv_lora, static_cast<int>(H), T, positions, p.scale,
+                         ctx.f(), part.f(), stream_);
 
         // out[t][h] = W_vb[h] ctx[t][h]: a GEMM per head.
         cuda::GemmArgs b;
@@ -671,6 +920,9 @@ private:
     std::shared_ptr<Pool> pool_;
     std::unordered_map<const uint8_t*, DevWeight> weights_;
     bool prof_ = false;
+    bool graphs_ = true;
+    bool stale_graphs_ = false;  // a weight was uploaded afresh: captured graphs may read the old copy
+    std::vector<std::unique_ptr<GraphExec>> execs_;  // most recently used first
     std::vector<std::pair<cudaEvent_t, cudaEvent_t>> prof_events_;
     size_t prof_used_ = 0;
     std::vector<std::string> prof_pending_;

@@ -20,6 +20,10 @@ enum class WType : uint8_t { f32, bf16, f16, q8_0, q4_0, q2_K, q3_K, q4_K, q5_K,
 // code the kernels run (quant.cuh is host and device): lets tests hold the decoders to
 // the CPU references on machines without a GPU. Plain types: not block formats, false.
 bool decode_chunk_host(WType t, const void* block, int c, float out[16]);
+// Σ w·x over one weight row of K values on the host, by the decode GEMV's integer path
+// (x quantised to 8-bit blocks of 32, dp4a emulated): the same block code the kernels
+// run. False for the types the integer path does not cover.
+bool dot_q8_host(WType t, const void* row, int64_t K, const float* x, float* out);
 
 // Elements per block and bytes per block (1 and the element size for the plain types).
 int wtype_block(WType t);
@@ -28,7 +32,7 @@ inline bool wtype_quantized(WType t) { return t != WType::f32 && t != WType::bf1
 
 // The first in-kernel failure of a launch sequence (code 0: none).
 struct DevError {
-    int code = 0;   // 1: token id out of range, 2: expert id out of range
+    int code = 0;   // 1: token id out of range, 2: expert id out of range, 3: position outside the context
     int value = 0;  // the offending id
     int limit = 0;  // the exclusive upper bound it broke
 };
@@ -83,22 +87,29 @@ struct RopeArgs {
 void rope(const RopeArgs& a, const int32_t* positions, const float* x, float* y, cudaStream_t s);
 
 // Absorbed MLA over the latent cache ([n_ctx][width], width = kv_lora + qk_rope).
-// mla_store writes the batch's rows at positions pos0..pos0+T-1. mla_attend takes
-// qcat [T][H][width] (W_kbᵀ q_nope ‖ q_pe) and writes ctx [T][H][kv_lora], the softmax-
-// weighted sum of cached latents over positions ≤ pos0 + t; the sequence is split over
-// blocks (flash-decoding) and merged. scratch: mla_scratch_floats(...) floats.
+// mla_store writes the batch's rows at positions[0..T-1] (device; a position outside the
+// context is recorded as DevError code 3). mla_attend takes qcat [T][H][width]
+// (W_kbᵀ q_nope ‖ q_pe) and writes ctx [T][H][kv_lora], the softmax-weighted sum of cached
+// latents over positions ≤ positions[t]; the sequence is split over blocks
+// (flash-decoding) and merged. scratch: mla_scratch_floats(...) floats. Positions come
+// from device memory so that a captured decode step replays at any position.
 constexpr int kMlaMaxWidth = 1024;
-void mla_store(float* cache, int64_t width, const float* latent, const float* k_pe, int kv_lora, int qk_rope,
-               int64_t pos0, int64_t T, cudaStream_t s);
+void mla_store(float* cache, int64_t width, int64_t n_ctx, const float* latent, const float* k_pe, int kv_lora,
+               int qk_rope, const int32_t* positions, int64_t T, DevError* err, cudaStream_t s);
 struct MlaPlan {
     int n_split = 1;
-    int chunk = 1;          // positions per split
+    int chunk = 1;           // positions per split; 0: each query splits what it sees evenly
+    int chunk_cap = 1;       // the most positions a split can get (shared memory is sized by it)
     int64_t t_per_pass = 1;  // queries per launch (bounds the scratch)
 };
+// For a batch whose longest query sees n_kv positions (prefill: sized to that length).
 MlaPlan mla_plan(int n_head, int64_t T, int64_t n_kv, int kv_lora, int n_sm);
+// For decode (T ≤ 8): a launch shape fixed by the context size alone.
+MlaPlan mla_plan_decode(int n_head, int64_t T, int64_t n_ctx, int kv_lora, int n_sm);
 int64_t mla_scratch_floats(const MlaPlan& p, int n_head, int kv_lora);
-void mla_attend(const MlaPlan& p, const float* qcat, const float* cache, int64_t width, int kv_lora, int n_head,
-                int64_t T, int64_t pos0, float scale, float* ctx, float* scratch, cudaStream_t s);
+void mla_attend(const MlaPlan& p, const float* qcat, const float* cache, int64_t width, int64_t n_ctx, int kv_lora,
+                int n_head, int64_t T, const int32_t* positions, float scale, float* ctx, float* scratch,
+                cudaStream_t s);
 
 // Routing: logits [T][E] (already x · W_gateᵀ) → [T][2k] (k weights, then k ids as
 // floats), with scores, bias, group limits, top-k, normalisation and scale fused.

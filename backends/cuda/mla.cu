@@ -15,10 +15,15 @@ namespace {
 
 // ---- MLA ----------------------------------------------------------------------------
 
-__global__ void mla_store_kernel(float* cache, int64_t width, const float* latent, const float* k_pe, int kv_lora,
-                                 int qk_rope, int64_t pos0) {
+__global__ void mla_store_kernel(float* cache, int64_t width, int64_t n_ctx, const float* latent, const float* k_pe,
+                                 int kv_lora, int qk_rope, const int32_t* positions, DevError* err) {
     const int64_t t = blockIdx.x;
-    float* row = cache + (pos0 + t) * width;
+    const int32_t pos = positions[t];
+    if (pos < 0 || pos >= n_ctx) {
+        if (threadIdx.x == 0) set_error(err, 3, pos, static_cast<int>(n_ctx));
+        return;
+    }
+    float* row = cache + static_cast<int64_t>(pos) * width;
     for (int i = threadIdx.x; i < kv_lora + qk_rope; i += blockDim.x)
         row[i] = i < kv_lora ? latent[t * kv_lora + i] : k_pe[t * qk_rope + (i - kv_lora)];
 }
@@ -28,11 +33,14 @@ constexpr int kMlaThreads = 128;
 constexpr int kMlaMaxChunk = 512;
 
 // One block: query t (of this pass), heads h0..h0+7, positions of split `blockIdx.x`.
+// Query t sees positions 0..positions[t]. chunk > 0: positions per split; 0: the query's
+// visible positions divided evenly over the n_split splits (the decode plan, whose launch
+// shape does not depend on the context length, so a captured CUDA graph stays valid).
 // Writes the unnormalised partial context and the split's (max, sum) per head.
 __global__ void __launch_bounds__(kMlaThreads) mla_split_kernel(const float* qcat, const float* cache, int64_t width,
-                                                              int kv_lora, int n_head, int64_t t0, int64_t pos0,
-                                                              float scale, int chunk, int n_split, float* part,
-                                                              float* stats) {
+                                                              int kv_lora, int n_head, int64_t t0,
+                                                              const int32_t* positions, int64_t n_ctx, float scale,
+                                                              int chunk, int n_split, float* part, float* stats) {
     extern __shared__ float smem[];
     float* q_s = smem;                          // [kMlaHeads][width]
     float* p_s = smem + kMlaHeads * width;      // [kMlaHeads][chunk]
@@ -41,7 +49,8 @@ __global__ void __launch_bounds__(kMlaThreads) mla_split_kernel(const float* qca
     const int64_t tl = blockIdx.z, t = t0 + tl;
     const int nh = min(kMlaHeads, n_head - h0);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int64_t n_vis = pos0 + t + 1;
+    const int64_t n_vis = min(static_cast<int64_t>(positions[t]) + 1, n_ctx);
+    if (chunk == 0) chunk = static_cast<int>((n_vis + n_split - 1) / n_split);
     const int64_t s_lo = static_cast<int64_t>(split) * chunk;
     const int64_t s_hi = min(n_vis, s_lo + chunk);
     const int n_pos = s_hi > s_lo ? static_cast<int>(s_hi - s_lo) : 0;
@@ -128,10 +137,11 @@ __global__ void mla_merge_kernel(const float* part, const float* stats, int kv_l
 
 }  // namespace
 
-void mla_store(float* cache, int64_t width, const float* latent, const float* k_pe, int kv_lora, int qk_rope,
-               int64_t pos0, int64_t T, cudaStream_t s) {
+void mla_store(float* cache, int64_t width, int64_t n_ctx, const float* latent, const float* k_pe, int kv_lora,
+               int qk_rope, const int32_t* positions, int64_t T, DevError* err, cudaStream_t s) {
     if (T > 0)
-        mla_store_kernel<<<static_cast<unsigned>(T), 128, 0, s>>>(cache, width, latent, k_pe, kv_lora, qk_rope, pos0);
+        mla_store_kernel<<<static_cast<unsigned>(T), 128, 0, s>>>(cache, width, n_ctx, latent, k_pe, kv_lora, qk_rope,
+                                                                   positions, err);
 }
 
 MlaPlan mla_plan(int n_head, int64_t T, int64_t n_kv, int kv_lora, int n_sm) {
@@ -144,9 +154,25 @@ MlaPlan mla_plan(int n_head, int64_t T, int64_t n_kv, int kv_lora, int n_sm) {
     want = std::max<int64_t>(want, (n_kv + kMlaMaxChunk - 1) / kMlaMaxChunk);
     int64_t chunk = (n_kv + want - 1) / want;
     chunk = std::min<int64_t>(kMlaMaxChunk, (chunk + 31) / 32 * 32);
-    p.chunk = static_cast<int>(chunk);
+    p.chunk = p.chunk_cap = static_cast<int>(chunk);
     p.n_split = static_cast<int>((n_kv + chunk - 1) / chunk);
     // Scratch per query: n_split · n_head · (kv_lora + 2) floats; keep a pass ≤ 64 M floats.
+    const int64_t per_t = static_cast<int64_t>(p.n_split) * n_head * (kv_lora + 2);
+    p.t_per_pass = std::max<int64_t>(1, std::min<int64_t>(T, (int64_t{64} << 20) / std::max<int64_t>(1, per_t)));
+    return p;
+}
+
+MlaPlan mla_plan_decode(int n_head, int64_t T, int64_t n_ctx, int kv_lora, int n_sm) {
+    MlaPlan p;
+    const int64_t head_groups = (n_head + kMlaHeads - 1) / kMlaHeads;
+    // Enough splits to fill the chip twice and to keep every split within kMlaMaxChunk
+    // positions at the full context; each query divides what it sees over all of them.
+    int64_t want = (2 * static_cast<int64_t>(n_sm) + head_groups * T - 1) / std::max<int64_t>(1, head_groups * T);
+    want = std::max<int64_t>(want, (n_ctx + kMlaMaxChunk - 1) / kMlaMaxChunk);
+    want = std::max<int64_t>(1, std::min<int64_t>(want, n_ctx));
+    p.n_split = static_cast<int>(want);
+    p.chunk = 0;
+    p.chunk_cap = static_cast<int>((n_ctx + want - 1) / want);
     const int64_t per_t = static_cast<int64_t>(p.n_split) * n_head * (kv_lora + 2);
     p.t_per_pass = std::max<int64_t>(1, std::min<int64_t>(T, (int64_t{64} << 20) / std::max<int64_t>(1, per_t)));
     return p;
@@ -156,9 +182,10 @@ int64_t mla_scratch_floats(const MlaPlan& p, int n_head, int kv_lora) {
     return p.t_per_pass * p.n_split * static_cast<int64_t>(n_head) * (kv_lora + 2);
 }
 
-void mla_attend(const MlaPlan& p, const float* qcat, const float* cache, int64_t width, int kv_lora, int n_head,
-                int64_t T, int64_t pos0, float scale, float* ctx, float* scratch, cudaStream_t s) {
-    const size_t smem = static_cast<size_t>(kMlaHeads) * (width + p.chunk) * sizeof(float);
+void mla_attend(const MlaPlan& p, const float* qcat, const float* cache, int64_t width, int64_t n_ctx, int kv_lora,
+                int n_head, int64_t T, const int32_t* positions, float scale, float* ctx, float* scratch,
+                cudaStream_t s) {
+    const size_t smem = static_cast<size_t>(kMlaHeads) * (width + p.chunk_cap) * sizeof(float);
     static bool attr_set = false;
     if (!attr_set) {
         // Up to kMlaHeads · (kMlaMaxWidth + kMlaMaxChunk) floats = 48 KB.
@@ -172,8 +199,8 @@ void mla_attend(const MlaPlan& p, const float* qcat, const float* cache, int64_t
         float* part = scratch;
         float* stats = scratch + nt * p.n_split * static_cast<int64_t>(n_head) * kv_lora;
         dim3 grid(static_cast<unsigned>(p.n_split), static_cast<unsigned>(head_groups), static_cast<unsigned>(nt));
-        mla_split_kernel<<<grid, kMlaThreads, smem, s>>>(qcat, cache, width, kv_lora, n_head, t0, pos0, scale, p.chunk,
-                                                         p.n_split, part, stats);
+        mla_split_kernel<<<grid, kMlaThreads, smem, s>>>(qcat, cache, width, kv_lora, n_head, t0, positions, n_ctx,
+                                                         scale, p.chunk, p.n_split, part, stats);
         dim3 mgrid(static_cast<unsigned>(n_head), static_cast<unsigned>(nt));
         mla_merge_kernel<<<mgrid, 128, 0, s>>>(part, stats, kv_lora, n_head, p.n_split, t0, ctx);
     }

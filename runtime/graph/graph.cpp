@@ -190,7 +190,7 @@ int Graph::rope_yarn(std::string name, int x, int positions, int n_head, int hea
 }
 
 int Graph::mla_attn(std::string name, int q, int kv_latent, int k_pe, const Weight& k_b,
-                    const Weight& v_b, const AttnParams& p, int layer) {
+                    const Weight& v_b, const AttnParams& p, int layer, int positions) {
     const Node& sq = check_src(q, name.c_str());
     const Node& sc = check_src(kv_latent, name.c_str());
     const Node& sk = check_src(k_pe, name.c_str());
@@ -198,6 +198,11 @@ int Graph::mla_attn(std::string name, int q, int kv_latent, int k_pe, const Weig
         shape_error(name, "q must have n_head * (qk_nope + qk_rope) columns");
     if (sc.cols != p.kv_lora || sk.cols != p.qk_rope || sc.rows != sq.rows || sk.rows != sq.rows)
         shape_error(name, "latent must be [T, kv_lora] and k_pe [T, qk_rope]");
+    if (positions >= 0) {
+        const Node& sp = check_src(positions, name.c_str());
+        if (sp.type != DType::i32 || sp.rows != sq.rows || sp.cols != 1)
+            shape_error(name, "positions must be i32 [T, 1]");
+    }
     // W_kb per head maps q_nope (qk_nope) to the latent space (kv_lora); W_vb maps the
     // attended latent back to v_head values.
     if (k_b.ne[0] != p.qk_nope || k_b.ne[1] != p.kv_lora || k_b.ne[2] != p.n_head)
@@ -210,6 +215,7 @@ int Graph::mla_attn(std::string name, int q, int kv_latent, int k_pe, const Weig
     n.rows = sq.rows;
     n.cols = static_cast<int64_t>(p.n_head) * p.v_head;
     n.src = {q, kv_latent, k_pe};
+    if (positions >= 0) n.src.push_back(positions);
     n.w = {&k_b, &v_b};
     n.attn = p;
     n.layer = layer;

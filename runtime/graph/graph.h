@@ -49,7 +49,7 @@ enum class Op : uint8_t {
     swiglu,      // silu(src0) * src1
     view,        // columns [col0, col0 + cols) of src0 (a copy on the CPU)
     rope_yarn,   // rotate interleaved pairs of the rope part of each head; src1 = positions
-    mla_attn,    // absorbed MLA; writes the latent cache of `layer`
+    mla_attn,    // absorbed MLA; writes the latent cache of `layer`; src3 = positions (optional)
     moe_route,   // src0 [T, n_embd] → [T, 2k]: k weights, then k expert ids (as floats)
     moe_ffn,     // src0 [T, n_embd], src1 route → weighted sum over the selected experts
     shared_ffn,  // gate/up/SwiGLU/down of a plain MLP (shared experts)
@@ -142,8 +142,10 @@ public:
     int view(std::string name, int x, int64_t col0, int64_t cols);
     int rope_yarn(std::string name, int x, int positions, int n_head, int head_dim,
                   int rope_offset, int rope_dim, std::shared_ptr<const RopeTable> table);
+    // positions (optional, i32 [T, 1]): the batch's positions, attn.pos0.. in order; device
+    // backends read them from memory instead of attn.pos0 (a replayed step moves on).
     int mla_attn(std::string name, int q, int kv_latent, int k_pe, const Weight& k_b,
-                 const Weight& v_b, const AttnParams& p, int layer);
+                 const Weight& v_b, const AttnParams& p, int layer, int positions = -1);
     int moe_route(std::string name, int x, const Weight& gate_inp, const Weight* bias,
                   const RouteParams& p);
     int moe_ffn(std::string name, int x, int route, const Weight& gate_exps,

@@ -18,6 +18,12 @@ std::string weight_types(const Node& n) {
 
 }  // namespace
 
+Backend& Scheduler::backend_of_node(const Node& n) const {
+    check(n.backend >= 0 && n.backend < static_cast<int>(backends_.size()), "sched",
+          n.name + ": node is not placed (call place() first)");
+    return *backends_[static_cast<size_t>(n.backend)];
+}
+
 Scheduler::Scheduler(std::vector<Backend*> backends, ExpertPlacement placement)
     : backends_(std::move(backends)), placement_(std::move(placement)) {
     check(!backends_.empty(), "sched", "at least one backend is needed");
@@ -112,6 +118,12 @@ Graph Scheduler::place(const Graph& g) const {
 std::map<int, std::vector<float>> Scheduler::run(const Graph& g, std::span<const GraphInput> inputs,
                                                  KvCache* cache, std::span<const int> fetch) const {
     const int n_nodes = g.size();
+    // A graph wholly on one backend may run there in one piece (a replayed CUDA graph).
+    if (!observer_ && n_nodes > 0 &&
+        std::all_of(g.nodes().begin(), g.nodes().end(), [&](const Node& n) { return n.backend == g.node(0).backend; })) {
+        std::map<int, std::vector<float>> results;
+        if (backend_of_node(g.node(0)).run_graph(g, inputs, cache, fetch, results)) return results;
+    }
     std::set<int> keep(fetch.begin(), fetch.end());
     // Last consumer of each node, so intermediate buffers are released as soon as
     // possible (a 61-layer graph would otherwise hold every activation at once).
@@ -124,12 +136,7 @@ std::map<int, std::vector<float>> Scheduler::run(const Graph& g, std::span<const
     std::map<std::pair<int, int>, std::unique_ptr<Buffer>> copies;
     std::vector<uint8_t> staging;
 
-    auto backend_of = [&](int i) -> Backend& {
-        const Node& n = g.node(i);
-        check(n.backend >= 0 && n.backend < static_cast<int>(backends_.size()), "sched",
-              n.name + ": node is not placed (call place() first)");
-        return *backends_[static_cast<size_t>(n.backend)];
-    };
+    auto backend_of = [&](int i) -> Backend& { return backend_of_node(g.node(i)); };
 
     // The copy of node s's output on backend `to` (made once, staged through the host).
     auto stage = [&](int s, int to) -> Buffer* {

@@ -27,11 +27,6 @@ struct ExpertPlacement {
     std::vector<std::vector<int>> expert_backend;
 };
 
-struct GraphInput {
-    int node = -1;
-    const void* data = nullptr;  // node.nbytes() bytes (f32 or i32 as the node says)
-};
-
 class Scheduler {
 public:
     explicit Scheduler(std::vector<Backend*> backends, ExpertPlacement placement = {});
@@ -54,6 +49,7 @@ public:
     void set_observer(NodeObserver f) { observer_ = std::move(f); }
 
 private:
+    Backend& backend_of_node(const Node& n) const;
     std::vector<Backend*> backends_;
     ExpertPlacement placement_;
     NodeObserver observer_;
