@@ -3,6 +3,7 @@
 // these kernels read each weight byte once per step.
 #include "backends/cuda/kernels.h"
 #include "backends/cuda/device_util.cuh"
+#include "backends/cuda/gemv_q8.h"
 #include "backends/cuda/quant.cuh"
 
 #include <cuda_bf16.h>
@@ -529,16 +530,15 @@ bool decode_chunk_host(WType t, const void* block, int c, float out[16]) {
     return true;
 }
 
-size_t gemv_scratch_bytes(WType, int64_t, int64_t) { return 0; }
-size_t moe_scratch_bytes(const MoeArgs&) { return 0; }
-
 void gemm(const GemmArgs& a, cudaStream_t s) {
     if (a.M <= 0 || a.N <= 0 || a.batch <= 0) return;
+    if (gemv_q8(a, s)) return;
     with_loader(a.wt, [&](auto l) { launch_gemm<decltype(l)>(a, s); });
 }
 
 void gemv_swiglu(const GemmArgs& a, const void* up, cudaStream_t s) {
     if (a.M <= 0 || a.N <= 0) return;
+    if (gemv_swiglu_q8(a, up, s)) return;
     with_loader(a.wt, [&](auto l) { launch_gemv_swiglu<decltype(l)>(a, up, s); });
 }
 
@@ -576,12 +576,14 @@ void rope(const RopeArgs& a, const int32_t* positions, const float* x, float* y,
 void moe_pairs_gate_up(const MoeArgs& a, const float* x, const float* route, float* act, DevError* err,
                        cudaStream_t s) {
     if (a.T <= 0) return;
+    if (moe_gate_up_q8(a, x, route, act, err, s)) return;
     dim3 grid(static_cast<unsigned>((a.F + 7) / 8), static_cast<unsigned>(a.T * a.n_used));
     with_loader(a.wt, [&](auto l) { moe_gate_up_kernel<decltype(l)><<<grid, 256, 0, s>>>(a, x, route, act, err); });
 }
 
 void moe_pairs_down(const MoeArgs& a, const float* act, const float* route, float* y, cudaStream_t s) {
     if (a.T <= 0) return;
+    if (moe_down_q8(a, act, route, y, s)) return;
     dim3 grid(static_cast<unsigned>((a.D + 7) / 8), static_cast<unsigned>(a.T * a.n_used));
     with_loader(a.wt_down, [&](auto l) { moe_down_kernel<decltype(l)><<<grid, 256, 0, s>>>(a, act, route, y); });
 }

@@ -85,6 +85,12 @@ struct RopeArgs {
 };
 // y = x with the rope part of every head rotated (one pass: the copy is fused).
 void rope(const RopeArgs& a, const int32_t* positions, const float* x, float* y, cudaStream_t s);
+// The same with the angles computed once per row for all heads (fused.cu).
+void rope_rows(const RopeArgs& a, const int32_t* positions, const float* x, float* y, cudaStream_t s);
+// Residual adds fused with the RMS norm after them (fused.cu), bit for bit the unfused ops:
+// sum = a + b, or with c: mid = a + b and sum = c + mid; y = rms_norm(sum, eps) · gain.
+void add_rms_norm(const float* a, const float* b, const float* c, float* mid, float* sum, const void* gain, WType wt,
+                  float eps, int64_t rows, int64_t cols, float* y, cudaStream_t s);
 
 // Absorbed MLA over the latent cache ([n_ctx][width], width = kv_lora + qk_rope).
 // mla_store writes the batch's rows at positions[0..T-1] (device; a position outside the
@@ -140,6 +146,12 @@ struct MoeArgs {
     void* scratch = nullptr;  // device, moe_scratch_bytes(*this) bytes (see GemmArgs::scratch)
 };
 size_t moe_scratch_bytes(const MoeArgs& a);
+// Tuning aid (a hidden test prints it on the device): mean µs of one decode product on
+// synthetic weights, cycled over enough copies that L2 holds none of them. kind 0: gemm
+// (M rows of an N×K matrix); 1: gemv_swiglu (two N×K); 2: the MoE decode pairs of M
+// tokens with 8 experts each (gate/up N×K, down K×N). int_path false: no scratch, the
+// f32-activation kernels. −1 without a device.
+double time_decode_us(int kind, WType t, int64_t M, int64_t N, int64_t K, bool int_path, int iters);
 // Decode (few tokens): one (token, slot) pair per grid row, reading only the chosen
 // experts' rows. act [T·k][F], y [T·k][D].
 void moe_pairs_gate_up(const MoeArgs& a, const float* x, const float* route, float* act, DevError* err,

@@ -1,0 +1,259 @@
+// Integer block dot products for the decode GEMV (M ≤ 8 activation rows): activations
+// are quantised to 32-element blocks of int8 with a scale d = amax/127 and the block's
+// float sum s = Σx, and each weight format's levels are packed four to a 32-bit word so
+// that __dp4a does four multiply-adds at once (no nibble→float conversions).
+//
+// A format is read in "chunks" (one lane's share of a block): load() pulls the chunk's
+// bytes and scales into registers once, dot() multiplies them with one activation row,
+// so the weight bytes are read once for all M rows. For the formats with a min/offset
+// term (Q4_K, Q5_K, Q4_0) the dot is dl·dx·Σq·qx − ml·s; Q6_K's −32 offset is folded into
+// the levels before the dot. Host and device: the host build emulates dp4a, which lets
+// tests hold the arithmetic to the CPU's vec_dot without a GPU.
+#pragma once
+
+#include "backends/cuda/quant.cuh"
+
+namespace ds3::cuda::q8 {
+
+// One quantised activation block: scale and Σx (the true sum, not d·Σq: the min terms
+// multiply the real activations, so the exact sum removes their rounding error).
+struct alignas(8) XDs {
+    float d, s;
+};
+
+DS3_QHD int dp4a(int a, int b, int c) {
+#ifdef __CUDA_ARCH__
+    return __dp4a(a, b, c);
+#else
+    for (int i = 0; i < 4; ++i)
+        c += static_cast<int>(static_cast<int8_t>(a >> (8 * i))) * static_cast<int>(static_cast<int8_t>(b >> (8 * i)));
+    return c;
+#endif
+}
+
+// Bytewise a − b without borrows between bytes (levels 0..63 minus 32 → −32..31).
+DS3_QHD uint32_t sub4(uint32_t a, uint32_t b) {
+#ifdef __CUDA_ARCH__
+    return __vsub4(a, b);
+#else
+    uint32_t r = 0;
+    for (int i = 0; i < 4; ++i) r |= ((((a >> (8 * i)) & 0xff) - ((b >> (8 * i)) & 0xff)) & 0xff) << (8 * i);
+    return r;
+#endif
+}
+
+// NW little-endian words from a 2-byte-aligned p: aligned 32-bit loads, realigned with
+// funnel shifts (the 34-, 18- and 210-byte blocks are only 2-byte aligned). The extra
+// word is loaded only when p is misaligned; it may reach 2 bytes past p + 4·NW, inside
+// the aligned word that holds the data's last byte (never another page).
+template <int NW>
+DS3_QHD void ld_words2(const uint8_t* p, uint32_t (&w)[NW]) {
+#ifdef __CUDA_ARCH__
+    const uint32_t* a = reinterpret_cast<const uint32_t*>(reinterpret_cast<uintptr_t>(p) & ~uintptr_t(3));
+    const int sh = static_cast<int>(reinterpret_cast<uintptr_t>(p) & 3) * 8;
+    uint32_t r[NW + 1];
+DS3_UNROLL
+    for (int i = 0; i < NW; ++i) r[i] = __ldg(a + i);
+    r[NW] = sh ? __ldg(a + NW) : 0u;
+DS3_UNROLL
+    for (int i = 0; i < NW; ++i) w[i] = __funnelshift_r(r[i], r[i + 1], sh);
+#else
+    __builtin_memcpy(w, p, 4 * NW);
+#endif
+}
+
+// 32 activation int8 values (16-byte aligned) as 8 words.
+DS3_QHD void ld_x32(const int8_t* p, int (&x)[8]) {
+    const int4* v = reinterpret_cast<const int4*>(p);
+    const int4 a = v[0], b = v[1];
+    x[0] = a.x, x[1] = a.y, x[2] = a.z, x[3] = a.w, x[4] = b.x, x[5] = b.y, x[6] = b.z, x[7] = b.w;
+}
+
+DS3_QHD int dot8(const uint32_t* w, const int* x, int acc = 0) {
+DS3_UNROLL
+    for (int i = 0; i < 8; ++i) acc = dp4a(static_cast<int>(w[i]), x[i], acc);
+    return acc;
+}
+DS3_QHD int dot4(const uint32_t* w, const int* x) {
+    int acc = 0;
+DS3_UNROLL
+    for (int i = 0; i < 4; ++i) acc = dp4a(static_cast<int>(w[i]), x[i], acc);
+    return acc;
+}
+
+DS3_QHD float h2f_bits(uint32_t u) { return __half2float(__ushort_as_half(static_cast<unsigned short>(u & 0xffff))); }
+
+// Each format: QK elements in TS bytes, NC chunks per block (UNROLL: chunks a lane keeps
+// in flight). load(blk, j, r) reads chunk
+// j; dot(r, j, xq, xd) takes the activation row's int8 values and block scales from the
+// start of the same weight block.
+// Q8_0 (d @0, qs[32] @2): chunk j is elements 8j..8j+7, so that four adjacent lanes read
+// one block and a warp's loads cover a contiguous run of blocks.
+struct Q8_0 {
+    static constexpr int QK = 32, TS = 34, NC = 4, UNROLL = 4;
+    struct R {
+        uint32_t q[2];
+        float d;
+    };
+    DS3_QHD static void load(const uint8_t* b, int j, R& r) {
+        r.d = q::h2f(b);
+        ld_words2<2>(b + 2 + 8 * j, r.q);
+    }
+    DS3_QHD static float dot(const R& r, int j, const int8_t* xq, const XDs* xd) {
+        const int2 x = *reinterpret_cast<const int2*>(xq + 8 * j);
+        const int s = dp4a(static_cast<int>(r.q[1]), x.y, dp4a(static_cast<int>(r.q[0]), x.x, 0));
+        return r.d * xd[0].d * static_cast<float>(s);
+    }
+};
+
+struct Q4_0 {  // d @0, qs[16] @2: low nibbles are elements 0..15, high 16..31
+    static constexpr int QK = 32, TS = 18, NC = 1, UNROLL = 2;
+    struct R {
+        uint32_t q[8];
+        float d;
+    };
+    DS3_QHD static void load(const uint8_t* b, int, R& r) {
+        r.d = q::h2f(b);
+        uint32_t w[4];
+        ld_words2<4>(b + 2, w);
+DS3_UNROLL
+        for (int i = 0; i < 4; ++i) {
+            r.q[i] = w[i] & 0x0f0f0f0fu;
+            r.q[i + 4] = (w[i] >> 4) & 0x0f0f0f0fu;
+        }
+    }
+    DS3_QHD static float dot(const R& r, int, const int8_t* xq, const XDs* xd) {
+        int x[8];
+        ld_x32(xq, x);
+        return r.d * (xd[0].d * static_cast<float>(dot8(r.q, x)) - 8.0f * xd[0].s);
+    }
+};
+
+// Q4_K and Q5_K: chunk j is sub-blocks 2j and 2j+1 (elements 64j..64j+63), which share
+// the 32 bytes qs[32j..32j+31] (low and high nibbles).
+template <bool kFive>
+struct QK45 {
+    static constexpr int QK = 256, TS = kFive ? 176 : 144, NC = 4, UNROLL = 2;
+    struct R {
+        uint32_t lo[8], hi[8];
+        float dl0, dl1, ml0, ml1;
+    };
+    // q::k4_scale_min on the 12 scale bytes held in words h[1..3] (register shifts, no
+    // byte array: a runtime index into one would go to local memory).
+    DS3_QHD static void scale_min(int s, const uint32_t (&h)[4], int& sc, int& m) {
+        const int k = 8 * (s & 3);
+        const int a = (h[1] >> k) & 0xff, c = (h[2] >> k) & 0xff;
+        if (s < 4) {
+            sc = a & 63;
+            m = c & 63;
+        } else {
+            const int e = (h[3] >> k) & 0xff;
+            sc = (e & 0xF) | ((a >> 6) << 4);
+            m = (e >> 4) | ((c >> 6) << 4);
+        }
+    }
+    DS3_QHD static void load(const uint8_t* b, int j, R& r) {
+        uint32_t h[4], w0[4], w1[4];
+        q::ld16<16>(b, h);  // d, dmin, scales[12]
+        const int off = kFive ? 48 : 16;
+        q::ld16<16>(b + off + 32 * j, w0);
+        q::ld16<16>(b + off + 32 * j + 16, w1);
+        const uint32_t w[8] = {w0[0], w0[1], w0[2], w0[3], w1[0], w1[1], w1[2], w1[3]};
+        int sc0, m0, sc1, m1;
+        scale_min(2 * j, h, sc0, m0);
+        scale_min(2 * j + 1, h, sc1, m1);
+        const float d = h2f_bits(h[0]), dmin = h2f_bits(h[0] >> 16);
+        r.dl0 = d * static_cast<float>(sc0), r.dl1 = d * static_cast<float>(sc1);
+        r.ml0 = dmin * static_cast<float>(m0), r.ml1 = dmin * static_cast<float>(m1);
+DS3_UNROLL
+        for (int i = 0; i < 8; ++i) {
+            r.lo[i] = w[i] & 0x0f0f0f0fu;
+            r.hi[i] = (w[i] >> 4) & 0x0f0f0f0fu;
+        }
+        if constexpr (kFive) {  // qh[32] @16: bit s of qh[l] is the fifth bit of sub-block s
+            uint32_t h0[4], h1[4];
+            q::ld16<16>(b + 16, h0);
+            q::ld16<16>(b + 32, h1);
+            const uint32_t qh[8] = {h0[0], h0[1], h0[2], h0[3], h1[0], h1[1], h1[2], h1[3]};
+DS3_UNROLL
+            for (int i = 0; i < 8; ++i) {
+                r.lo[i] |= ((qh[i] >> (2 * j)) & 0x01010101u) << 4;
+                r.hi[i] |= ((qh[i] >> (2 * j + 1)) & 0x01010101u) << 4;
+            }
+        }
+    }
+    DS3_QHD static float dot(const R& r, int j, const int8_t* xq, const XDs* xd) {
+        int x[8];
+        ld_x32(xq + 64 * j, x);
+        const int s0 = dot8(r.lo, x);
+        ld_x32(xq + 64 * j + 32, x);
+        const int s1 = dot8(r.hi, x);
+        const XDs a = xd[2 * j], c = xd[2 * j + 1];
+        return r.dl0 * a.d * static_cast<float>(s0) - r.ml0 * a.s + r.dl1 * c.d * static_cast<float>(s1) - r.ml1 * c.s;
+    }
+};
+using Q4_K = QK45<false>;
+using Q5_K = QK45<true>;
+
+// Q6_K (ql[128] @0, qh[64] @128, scales[16] int8 @192, d @208): chunk j = (half h = j/4,
+// g = j%4) holds l = 8g..8g+7 of all four quarters qd, elements 128h + 32qd + l: the low
+// nibbles of ql[64h+l] (qd 0) and ql[64h+32+l] (qd 1), their high nibbles (qd 2, 3), and
+// bits 2qd of qh[32h+l]. Eight lanes per block, each reading 8-byte runs, so a warp's
+// loads stay on few sectors despite the 2-byte alignment.
+struct Q6_K {
+    static constexpr int QK = 256, TS = 210, NC = 8, UNROLL = 2;
+    struct R {
+        uint32_t v[4][2];  // levels − 32 of quarter qd
+        int sc[4];
+        float d;
+    };
+    DS3_QHD static void load(const uint8_t* b, int j, R& r) {
+        const int h = j >> 2, g = j & 3;
+        uint32_t a[2], c[2], e[2], sw[2];
+        ld_words2<2>(b + 64 * h + 8 * g, a);
+        ld_words2<2>(b + 64 * h + 32 + 8 * g, c);
+        ld_words2<2>(b + 128 + 32 * h + 8 * g, e);
+        ld_words2<2>(b + 192 + 8 * h, sw);  // scales 8h..8h+7: quarter qd uses 2qd + (g ≥ 2)
+        r.d = q::h2f(b + 208);
+DS3_UNROLL
+        for (int qd = 0; qd < 4; ++qd)
+            r.sc[qd] = static_cast<int8_t>(sw[qd >> 1] >> (8 * (2 * (qd & 1) + (g >> 1))));
+DS3_UNROLL
+        for (int w = 0; w < 2; ++w) {
+            const uint32_t m4 = 0x0f0f0f0fu, m2 = 0x30303030u, k = 0x20202020u;
+            r.v[0][w] = sub4((a[w] & m4) | ((e[w] << 4) & m2), k);
+            r.v[1][w] = sub4((c[w] & m4) | ((e[w] << 2) & m2), k);
+            r.v[2][w] = sub4(((a[w] >> 4) & m4) | (e[w] & m2), k);
+            r.v[3][w] = sub4(((c[w] >> 4) & m4) | ((e[w] >> 2) & m2), k);
+        }
+    }
+    DS3_QHD static float dot(const R& r, int j, const int8_t* xq, const XDs* xd) {
+        const int h = j >> 2, g = j & 3;
+        float acc = 0.0f;
+DS3_UNROLL
+        for (int qd = 0; qd < 4; ++qd) {
+            const int bq = 4 * h + qd;
+            const int2 x = *reinterpret_cast<const int2*>(xq + 32 * bq + 8 * g);
+            const int s = dp4a(static_cast<int>(r.v[qd][1]), x.y, dp4a(static_cast<int>(r.v[qd][0]), x.x, 0));
+            acc += xd[bq].d * static_cast<float>(r.sc[qd] * s);
+        }
+        return r.d * acc;
+    }
+};
+
+// The quantisation of one activation block, shared by the host check; the kernel does
+// the same per lane with warp reductions.
+DS3_QHD float block_scale(float amax) { return amax / 127.0f; }
+DS3_QHD int8_t quant_one(float v, float amax) {
+    if (!(amax > 0.0f)) return 0;
+    float q = v * (127.0f / amax);
+#ifdef __CUDA_ARCH__
+    q = rintf(q);
+#else
+    q = __builtin_rintf(q);
+#endif
+    q = q > 127.0f ? 127.0f : (q < -127.0f ? -127.0f : q);
+    return static_cast<int8_t>(q);
+}
+
+}  // namespace ds3::cuda::q8

@@ -1,0 +1,372 @@
+// Integer decode GEMVs (see gemv_q8.h). Two launches per product: quantize_q8_kernel
+// turns the ≤ 8 activation rows into int8 blocks in the scratch (a warp per 32 values),
+// then gemv_q8_kernel streams the weight rows. A row is shared by `lpr` lanes (32 for
+// long rows, fewer when a row has fewer chunks than a warp has lanes, so short rows do not
+// idle most of the warp); each lane loads a chunk's bytes once (16-byte loads for Q4_K /
+// Q5_K, realigned 32-bit loads for the 2-byte-aligned formats) and dots them with every
+// activation row, which the CTA's warps share through L1.
+#include "backends/cuda/device_util.cuh"
+#include "backends/cuda/dot_q8.cuh"
+#include "backends/cuda/gemv_q8.h"
+#include "backends/cuda/kernels.h"
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+namespace ds3::cuda {
+
+namespace {
+
+constexpr int kWarps = 4, kThreads = 32 * kWarps;
+
+constexpr int64_t align16(int64_t n) { return (n + 15) & ~int64_t(15); }
+
+// Quantised rows of K values: int8 values [rows][K], then block scales [rows][K/32].
+struct Act {
+    const int8_t* q = nullptr;
+    const q8::XDs* d = nullptr;
+};
+Act act_at(void* base, int64_t rows, int64_t K) {
+    Act a;
+    a.q = static_cast<const int8_t*>(base);
+    a.d = reinterpret_cast<const q8::XDs*>(static_cast<const uint8_t*>(base) + align16(rows * K));
+    return a;
+}
+
+__global__ void quantize_q8_kernel(const float* x, int64_t ldx, int64_t rows, int64_t K, int8_t* q, q8::XDs* d) {
+    const int lane = threadIdx.x & 31;
+    const int64_t kb = K / 32, nb = rows * kb;
+    const int64_t step = (static_cast<int64_t>(gridDim.x) * blockDim.x) >> 5;
+    for (int64_t b = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5; b < nb; b += step) {
+        const int64_t r = b / kb, c = b % kb;
+        const float v = x[r * ldx + 32 * c + lane];
+        const float s = warp_sum(v);
+        const float amax = warp_max(fabsf(v));  // fmaxf drops NaN: the sum carries it
+        q[r * K + 32 * c + lane] = q8::quant_one(v, amax);
+        if (lane == 0) d[b] = q8::XDs{isnan(s) ? s : q8::block_scale(amax), s};
+    }
+}
+
+void quantize_rows(const float* x, int64_t ldx, int64_t rows, int64_t K, void* scratch, cudaStream_t s) {
+    const Act a = act_at(scratch, rows, K);
+    const int64_t nb = rows * (K / 32);
+    const unsigned grid = static_cast<unsigned>(std::min<int64_t>((nb + 7) / 8, 4096));
+    quantize_q8_kernel<<<grid, 256, 0, s>>>(x, ldx, rows, K, const_cast<int8_t*>(a.q), const_cast<q8::XDs*>(a.d));
+}
+
+__device__ inline float group_sum(float v, int lpr) {
+    for (int o = lpr >> 1; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ inline bool expert_in(const ExpertMask& m, int e) { return (m.bits[e >> 5] >> (e & 31)) & 1u; }
+
+enum Mode { kPlain, kSwiglu, kMoeGateUp, kMoeDown };
+
+struct QArgs {
+    const uint8_t* w[2] = {nullptr, nullptr};  // the matrix (and up, for the SwiGLU modes)
+    int64_t N = 0, K = 0;
+    int M = 1;
+    Act x;
+    float* y = nullptr;
+    int64_t ldy = 0;
+    int lpr = 32;  // lanes per weight row
+    // MoE modes: grid.y is the (token, slot) pair; w[i] are stacks of n_expert matrices.
+    const float* route = nullptr;
+    int n_used = 1, n_expert = 1;
+    ExpertMask mask;
+    DevError* err = nullptr;
+};
+
+template <typename Q, int MR, int Mode>
+__global__ void __launch_bounds__(kThreads) gemv_q8_kernel(QArgs a) {
+    constexpr int NW = (Mode == kSwiglu || Mode == kMoeGateUp) ? 2 : 1;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int lpr = a.lpr, sub = lane & (lpr - 1);
+    const int64_t n = (static_cast<int64_t>(blockIdx.x) * kWarps + warp) * (32 / lpr) + lane / lpr;
+    const int64_t rb = a.K / Q::QK * Q::TS, xstride = a.K, dstride = a.K / 32;
+    const uint8_t* w[NW];
+#pragma unroll
+    for (int i = 0; i < NW; ++i) w[i] = a.w[i];
+    Act x = a.x;
+    int64_t yoff = 0;
+    if constexpr (Mode == kMoeGateUp || Mode == kMoeDown) {
+        const int64_t pair = blockIdx.y, t = pair / a.n_used, j = pair % a.n_used;
+        const int e = static_cast<int>(a.route[t * 2 * a.n_used + a.n_used + j]);
+        if (e < 0 || e >= a.n_expert) {
+            if (Mode == kMoeGateUp && threadIdx.x == 0) set_error(a.err, 2, e, a.n_expert);
+            return;
+        }
+        if (!expert_in(a.mask, e)) return;
+#pragma unroll
+        for (int i = 0; i < NW; ++i) w[i] += static_cast<int64_t>(e) * a.N * rb;
+        const int64_t xr = Mode == kMoeGateUp ? t : pair;
+        x.q += xr * xstride;
+        x.d += xr * dstride;
+        yoff = pair * a.ldy;
+    }
+    float acc[NW][MR];
+#pragma unroll
+    for (int i = 0; i < NW; ++i)
+#pragma unroll
+        for (int m = 0; m < MR; ++m) acc[i][m] = 0.0f;
+    if (n < a.N) {
+        const int nc = static_cast<int>(a.K / Q::QK) * Q::NC;
+#pragma unroll Q::UNROLL
+        for (int c = sub; c < nc; c += lpr) {
+            const int blk = c / Q::NC, j = c % Q::NC;
+            typename Q::R r[NW];
+#pragma unroll
+            for (int i = 0; i < NW; ++i) Q::load(w[i] + n * rb + static_cast<int64_t>(blk) * Q::TS, j, r[i]);
+#pragma unroll
+            for (int m = 0; m < MR; ++m) {
+                if (m >= a.M) break;
+                const int8_t* xq = x.q + m * xstride + static_cast<int64_t>(blk) * Q::QK;
+                const q8::XDs* xd = x.d + m * dstride + static_cast<int64_t>(blk) * (Q::QK / 32);
+#pragma unroll
+                for (int i = 0; i < NW; ++i) acc[i][m] += Q::dot(r[i], j, xq, xd);
+            }
+        }
+    }
+#pragma unroll
+    for (int m = 0; m < MR; ++m) {
+        if (m >= a.M) break;
+        float v = group_sum(acc[0][m], lpr);
+        if constexpr (NW == 2) v = silu(v) * group_sum(acc[1][m], lpr);
+        if (sub == 0 && n < a.N) a.y[yoff + m * a.ldy + n] = v;
+    }
+}
+
+// Calls f(Q{}) with the integer-dot format of t; false for the other types.
+template <typename F>
+bool with_q8(WType t, F&& f) {
+    switch (t) {
+        case WType::q8_0: f(q8::Q8_0{}); return true;
+        case WType::q4_0: f(q8::Q4_0{}); return true;
+        case WType::q4_K: f(q8::Q4_K{}); return true;
+        case WType::q5_K: f(q8::Q5_K{}); return true;
+        case WType::q6_K: f(q8::Q6_K{}); return true;
+        default: return false;
+    }
+}
+
+// Lanes per row: a power of two, the fewest that still give every lane a chunk.
+int pick_lpr(int64_t chunks) {
+    int l = 32;
+    while (l > 1 && l / 2 >= chunks) l >>= 1;
+    return l;
+}
+
+template <typename Q, int Mode>
+void launch(QArgs a, unsigned pairs, cudaStream_t s) {
+    a.lpr = pick_lpr(a.K / Q::QK * Q::NC);
+    const int64_t per_cta = kWarps * (32 / a.lpr);
+    const dim3 grid(static_cast<unsigned>((a.N + per_cta - 1) / per_cta), pairs);
+    if constexpr (Mode == kMoeGateUp || Mode == kMoeDown) {
+        gemv_q8_kernel<Q, 1, Mode><<<grid, kThreads, 0, s>>>(a);
+    } else {
+        switch (a.M) {
+            case 1: gemv_q8_kernel<Q, 1, Mode><<<grid, kThreads, 0, s>>>(a); return;
+            case 2: gemv_q8_kernel<Q, 2, Mode><<<grid, kThreads, 0, s>>>(a); return;
+            case 3: case 4: gemv_q8_kernel<Q, 4, Mode><<<grid, kThreads, 0, s>>>(a); return;
+            default: gemv_q8_kernel<Q, 8, Mode><<<grid, kThreads, 0, s>>>(a); return;
+        }
+    }
+}
+
+bool gemv_applies(const GemmArgs& a) {
+    return a.scratch && !a.groups && a.batch == 1 && a.M >= 1 && a.M <= 8 && a.K > 0 && a.K % 32 == 0 &&
+           q8_supported(a.wt);
+}
+
+}  // namespace
+
+bool q8_supported(WType t) {
+    return with_q8(t, [](auto) {});
+}
+
+size_t q8_rows_bytes(int64_t rows, int64_t K) {
+    return static_cast<size_t>(align16(rows * K) + align16(rows * (K / 32) * int64_t(sizeof(q8::XDs))));
+}
+
+size_t gemv_scratch_bytes(WType wt, int64_t M, int64_t K) {
+    if (!q8_supported(wt) || M < 1 || M > 8 || K <= 0 || K % 32) return 0;
+    return q8_rows_bytes(M, K);
+}
+
+size_t moe_scratch_bytes(const MoeArgs& a) {
+    if (a.T < 1 || a.T > 8 || a.D % 32 || a.F % 32) return 0;
+    return (q8_supported(a.wt) ? q8_rows_bytes(a.T, a.D) : 0) +
+           (q8_supported(a.wt_down) ? q8_rows_bytes(a.T * a.n_used, a.F) : 0);
+}
+
+bool gemv_q8(const GemmArgs& a, cudaStream_t s) {
+    if (!gemv_applies(a)) return false;
+    quantize_rows(a.x, a.ldx, a.M, a.K, a.scratch, s);
+    QArgs q;
+    q.w[0] = static_cast<const uint8_t*>(a.w);
+    q.N = a.N, q.K = a.K, q.M = static_cast<int>(a.M);
+    q.x = act_at(a.scratch, a.M, a.K);
+    q.y = a.y, q.ldy = a.ldy;
+    return with_q8(a.wt, [&](auto l) { launch<decltype(l), kPlain>(q, 1, s); });
+}
+
+bool gemv_swiglu_q8(const GemmArgs& a, const void* up, cudaStream_t s) {
+    if (!gemv_applies(a)) return false;
+    quantize_rows(a.x, a.ldx, a.M, a.K, a.scratch, s);
+    QArgs q;
+    q.w[0] = static_cast<const uint8_t*>(a.w);
+    q.w[1] = static_cast<const uint8_t*>(up);
+    q.N = a.N, q.K = a.K, q.M = static_cast<int>(a.M);
+    q.x = act_at(a.scratch, a.M, a.K);
+    q.y = a.y, q.ldy = a.ldy;
+    return with_q8(a.wt, [&](auto l) { launch<decltype(l), kSwiglu>(q, 1, s); });
+}
+
+namespace {
+QArgs moe_qargs(const MoeArgs& a, const float* route) {
+    QArgs q;
+    q.route = route;
+    q.n_used = a.n_used, q.n_expert = a.n_expert;
+    q.mask = a.mask;
+    return q;
+}
+}  // namespace
+
+bool moe_gate_up_q8(const MoeArgs& a, const float* x, const float* route, float* act, DevError* err, cudaStream_t s) {
+    if (!a.scratch || moe_scratch_bytes(a) == 0 || !q8_supported(a.wt)) return false;
+    quantize_rows(x, a.D, a.T, a.D, a.scratch, s);
+    QArgs q = moe_qargs(a, route);
+    q.w[0] = static_cast<const uint8_t*>(a.gate);
+    q.w[1] = static_cast<const uint8_t*>(a.up);
+    q.N = a.F, q.K = a.D;
+    q.x = act_at(a.scratch, a.T, a.D);
+    q.y = act, q.ldy = a.F;
+    q.err = err;
+    return with_q8(a.wt, [&](auto l) { launch<decltype(l), kMoeGateUp>(q, static_cast<unsigned>(a.T * a.n_used), s); });
+}
+
+bool moe_down_q8(const MoeArgs& a, const float* act, const float* route, float* y, cudaStream_t s) {
+    if (!a.scratch || moe_scratch_bytes(a) == 0 || !q8_supported(a.wt_down)) return false;
+    void* base = static_cast<uint8_t*>(a.scratch) + (q8_supported(a.wt) ? q8_rows_bytes(a.T, a.D) : 0);
+    const int64_t P = a.T * a.n_used;
+    quantize_rows(act, a.F, P, a.F, base, s);
+    QArgs q = moe_qargs(a, route);
+    q.w[0] = static_cast<const uint8_t*>(a.down);
+    q.N = a.D, q.K = a.F;
+    q.x = act_at(base, P, a.F);
+    q.y = y, q.ldy = a.D;
+    return with_q8(a.wt_down, [&](auto l) { launch<decltype(l), kMoeDown>(q, static_cast<unsigned>(P), s); });
+}
+
+bool dot_q8_host(WType t, const void* row, int64_t K, const float* x, float* out) {
+    if (!q8_supported(t) || K <= 0 || K % wtype_block(t)) return false;
+    std::vector<int4> qbuf(static_cast<size_t>(K / 16));  // 16-byte aligned int8 values
+    int8_t* xq = reinterpret_cast<int8_t*>(qbuf.data());
+    std::vector<q8::XDs> xd(static_cast<size_t>(K / 32));
+    for (int64_t b = 0; b < K / 32; ++b) {
+        float amax = 0.0f, s = 0.0f;
+        for (int i = 0; i < 32; ++i) {
+            s += x[32 * b + i];
+            amax = std::max(amax, std::fabs(x[32 * b + i]));
+        }
+        for (int i = 0; i < 32; ++i) xq[32 * b + i] = q8::quant_one(x[32 * b + i], amax);
+        xd[static_cast<size_t>(b)] = q8::XDs{std::isnan(s) ? s : q8::block_scale(amax), s};
+    }
+    const auto* w = static_cast<const uint8_t*>(row);
+    float acc = 0.0f;
+    with_q8(t, [&](auto l) {
+        using Q = decltype(l);
+        for (int64_t c = 0; c < K / Q::QK * Q::NC; ++c) {
+            const int64_t blk = c / Q::NC;
+            const int j = static_cast<int>(c % Q::NC);
+            typename Q::R r;
+            Q::load(w + blk * Q::TS, j, r);
+            acc += Q::dot(r, j, xq + blk * Q::QK, xd.data() + blk * (Q::QK / 32));
+        }
+    });
+    *out = acc;
+    return true;
+}
+
+double time_decode_us(int kind, WType t, int64_t M, int64_t N, int64_t K, bool int_path, int iters) {
+    int n_dev = 0;
+    if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev == 0) {
+        cudaGetLastError();
+        return -1.0;
+    }
+    const int64_t bs = wtype_block(t), bb = wtype_block_bytes(t);
+    const int64_t rb = K / bs * bb, rb_down = N / bs * bb;
+    const int E = 8;
+    const int64_t mat = N * rb;  // one N×K matrix
+    const int64_t per_copy = kind == 0 ? mat : kind == 1 ? 2 * mat : E * (2 * mat + K * rb_down);
+    const int64_t copies = std::max<int64_t>(2, std::min<int64_t>(64, ((int64_t(1) << 29) + per_copy - 1) / per_copy));
+    uint8_t* w = nullptr;
+    float *x = nullptr, *y = nullptr, *act = nullptr, *route = nullptr;
+    void* scratch = nullptr;
+    DevError* err = nullptr;
+    cudaStream_t s = nullptr;
+    cudaEvent_t e0 = nullptr, e1 = nullptr;
+    const int64_t T = M;
+    bool ok = cudaMalloc(&w, static_cast<size_t>(copies * per_copy)) == cudaSuccess &&
+              cudaMalloc(&x, static_cast<size_t>(M * std::max(K, N)) * 4) == cudaSuccess &&
+              cudaMalloc(&y, static_cast<size_t>(M * E * std::max(K, N)) * 4) == cudaSuccess &&
+              cudaMalloc(&act, static_cast<size_t>(M * E * N) * 4) == cudaSuccess &&
+              cudaMalloc(&route, static_cast<size_t>(T * 2 * E) * 4) == cudaSuccess &&
+              cudaMalloc(&scratch, q8_rows_bytes(M, std::max(K, N)) + q8_rows_bytes(M * E, N)) == cudaSuccess &&
+              cudaMalloc(&err, sizeof(DevError)) == cudaSuccess && cudaStreamCreate(&s) == cudaSuccess &&
+              cudaEventCreate(&e0) == cudaSuccess && cudaEventCreate(&e1) == cudaSuccess;
+    double us = -1.0;
+    if (ok) {
+        cudaMemset(w, 0x11, static_cast<size_t>(copies * per_copy));  // small finite scales and levels
+        cudaMemset(x, 0, static_cast<size_t>(M * std::max(K, N)) * 4);
+        cudaMemset(err, 0, sizeof(DevError));
+        std::vector<float> r(static_cast<size_t>(T * 2 * E));
+        for (int64_t i = 0; i < T; ++i)
+            for (int j = 0; j < E; ++j) {
+                r[static_cast<size_t>(i * 2 * E + j)] = 1.0f / E;
+                r[static_cast<size_t>(i * 2 * E + E + j)] = static_cast<float>(j);
+            }
+        cudaMemcpy(route, r.data(), r.size() * 4, cudaMemcpyHostToDevice);
+        auto one = [&](int64_t c) {
+            const uint8_t* base = w + c * per_copy;
+            if (kind == 2) {
+                MoeArgs a;
+                a.T = T, a.D = K, a.F = N, a.n_used = E, a.n_expert = E;
+                a.gate = base, a.up = base + E * mat, a.down = base + 2 * E * mat;
+                a.wt = a.wt_down = t;
+                a.mask.bits[0] = (1u << E) - 1;
+                a.scratch = int_path ? scratch : nullptr;
+                moe_pairs_gate_up(a, x, route, act, err, s);
+                moe_pairs_down(a, act, route, y, s);
+                return;
+            }
+            GemmArgs a;
+            a.x = x, a.ldx = K, a.w = base, a.wt = t, a.y = y, a.ldy = N, a.M = M, a.N = N, a.K = K;
+            a.scratch = int_path ? scratch : nullptr;
+            if (kind == 0) gemm(a, s);
+            else gemv_swiglu(a, base + mat, s);
+        };
+        for (int64_t c = 0; c < copies; ++c) one(c);
+        cudaEventRecord(e0, s);
+        for (int i = 0; i < iters; ++i) one(i % copies);
+        cudaEventRecord(e1, s);
+        float ms = 0.0f;
+        if (cudaEventSynchronize(e1) == cudaSuccess && cudaEventElapsedTime(&ms, e0, e1) == cudaSuccess)
+            us = 1000.0 * ms / iters;
+    }
+    cudaGetLastError();
+    if (e0) cudaEventDestroy(e0);
+    if (e1) cudaEventDestroy(e1);
+    if (s) cudaStreamDestroy(s);
+    for (void* p : {static_cast<void*>(w), static_cast<void*>(x), static_cast<void*>(y), static_cast<void*>(act),
+                    static_cast<void*>(route), scratch, static_cast<void*>(err)})
+        if (p) cudaFree(p);
+    return us;
+}
+
+}  // namespace ds3::cuda

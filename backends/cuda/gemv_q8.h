@@ -1,0 +1,25 @@
+// The integer decode GEMVs (gemv_q8.cu) behind kernels.cu's launchers: activations are
+// quantised to 8-bit blocks in the caller's scratch, then __dp4a block dots (dot_q8.cuh)
+// stream the weights. Each function returns false, launching nothing, where the integer
+// path does not apply (a type without integer dots, no scratch, more than 8 rows), and
+// the caller runs its f32 kernel instead.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "backends/cuda/kernels.h"
+
+namespace ds3::cuda {
+
+// Types with integer block dots (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K).
+bool q8_supported(WType t);
+// Bytes of `rows` quantised activation rows of K values (K a multiple of 32), 16-aligned.
+size_t q8_rows_bytes(int64_t rows, int64_t K);
+
+bool gemv_q8(const GemmArgs& a, cudaStream_t s);
+bool gemv_swiglu_q8(const GemmArgs& a, const void* up, cudaStream_t s);
+bool moe_gate_up_q8(const MoeArgs& a, const float* x, const float* route, float* act, DevError* err, cudaStream_t s);
+bool moe_down_q8(const MoeArgs& a, const float* act, const float* route, float* y, cudaStream_t s);
+
+}  // namespace ds3::cuda
