@@ -460,12 +460,40 @@ private:
         return *execs_.front();
     }
 
+    // The residual adds of a layer and the RMS norm after them as one kernel: add → rms_norm
+    // (attention residual, then ffn_norm), or add → add → rms_norm (shared + routed experts,
+    // residual, next layer's attn_norm). Returns the nodes it covered (0: no match).
+    int fuse_add_norm(const Graph& g, GraphExec& e, int i) {
+        auto is = [&](int j, Op op) { return j < g.size() && g.node(j).op == op; };
+        const Node& a = g.node(i);
+        if (a.op != Op::add) return 0;
+        int j = i + 1;
+        const Node* second = nullptr;
+        if (is(j, Op::add) && g.node(j).src.size() == 2 && (g.node(j).src[0] == i || g.node(j).src[1] == i)) {
+            second = &g.node(j);
+            ++j;
+        }
+        const int last_add = second ? i + 1 : i;
+        if (!is(j, Op::rms_norm) || g.node(j).src[0] != last_add) return 0;
+        const Node& norm = g.node(j);
+        if (norm.rows != a.rows || norm.cols != a.cols || (second && second->cols != a.cols)) return 0;
+        const float* other = second ? e.at(second->src[0] == i ? second->src[1] : second->src[0]) : nullptr;
+        cuda::add_rms_norm(e.at(a.src[0]), e.at(a.src[1]), other, second ? e.at(i) : nullptr, e.at(last_add),
+                           weight(*norm.w[0]), wtype(norm.w[0]->type), norm.eps, norm.rows, norm.cols, e.at(j), stream_);
+        launched(norm.name);
+        return j - i + 1;
+    }
+
     // Enqueues every node of g on the stream (eagerly, or into a capture).
     void record(const Graph& g, GraphExec& e, KvCache* cache) {
         std::vector<Buffer*> in;
         for (int i = 0; i < g.size(); ++i) {
             const Node& n = g.node(i);
             if (n.op == Op::input || e.alias[static_cast<size_t>(i)]) continue;
+            if (const int covered = fuse_add_norm(g, e, i)) {
+                i += covered - 1;
+                continue;
+            }
             in.clear();
             for (int src : n.src) in.push_back(e.views[static_cast<size_t>(src)].get());
             Buffer* state = n.op == Op::mla_attn ? &cache->layer(n.layer, *this) : nullptr;
@@ -570,9 +598,9 @@ private:
     }
     void prof_end(const Node& n, std::chrono::steady_clock::time_point t0) {
         DS3_CU(cudaEventRecord(prof_events_[prof_used_].second, stream_));
+        // Decode-sized nodes apart from prefill ones: their costs differ by orders of magnitude.
         std::string kind = op_name(n.op);
-        if (n.op == Op::mul_mat || n.op == Op::shared_ffn || n.op == Op::moe_ffn || n.op == Op::logits)
-            kind += n.rows <= 8 ? " (<=8 rows)" : " (>8 rows)";
+        kind += n.rows <= 8 ? " (<=8 rows)" : " (>8 rows)";
         prof_pending_.push_back(kind);
         ++prof_used_;
         ProfRow& r = prof_rows_[kind];
@@ -669,7 +697,7 @@ private:
         a.rope_dim = n.rope_dim;
         a.attn_factor = n.rope->attn_factor;
         std::copy_n(n.rope->inv_freq.begin(), n.rope_dim / 2, a.inv_freq);
-        cuda::rope(a, pos, x, y, stream_);
+        cuda::rope_rows(a, pos, x, y, stream_);
     }
 
     void mla_attn(const Node& n, const float* q, const float* latent, const float* k_pe, const int32_t* positions,
