@@ -1,6 +1,6 @@
 // Integer block dot products for the decode GEMV (M ≤ 8 activation rows): activations
 // are quantised to 32-element blocks of int8 with a scale d = amax/127 and the block's
-// float sum s = Σx, and each weight format's levels are packed four to a 32-bit word so
+// sum s = d·Σq, and each weight format's levels are packed four to a 32-bit word so
 // that __dp4a does four multiply-adds at once (no nibble→float conversions).
 //
 // A format is read in "chunks" (one lane's share of a block): load() pulls the chunk's
@@ -15,8 +15,9 @@
 
 namespace ds3::cuda::q8 {
 
-// One quantised activation block: scale and Σx (the true sum, not d·Σq: the min terms
-// multiply the real activations, so the exact sum removes their rounding error).
+// One quantised activation block: scale d and s = d·Σq, the sum of the rounded values
+// (not Σx: with it, dl·Σq_w·x̂ − ml·Σx would leave the rounding error weighted by the
+// raw levels, which average 7.5 for 4-bit, instead of by the centred weights).
 struct alignas(8) XDs {
     float d, s;
 };
@@ -83,14 +84,14 @@ DS3_UNROLL
 
 DS3_QHD float h2f_bits(uint32_t u) { return __half2float(__ushort_as_half(static_cast<unsigned short>(u & 0xffff))); }
 
-// Each format: QK elements in TS bytes, NC chunks per block (UNROLL: chunks a lane keeps
-// in flight). load(blk, j, r) reads chunk
+// Each format: QK elements in TS bytes, NC chunks per block; a lane keeps UNROLL chunks
+// in flight (UNROLL2 when it reads two matrices, gate and up). load(blk, j, r) reads chunk
 // j; dot(r, j, xq, xd) takes the activation row's int8 values and block scales from the
 // start of the same weight block.
 // Q8_0 (d @0, qs[32] @2): chunk j is elements 8j..8j+7, so that four adjacent lanes read
 // one block and a warp's loads cover a contiguous run of blocks.
 struct Q8_0 {
-    static constexpr int QK = 32, TS = 34, NC = 4, UNROLL = 4;
+    static constexpr int QK = 32, TS = 34, NC = 4, UNROLL = 8, UNROLL2 = 4;
     struct R {
         uint32_t q[2];
         float d;
@@ -107,7 +108,7 @@ struct Q8_0 {
 };
 
 struct Q4_0 {  // d @0, qs[16] @2: low nibbles are elements 0..15, high 16..31
-    static constexpr int QK = 32, TS = 18, NC = 1, UNROLL = 2;
+    static constexpr int QK = 32, TS = 18, NC = 1, UNROLL = 4, UNROLL2 = 2;
     struct R {
         uint32_t q[8];
         float d;
@@ -133,7 +134,7 @@ DS3_UNROLL
 // the 32 bytes qs[32j..32j+31] (low and high nibbles).
 template <bool kFive>
 struct QK45 {
-    static constexpr int QK = 256, TS = kFive ? 176 : 144, NC = 4, UNROLL = 2;
+    static constexpr int QK = 256, TS = kFive ? 176 : 144, NC = 4, UNROLL = 4, UNROLL2 = 2;
     struct R {
         uint32_t lo[8], hi[8];
         float dl0, dl1, ml0, ml1;
@@ -201,7 +202,7 @@ using Q5_K = QK45<true>;
 // bits 2qd of qh[32h+l]. Eight lanes per block, each reading 8-byte runs, so a warp's
 // loads stay on few sectors despite the 2-byte alignment.
 struct Q6_K {
-    static constexpr int QK = 256, TS = 210, NC = 8, UNROLL = 2;
+    static constexpr int QK = 256, TS = 210, NC = 8, UNROLL = 4, UNROLL2 = 2;
     struct R {
         uint32_t v[4][2];  // levels − 32 of quarter qd
         int sc[4];

@@ -15,6 +15,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <limits>
 #include <vector>
 
 namespace ds3::cuda {
@@ -37,17 +39,51 @@ Act act_at(void* base, int64_t rows, int64_t K) {
     return a;
 }
 
+// Programmatic dependent launch (sm_90): the GEMV after a quantize_q8_kernel may start
+// while it runs, issue its first weight loads (weights never change), and wait for the
+// activations at dep_wait(). The quantize kernel itself is launched normally, so all
+// earlier work is complete before either starts.
+__device__ __forceinline__ void dep_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+DS3_QHD void dep_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+// Whether launches use it: sm_90 and later, unless DS3_CUDA_PDL=0 (read once).
+bool pdl_enabled() {
+    static const bool on = [] {
+        if (const char* e = std::getenv("DS3_CUDA_PDL"); e && std::atoi(e) == 0) return false;
+        int dev = 0, major = 0;
+        if (cudaGetDevice(&dev) != cudaSuccess ||
+            cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
+            cudaGetLastError();
+            return false;
+        }
+        return major >= 9;
+    }();
+    return on;
+}
+
 __global__ void quantize_q8_kernel(const float* x, int64_t ldx, int64_t rows, int64_t K, int8_t* q, q8::XDs* d) {
+    dep_trigger();
     const int lane = threadIdx.x & 31;
     const int64_t kb = K / 32, nb = rows * kb;
     const int64_t step = (static_cast<int64_t>(gridDim.x) * blockDim.x) >> 5;
     for (int64_t b = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5; b < nb; b += step) {
         const int64_t r = b / kb, c = b % kb;
         const float v = x[r * ldx + 32 * c + lane];
-        const float s = warp_sum(v);
-        const float amax = warp_max(fabsf(v));  // fmaxf drops NaN: the sum carries it
-        q[r * K + 32 * c + lane] = q8::quant_one(v, amax);
-        if (lane == 0) d[b] = q8::XDs{isnan(s) ? s : q8::block_scale(amax), s};
+        const float amax = warp_max(fabsf(v));  // fmaxf drops NaN: checked apart
+        const bool nan = __any_sync(0xffffffffu, isnan(v));
+        const int8_t qv = q8::quant_one(v, amax);
+        q[r * K + 32 * c + lane] = qv;
+        const float sq = warp_sum(static_cast<float>(qv));
+        const float ds = nan ? __int_as_float(0x7fc00000) : q8::block_scale(amax);
+        if (lane == 0) d[b] = q8::XDs{ds, ds * sq};
     }
 }
 
@@ -66,6 +102,14 @@ __device__ inline float group_sum(float v, int lpr) {
 __device__ inline bool expert_in(const ExpertMask& m, int e) { return (m.bits[e >> 5] >> (e & 31)) & 1u; }
 
 enum Mode { kPlain, kSwiglu, kMoeGateUp, kMoeDown };
+template <int Mode>
+__host__ __device__ constexpr int matrices_of() {
+    return Mode == kSwiglu || Mode == kMoeGateUp ? 2 : 1;
+}
+template <typename Q, int NW>
+__host__ __device__ constexpr int unroll_of() {
+    return NW == 2 ? Q::UNROLL2 : Q::UNROLL;
+}
 
 struct QArgs {
     const uint8_t* w[2] = {nullptr, nullptr};  // the matrix (and up, for the SwiGLU modes)
@@ -82,13 +126,47 @@ struct QArgs {
     DevError* err = nullptr;
 };
 
+// One lane's share of the dot products of NW weight rows with M activation rows: chunks
+// sub, sub + lpr, ... of the nc in a row, U per round. Every load of a round is issued
+// (past the row's end, the last chunk again) before any arithmetic, so a lane has U
+// chunks' bytes in flight at once; the first round is issued before the wait for the
+// quantize kernel. Host and device: the host check runs it lane by lane.
+template <typename Q, int MR, int NW>
+DS3_QHD void lane_dots(const uint8_t* const (&rows)[NW], int nc, int sub, int lpr, const int8_t* xq0,
+                       const q8::XDs* xd0, int64_t xstride, int M, float (&acc)[NW][MR]) {
+    constexpr int U = unroll_of<Q, NW>();
+    for (int c0 = sub; c0 < nc; c0 += U * lpr) {
+        typename Q::R r[U][NW];
+DS3_UNROLL
+        for (int u = 0; u < U; ++u) {
+            const int c = c0 + u * lpr < nc ? c0 + u * lpr : nc - 1, blk = c / Q::NC, j = c % Q::NC;
+DS3_UNROLL
+            for (int i = 0; i < NW; ++i) Q::load(rows[i] + static_cast<int64_t>(blk) * Q::TS, j, r[u][i]);
+        }
+        if (c0 == sub) dep_wait();  // the activations are read from here on
+DS3_UNROLL
+        for (int u = 0; u < U; ++u) {
+            const int c = c0 + u * lpr, blk = c / Q::NC, j = c % Q::NC;
+            if (c >= nc) break;
+DS3_UNROLL
+            for (int m = 0; m < MR; ++m) {
+                if (m >= M) break;
+                const int8_t* xq = xq0 + m * xstride + static_cast<int64_t>(blk) * Q::QK;
+                const q8::XDs* xd = xd0 + m * (xstride / 32) + static_cast<int64_t>(blk) * (Q::QK / 32);
+DS3_UNROLL
+                for (int i = 0; i < NW; ++i) acc[i][m] += Q::dot(r[u][i], j, xq, xd);
+            }
+        }
+    }
+}
+
 template <typename Q, int MR, int Mode>
 __global__ void __launch_bounds__(kThreads) gemv_q8_kernel(QArgs a) {
-    constexpr int NW = (Mode == kSwiglu || Mode == kMoeGateUp) ? 2 : 1;
+    constexpr int NW = matrices_of<Mode>();
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int lpr = a.lpr, sub = lane & (lpr - 1);
     const int64_t n = (static_cast<int64_t>(blockIdx.x) * kWarps + warp) * (32 / lpr) + lane / lpr;
-    const int64_t rb = a.K / Q::QK * Q::TS, xstride = a.K, dstride = a.K / 32;
+    const int64_t rb = a.K / Q::QK * Q::TS, xstride = a.K;
     const uint8_t* w[NW];
 #pragma unroll
     for (int i = 0; i < NW; ++i) w[i] = a.w[i];
@@ -106,7 +184,7 @@ __global__ void __launch_bounds__(kThreads) gemv_q8_kernel(QArgs a) {
         for (int i = 0; i < NW; ++i) w[i] += static_cast<int64_t>(e) * a.N * rb;
         const int64_t xr = Mode == kMoeGateUp ? t : pair;
         x.q += xr * xstride;
-        x.d += xr * dstride;
+        x.d += xr * (xstride / 32);
         yoff = pair * a.ldy;
     }
     float acc[NW][MR];
@@ -115,22 +193,10 @@ __global__ void __launch_bounds__(kThreads) gemv_q8_kernel(QArgs a) {
 #pragma unroll
         for (int m = 0; m < MR; ++m) acc[i][m] = 0.0f;
     if (n < a.N) {
-        const int nc = static_cast<int>(a.K / Q::QK) * Q::NC;
-#pragma unroll Q::UNROLL
-        for (int c = sub; c < nc; c += lpr) {
-            const int blk = c / Q::NC, j = c % Q::NC;
-            typename Q::R r[NW];
+        const uint8_t* rows[NW];
 #pragma unroll
-            for (int i = 0; i < NW; ++i) Q::load(w[i] + n * rb + static_cast<int64_t>(blk) * Q::TS, j, r[i]);
-#pragma unroll
-            for (int m = 0; m < MR; ++m) {
-                if (m >= a.M) break;
-                const int8_t* xq = x.q + m * xstride + static_cast<int64_t>(blk) * Q::QK;
-                const q8::XDs* xd = x.d + m * dstride + static_cast<int64_t>(blk) * (Q::QK / 32);
-#pragma unroll
-                for (int i = 0; i < NW; ++i) acc[i][m] += Q::dot(r[i], j, xq, xd);
-            }
-        }
+        for (int i = 0; i < NW; ++i) rows[i] = w[i] + n * rb;
+        lane_dots<Q, MR, NW>(rows, static_cast<int>(a.K / Q::QK) * Q::NC, sub, lpr, x.q, x.d, xstride, a.M, acc);
     }
 #pragma unroll
     for (int m = 0; m < MR; ++m) {
@@ -154,26 +220,36 @@ bool with_q8(WType t, F&& f) {
     }
 }
 
-// Lanes per row: a power of two, the fewest that still give every lane a chunk.
-int pick_lpr(int64_t chunks) {
+// Lanes per row: a power of two, the fewest that still give every lane a full round of
+// U chunks (short rows such as the experts' down projection then share a warp).
+int pick_lpr(int64_t chunks, int U) {
     int l = 32;
-    while (l > 1 && l / 2 >= chunks) l >>= 1;
+    while (l > 1 && int64_t(l / 2) * U >= chunks) l >>= 1;
     return l;
 }
 
 template <typename Q, int Mode>
 void launch(QArgs a, unsigned pairs, cudaStream_t s) {
-    a.lpr = pick_lpr(a.K / Q::QK * Q::NC);
+    a.lpr = pick_lpr(a.K / Q::QK * Q::NC, unroll_of<Q, matrices_of<Mode>()>());
     const int64_t per_cta = kWarps * (32 / a.lpr);
     const dim3 grid(static_cast<unsigned>((a.N + per_cta - 1) / per_cta), pairs);
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = dim3(kThreads);
+    cfg.stream = s;
+    cfg.attrs = attr;
+    cfg.numAttrs = pdl_enabled() ? 1 : 0;
     if constexpr (Mode == kMoeGateUp || Mode == kMoeDown) {
-        gemv_q8_kernel<Q, 1, Mode><<<grid, kThreads, 0, s>>>(a);
+        cudaLaunchKernelEx(&cfg, gemv_q8_kernel<Q, 1, Mode>, a);
     } else {
         switch (a.M) {
-            case 1: gemv_q8_kernel<Q, 1, Mode><<<grid, kThreads, 0, s>>>(a); return;
-            case 2: gemv_q8_kernel<Q, 2, Mode><<<grid, kThreads, 0, s>>>(a); return;
-            case 3: case 4: gemv_q8_kernel<Q, 4, Mode><<<grid, kThreads, 0, s>>>(a); return;
-            default: gemv_q8_kernel<Q, 8, Mode><<<grid, kThreads, 0, s>>>(a); return;
+            case 1: cudaLaunchKernelEx(&cfg, gemv_q8_kernel<Q, 1, Mode>, a); return;
+            case 2: cudaLaunchKernelEx(&cfg, gemv_q8_kernel<Q, 2, Mode>, a); return;
+            case 3: case 4: cudaLaunchKernelEx(&cfg, gemv_q8_kernel<Q, 4, Mode>, a); return;
+            default: cudaLaunchKernelEx(&cfg, gemv_q8_kernel<Q, 8, Mode>, a); return;
         }
     }
 }
@@ -186,7 +262,13 @@ bool gemv_applies(const GemmArgs& a) {
 }  // namespace
 
 bool q8_supported(WType t) {
-    return with_q8(t, [](auto) {});
+    // DS3_CUDA_Q8=0 turns the integer path off (read once): before/after timings with one
+    // binary; the scratch sizes are then 0 and the f32-activation kernels run.
+    static const bool on = [] {
+        const char* e = std::getenv("DS3_CUDA_Q8");
+        return !(e && std::atoi(e) == 0);
+    }();
+    return on && with_q8(t, [](auto) {});
 }
 
 size_t q8_rows_bytes(int64_t rows, int64_t K) {
@@ -269,27 +351,30 @@ bool dot_q8_host(WType t, const void* row, int64_t K, const float* x, float* out
     int8_t* xq = reinterpret_cast<int8_t*>(qbuf.data());
     std::vector<q8::XDs> xd(static_cast<size_t>(K / 32));
     for (int64_t b = 0; b < K / 32; ++b) {
-        float amax = 0.0f, s = 0.0f;
+        float amax = 0.0f;
+        bool nan = false;
         for (int i = 0; i < 32; ++i) {
-            s += x[32 * b + i];
+            nan = nan || std::isnan(x[32 * b + i]);
             amax = std::max(amax, std::fabs(x[32 * b + i]));
         }
-        for (int i = 0; i < 32; ++i) xq[32 * b + i] = q8::quant_one(x[32 * b + i], amax);
-        xd[static_cast<size_t>(b)] = q8::XDs{std::isnan(s) ? s : q8::block_scale(amax), s};
+        int sq = 0;
+        for (int i = 0; i < 32; ++i) sq += xq[32 * b + i] = q8::quant_one(x[32 * b + i], amax);
+        const float ds = nan ? std::numeric_limits<float>::quiet_NaN() : q8::block_scale(amax);
+        xd[static_cast<size_t>(b)] = q8::XDs{ds, ds * static_cast<float>(sq)};
     }
-    const auto* w = static_cast<const uint8_t*>(row);
-    float acc = 0.0f;
+    const uint8_t* rows[1] = {static_cast<const uint8_t*>(row)};
+    float sum = 0.0f;
     with_q8(t, [&](auto l) {
         using Q = decltype(l);
-        for (int64_t c = 0; c < K / Q::QK * Q::NC; ++c) {
-            const int64_t blk = c / Q::NC;
-            const int j = static_cast<int>(c % Q::NC);
-            typename Q::R r;
-            Q::load(w + blk * Q::TS, j, r);
-            acc += Q::dot(r, j, xq + blk * Q::QK, xd.data() + blk * (Q::QK / 32));
+        // The lanes of one row as the kernel splits them, then their sum.
+        const int nc = static_cast<int>(K / Q::QK) * Q::NC, lpr = pick_lpr(nc, unroll_of<Q, 1>());
+        for (int sub = 0; sub < lpr; ++sub) {
+            float acc[1][1] = {{0.0f}};
+            lane_dots<Q, 1, 1>(rows, nc, sub, lpr, xq, xd.data(), K, 1, acc);
+            sum += acc[0][0];
         }
     });
-    *out = acc;
+    *out = sum;
     return true;
 }
 
