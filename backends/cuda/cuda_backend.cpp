@@ -195,7 +195,10 @@ public:
         DS3_CU(cudaMemsetAsync(err_, 0, sizeof(cuda::DevError), stream_));
         DS3_CU(cudaStreamSynchronize(stream_));
         pool_ = std::make_shared<Pool>();
-        if (const char* p = std::getenv("DS3_CUDA_PROFILE")) prof_ = std::atoi(p) != 0;
+        if (const char* p = std::getenv("DS3_CUDA_PROFILE")) {
+            prof_level_ = std::atoi(p);
+            prof_ = prof_level_ != 0;
+        }
         if (const char* p = std::getenv("DS3_CUDA_GRAPHS")) graphs_ = std::atoi(p) != 0;
     }
 
@@ -206,6 +209,7 @@ public:
             prof_collect();
             prof_print();
             for (auto& [a, b] : prof_events_) cudaEventDestroy(a), cudaEventDestroy(b);
+            for (cudaEvent_t ev : sub_events_) cudaEventDestroy(ev);
         }
         for (auto& [k, w] : weights_) cudaFree(w.ptr);
         cudaFree(err_);
@@ -564,7 +568,8 @@ private:
                 break;
             }
             case Op::rms_norm:
-                cuda::rms_norm(f32(in[0]), weight(*n.w[0]), wtype(n.w[0]->type), n.eps, n.rows, n.cols, out, stream_);
+                cuda::add_rms_norm(f32(in[0]), nullptr, nullptr, nullptr, nullptr, weight(*n.w[0]), wtype(n.w[0]->type),
+                                   n.eps, n.rows, n.cols, out, stream_);
                 break;
             case Op::mul_mat:
                 matmul(*n.w[0], f32(in[0]), n.rows, out);
@@ -632,7 +637,48 @@ private:
         ++r.calls;
         r.host_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     }
+    // DS3_CUDA_PROFILE=2 also times the kernels inside the fused ops (rows "  mla.kb", ...):
+    // sub_start() where an op begins, sub_mark(label) after each of its kernels.
+    cudaEvent_t sub_event() {
+        if (sub_used_ == sub_events_.size()) {
+            cudaEvent_t ev;
+            DS3_CU(cudaEventCreate(&ev));
+            sub_events_.push_back(ev);
+        }
+        cudaEvent_t ev = sub_events_[sub_used_++];
+        DS3_CU(cudaEventRecord(ev, stream_));
+        return ev;
+    }
+    void sub_start(int64_t rows) {
+        if (prof_level_ < 2) return;
+        sub_prev_ = sub_event();
+        sub_small_ = rows <= 8;
+    }
+    void sub_mark(const char* label) {
+        if (prof_level_ < 2 || !sub_prev_) return;
+        cudaEvent_t ev = sub_event();
+        sub_pending_.push_back({sub_prev_, ev, label, sub_small_});
+        sub_prev_ = ev;
+    }
+    struct SubSpan {
+        cudaEvent_t a, b;
+        const char* label;
+        bool small;
+    };
+
     void prof_collect() {
+        for (const SubSpan& sp : sub_pending_) {
+            float ms = 0;
+            ProfRow& r = prof_rows_[std::string("  ") + sp.label + (sp.small ? " (<=8 rows)" : " (>8 rows)")];
+            ++r.calls;
+            if (cudaEventElapsedTime(&ms, sp.a, sp.b) == cudaSuccess)
+                r.gpu_ms += ms;
+            else
+                cudaGetLastError();
+        }
+        sub_pending_.clear();
+        sub_used_ = 0;
+        sub_prev_ = nullptr;
         for (size_t i = 0; i < prof_used_; ++i) {
             float ms = 0;
             if (cudaEventElapsedTime(&ms, prof_events_[i].first, prof_events_[i].second) == cudaSuccess)
@@ -746,7 +792,9 @@ private:
             DS3_CU(cudaStreamSynchronize(stream_));  // pos is about to go out of scope
             positions = made->i();
         }
+        sub_start(T);
         cuda::mla_store(cache, width, n_ctx, latent, k_pe, p.kv_lora, p.qk_rope, positions, T, err_, stream_);
+        sub_mark("mla.store");
 
         const Weight& k_b = *n.w[0];  // [qk_nope, kv_lora, H]
         const Weight& v_b = *n.w[1];  // [kv_lora, v_head, H]
@@ -767,8 +815,10 @@ private:
         a.K = p.qk_nope;
         a.batch = static_cast<int>(H);
         cuda::gemm(a, stream_);
+        sub_mark("mla.k_b");
         // q_pe after it: rows (t, h) of q are qdim apart, rows of qcat width apart.
         cuda::copy2d(q + p.qk_nope, qdim, qcat.f() + p.kv_lora, width, T * H, p.qk_rope, stream_);
+        sub_mark("mla.q_pe");
 
         // Decode: a launch shape fixed by the context size, the same at every position.
         const cuda::MlaPlan plan = T <= 8 ? cuda::mla_plan_decode(static_cast<int>(H), T, n_ctx, p.kv_lora, n_sm_)
@@ -777,6 +827,7 @@ private:
         Scratch part(*pool_, static_cast<size_t>(cuda::mla_scratch_floats(plan, static_cast<int>(H), p.kv_lora)) * 4);
         cuda::mla_attend(plan, qcat.f(), cache, width, n_ctx, p.kv_lora, static_cast<int>(H), T, positions, p.scale,
                          ctx.f(), part.f(), stream_);
+        sub_mark("mla.attend");
 
         // out[t][h] = W_vb[h] ctx[t][h]: a GEMM per head.
         cuda::GemmArgs b;
@@ -794,12 +845,15 @@ private:
         b.K = p.kv_lora;
         b.batch = static_cast<int>(H);
         cuda::gemm(b, stream_);
+        sub_mark("mla.v_b");
     }
 
     void moe_route(const Node& n, const float* x, float* out) {
         const RouteParams& p = n.route;
         Scratch logits(*pool_, static_cast<size_t>(n.rows * p.n_expert) * 4);
+        sub_start(n.rows);
         matmul(*n.w[0], x, n.rows, logits.f());
+        sub_mark("route.gemv");
         cuda::RouteArgs a;
         a.T = n.rows;
         a.n_expert = p.n_expert;
@@ -815,6 +869,7 @@ private:
             a.bias_t = wtype(n.w[1]->type);
         }
         cuda::moe_route(a, logits.f(), out, stream_);
+        sub_mark("route.topk");
     }
 
     cuda::MoeArgs moe_args(const Node& n) {
@@ -851,9 +906,13 @@ private:
             if (sb) ad.scratch = sq.emplace(*pool_, sb).f();
             Scratch act(*pool_, static_cast<size_t>(T * k * a.F) * 4);
             Scratch y(*pool_, static_cast<size_t>(T * k * a.D) * 4);
+            sub_start(T);
             cuda::moe_pairs_gate_up(ad, x, route, act.f(), err_, stream_);
+            sub_mark("moe.gate_up");
             cuda::moe_pairs_down(ad, act.f(), route, y.f(), stream_);
+            sub_mark("moe.down");
             cuda::moe_combine(ad, y.f(), route, nullptr, out, stream_);
+            sub_mark("moe.combine");
             return;
         }
         std::vector<float> r(static_cast<size_t>(T * 2 * k));
@@ -973,6 +1032,12 @@ private:
     std::shared_ptr<Pool> pool_;
     std::unordered_map<const uint8_t*, DevWeight> weights_;
     bool prof_ = false;
+    int prof_level_ = 0;
+    std::vector<cudaEvent_t> sub_events_;
+    size_t sub_used_ = 0;
+    cudaEvent_t sub_prev_ = nullptr;
+    bool sub_small_ = false;
+    std::vector<SubSpan> sub_pending_;
     bool graphs_ = true;
     bool stale_graphs_ = false;  // a weight was uploaded afresh: captured graphs may read the old copy
     std::vector<std::unique_ptr<GraphExec>> execs_;  // most recently used first

@@ -1,7 +1,7 @@
-// Row kernels of the decode path that replace chains of small ops (kernels.h): RoPE with
-// one angle table per row, and residual adds fused with the RMS norm that follows them.
-// Each gives the same bits as the unfused kernels it stands in for (same operation
-// order, same reduction tree), so a replayed graph equals a node-by-node run.
+// Row kernels of the decode path (kernels.h): RMS norm, alone or fused with the residual
+// adds before it, and RoPE with one angle table per row. The fused form gives the same
+// bits as the plain one run after separate adds (same operation order, same reduction
+// tree), so a replayed graph equals a node-by-node run.
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -14,9 +14,9 @@ namespace ds3::cuda {
 
 namespace {
 
-constexpr int kNormThreads = 256;  // the reduction tree of rms_norm_kernel (kernels.cu)
+constexpr int kNormThreads = 1024;  // a decode row is one block: as many loads in flight as possible
 
-// Sum of v over the block (kNormThreads threads), in the order rms_norm_kernel uses.
+// Sum of v over the block, in double (long rows stay exact enough, as on the CPU).
 __device__ double block_sum(double v) {
     __shared__ double part[32];
 #pragma unroll
@@ -33,31 +33,52 @@ __device__ double block_sum(double v) {
     return part[0];
 }
 
-// Row r: mid = a + b (when c is given: then sum = c + mid), sum = a + b otherwise;
-// y = rms_norm(sum) · gain.
+// Row r: v = a + b, or with c: mid = a + b and v = c + mid (the order of the two adds of a
+// layer's end); sum = v when sum is given; y = rms_norm(v) · gain. b = null: v = a (a
+// plain RMS norm). Four consecutive columns per thread and step (float4 where the row
+// allows), so each thread has independent loads in flight instead of one long chain.
 __global__ void __launch_bounds__(kNormThreads)
     add_rms_norm_kernel(const float* a, const float* b, const float* c, float* mid, float* sum, const void* gain,
                         WType wt, float eps, int64_t cols, float* y) {
     const int64_t off = static_cast<int64_t>(blockIdx.x) * cols;
-    double ss = 0.0;
-    for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) {
-        float v = a[off + i] + b[off + i];
+    auto value = [&](int64_t i) {
+        float v = a[off + i];
+        if (b) v += b[off + i];
         if (c) {
             mid[off + i] = v;
             v = c[off + i] + v;
         }
-        sum[off + i] = v;
-        ss += static_cast<double>(v) * v;
+        if (sum) sum[off + i] = v;
+        return v;
+    };
+    double ss = 0.0;
+    for (int64_t i0 = 4 * static_cast<int64_t>(threadIdx.x); i0 < cols; i0 += 4 * static_cast<int64_t>(blockDim.x)) {
+        float v[4];
+#pragma unroll
+        for (int k = 0; k < 4; ++k) v[k] = i0 + k < cols ? value(i0 + k) : 0.0f;
+#pragma unroll
+        for (int k = 0; k < 4; ++k) ss += static_cast<double>(v[k]) * v[k];
     }
     const double total = block_sum(ss);
     const float inv = static_cast<float>(1.0 / sqrt(total / static_cast<double>(cols) + eps));
-    for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) y[off + i] = sum[off + i] * inv * load_w(wt, gain, i);
+    // Second pass: each thread re-reads the columns it wrote or read (its own, so no
+    // barrier is needed beyond block_sum's).
+    const float* src = sum ? sum : a;
+    for (int64_t i0 = 4 * static_cast<int64_t>(threadIdx.x); i0 < cols; i0 += 4 * static_cast<int64_t>(blockDim.x))
+#pragma unroll
+        for (int k = 0; k < 4; ++k)
+            if (i0 + k < cols) {
+                const float v = (sum || !b) ? src[off + i0 + k] : a[off + i0 + k] + b[off + i0 + k];
+                y[off + i0 + k] = v * inv * load_w(wt, gain, i0 + k);
+            }
 }
 
-// Row r of x with the rope part of every head rotated. All heads of a row share their
-// angles (position · inv_freq[i]): they are computed once per row, in double as on the
-// CPU (positions reach 10^5 and float loses pos · freq), into shared memory.
-__global__ void rope_rows_kernel(RopeArgs a, const int32_t* positions, const float* x, float* y) {
+// RoPE: all heads of a row share their angles (position · inv_freq[i]), computed once per
+// block in double as on the CPU (positions reach 10^5 and float loses pos · freq). Grid:
+// (row, slice of kRopePairs column pairs), so a wide q row spreads over several blocks.
+constexpr int kRopeThreads = 256, kRopePairs = 1024;
+__global__ void __launch_bounds__(kRopeThreads) rope_rows_kernel(RopeArgs a, const int32_t* positions, const float* x,
+                                                                float* y) {
     __shared__ float cs[kMaxRopeHalf], sn[kMaxRopeHalf];
     const int64_t r = blockIdx.x;
     const int half = a.rope_dim / 2;
@@ -69,13 +90,14 @@ __global__ void rope_rows_kernel(RopeArgs a, const int32_t* positions, const flo
     __syncthreads();
     const float* xr = x + r * a.cols;
     float* yr = y + r * a.cols;
-    // Pairs: every column pair (2j, 2j+1) of the row; rotated when it lies in a head's
-    // rope part, copied otherwise (head_dim, rope_offset and rope_dim are all even).
+    // Pairs (2j, 2j+1) of the row: rotated inside a head's rope part, copied elsewhere
+    // (head_dim, rope_offset and rope_dim are even).
     const int64_t roped = static_cast<int64_t>(a.n_head) * a.head_dim;
-    for (int64_t j = threadIdx.x; 2 * j < a.cols; j += blockDim.x) {
+    const int64_t j_end = min((a.cols + 1) / 2, static_cast<int64_t>(blockIdx.y + 1) * kRopePairs);
+    for (int64_t j = static_cast<int64_t>(blockIdx.y) * kRopePairs + threadIdx.x; j < j_end; j += blockDim.x) {
         const int64_t c = 2 * j;
         const int64_t in_head = c % a.head_dim;
-        if (2 * j + 1 < a.cols && c < roped && in_head >= a.rope_offset && in_head < a.rope_offset + a.rope_dim) {
+        if (c + 1 < a.cols && c < roped && in_head >= a.rope_offset && in_head < a.rope_offset + a.rope_dim) {
             const int i = static_cast<int>((in_head - a.rope_offset) / 2);
             const float x0 = xr[c], x1 = xr[c + 1];
             yr[c] = x0 * cs[i] - x1 * sn[i];
@@ -97,7 +119,9 @@ void add_rms_norm(const float* a, const float* b, const float* c, float* mid, fl
 }
 
 void rope_rows(const RopeArgs& a, const int32_t* positions, const float* x, float* y, cudaStream_t s) {
-    if (a.rows > 0) rope_rows_kernel<<<static_cast<unsigned>(a.rows), 256, 0, s>>>(a, positions, x, y);
+    if (a.rows <= 0) return;
+    const dim3 grid(static_cast<unsigned>(a.rows), static_cast<unsigned>(((a.cols + 1) / 2 + kRopePairs - 1) / kRopePairs));
+    rope_rows_kernel<<<grid, kRopeThreads, 0, s>>>(a, positions, x, y);
 }
 
 }  // namespace ds3::cuda

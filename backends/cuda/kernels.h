@@ -87,8 +87,9 @@ struct RopeArgs {
 void rope(const RopeArgs& a, const int32_t* positions, const float* x, float* y, cudaStream_t s);
 // The same with the angles computed once per row for all heads (fused.cu).
 void rope_rows(const RopeArgs& a, const int32_t* positions, const float* x, float* y, cudaStream_t s);
-// Residual adds fused with the RMS norm after them (fused.cu), bit for bit the unfused ops:
-// sum = a + b, or with c: mid = a + b and sum = c + mid; y = rms_norm(sum, eps) · gain.
+// RMS norm, alone or fused with the residual adds before it (fused.cu), bit for bit the
+// unfused ops: v = a (b null), a + b, or with c: mid = a + b and v = c + mid; sum = v
+// (when given); y = rms_norm(v, eps) · gain.
 void add_rms_norm(const float* a, const float* b, const float* c, float* mid, float* sum, const void* gain, WType wt,
                   float eps, int64_t rows, int64_t cols, float* y, cudaStream_t s);
 
