@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# Quantization quality of one Hugging Face release, measured with ds3 itself: converts it
+# to f32 (the reference) and bf16, collects an importance matrix on CALIB.txt, quantizes
+# the f32 file to every mix and type with and without --imatrix, runs `ds3 kld` of each
+# against the f32 file on EVAL.txt, and prints a markdown table like the ones in
+# docs/quantization.md (plus the f32 model's perplexity on EVAL.txt).
+#
+#   scripts/quant_quality.sh MODEL_DIR EVAL.txt CALIB.txt [OUTDIR]
+#   scripts/quant_quality.sh --table RESULTS.tsv [CTX]   (the table again, from results.tsv)
+#
+# Environment: DS3 (the binary; default build/bin/ds3), THREADS (-t; default 0 = all),
+# CTX (chunk length of kld and imatrix; default 512), TYPES (space-separated list; default
+# every type of the tables), FP8_DIR (an FP8 release of the same weights: adds a row for
+# `convert --outtype fp8`, which keeps its bytes), DEADLINE (seconds since the epoch:
+# start no new measurement after it; the table then holds what finished), REUSE=1 (keep
+# OUTDIR's f32.gguf and imatrix.gguf from an earlier run), KEEP=1 (keep
+# the quantized files), RESULTS / QQLOG (where results.tsv and log.txt go, default in
+# OUTDIR). OUTDIR (default ./qq-out) gets f32.gguf, bf16.gguf, imatrix.gguf,
+# results.tsv (one line per measurement, appended as it finishes), table.md and log.txt.
+set -euo pipefail
+
+# The table from a results.tsv: one row per label, the imatrix columns from its "yes" line.
+table() {
+    python3 - "$1" "$2" <<'EOF'
+import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
+plain = [r for r in rows if r["imatrix"] == "no"]
+im = {r["label"]: r for r in rows if r["imatrix"] == "yes"}
+if rows:
+    r0 = rows[0]
+    print(f"f32 reference: perplexity {float(r0['ppl_ref']):.4f} on {r0['tokens']} tokens (chunks of {sys.argv[2]}); "
+          f"median gap between its two best logits {float(r0['margin']):.3f}\n")
+print("| type | bits/weight | size | mean KLD | 99% KLD | top-1 | ppl ratio | mean KLD, imatrix | 99% KLD, imatrix "
+      "| top-1, imatrix | ppl ratio, imatrix |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
+for r in plain:
+    i = im.get(r["label"])
+    imc = (f"{float(i['kld_mean']):.6f} | {float(i['kld_p99']):.6f} | {100 * float(i['top1']):.2f}% | "
+           f"{float(i['ppl_ratio']):.4f}") if i else "— | — | — | —"
+    print(f"| {r['label']} | {r['bits_per_weight']} | {r['mib']} MiB | {float(r['kld_mean']):.6f} | "
+          f"{float(r['kld_p99']):.6f} | {100 * float(r['top1']):.2f}% | {float(r['ppl_ratio']):.4f} | {imc} |")
+EOF
+}
+
+if [[ ${1:-} == --table ]]; then  # scripts/quant_quality.sh --table results.tsv [CTX]
+    table "$2" "${3:-512}"
+    exit 0
+fi
+if [[ $# -lt 3 || $# -gt 4 ]]; then
+    echo "usage: $0 MODEL_DIR EVAL.txt CALIB.txt [OUTDIR]" >&2
+    exit 2
+fi
+MODEL=$1
+EVAL=$2
+CALIB=$3
+OUT=${4:-qq-out}
+HERE=$(cd "$(dirname "$0")/.." && pwd)
+DS3=${DS3:-$HERE/build/bin/ds3}
+THREADS=${THREADS:-0}
+CTX=${CTX:-512}
+TYPES=${TYPES:-"Q8_0 Q6_K Q5_K_M Q4_K_M Q3_K_M Q2_K q5_K q4_K q3_K iq4_xs q4_0 fp8 bf16 f16"}
+DEADLINE=${DEADLINE:-0}
+
+for f in "$MODEL/config.json" "$EVAL" "$CALIB"; do
+    [[ -f $f ]] || { echo "quant_quality: $f: not found" >&2; exit 2; }
+done
+[[ -x $DS3 ]] || { echo "quant_quality: $DS3: not an executable (set DS3)" >&2; exit 2; }
+mkdir -p "$OUT"
+LOG=${QQLOG:-$OUT/log.txt}
+RES=${RESULTS:-$OUT/results.tsv}
+: >"$LOG"
+printf 'label\ttype\timatrix\tbits_per_weight\tmib\tkld_mean\tkld_p99\ttop1\tppl\tppl_ref\tppl_ratio\ttokens\tmargin\tseconds\n' >"$RES"
+
+say() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$LOG" >&2; }
+run() { say "\$ $*"; "$@" >>"$LOG" 2>&1; }
+late() { [[ $DEADLINE -gt 0 && $(date +%s) -ge $DEADLINE ]]; }
+
+# bits/weight and MiB of a GGUF's tensor data (every tensor counted).
+sizes() {
+    "$DS3" inspect --json "$1" | python3 -c '
+import json, sys, math
+j = json.load(sys.stdin)
+n = sum(math.prod(t["shape"]) for t in j["tensors"])
+b = j["tensor_bytes"]
+print(f"{8 * b / n:.2f}\t{b / 2**20:.1f}")'
+}
+
+# kld of $1 against the f32 file -> one results line (label, type, imatrix flag).
+measure() {
+    local file=$1 label=$2 type=$3 im=$4 t0 js vals
+    t0=$(date +%s)
+    say "kld $label (imatrix: $im)"
+    js=$("$DS3" kld -m "$file" --reference "$OUT/f32.gguf" -f "$EVAL" -c "$CTX" -t "$THREADS" --json 2>>"$LOG")
+    echo "$js" >>"$LOG"
+    vals=$(echo "$js" | python3 -c '
+import json, sys
+j = json.load(sys.stdin)
+print("\t".join(str(j[k]) for k in ("kld_mean", "kld_p99", "top1_agreement", "ppl", "ppl_reference", "ppl_ratio",
+                                      "tokens", "ref_top1_margin_median")))')
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$label" "$type" "$im" "$(sizes "$file")" "$vals" "$(($(date +%s) - t0))" >>"$RES"
+    tail -1 "$RES" | tee -a "$LOG" >&2
+}
+
+T0=$(date +%s)
+say "ds3: $("$DS3" version 2>&1 | head -1); model $MODEL; eval $EVAL ($(wc -c <"$EVAL") bytes); calib $CALIB ($(wc -c <"$CALIB") bytes); chunks of $CTX"
+if [[ ${REUSE:-0} == 1 && -f $OUT/f32.gguf && -f $OUT/imatrix.gguf ]]; then
+    say "REUSE=1: keeping $OUT/f32.gguf and $OUT/imatrix.gguf"
+else
+    run "$DS3" convert "$MODEL" -o "$OUT/f32.gguf" --outtype f32 --no-progress
+    run "$DS3" convert "$MODEL" -o "$OUT/bf16.gguf" --outtype bf16 --no-progress
+    run "$DS3" imatrix -m "$OUT/f32.gguf" -f "$CALIB" -o "$OUT/imatrix.gguf" -c "$CTX" -t "$THREADS"
+fi
+
+# Types whose quantisers use importance (the float types, q8_0 and fp8 ignore it).
+weighted() { case $1 in Q8_0 | fp8 | bf16 | f16 | f32) return 1 ;; *) return 0 ;; esac; }
+
+for t in $TYPES; do
+    if late; then say "deadline: skipping $t and the rest"; break; fi
+    q=$OUT/q-$t.gguf
+    run "$DS3" quantize "$OUT/f32.gguf" "$q" "$t" -t "$THREADS" --no-progress -v
+    measure "$q" "$t" "$t" no
+    [[ ${KEEP:-0} == 1 ]] || rm -f "$q"
+    if weighted "$t" && ! late; then
+        q=$OUT/q-$t-im.gguf
+        run "$DS3" quantize "$OUT/f32.gguf" "$q" "$t" --imatrix "$OUT/imatrix.gguf" -t "$THREADS" --no-progress
+        measure "$q" "$t" "$t" yes
+        [[ ${KEEP:-0} == 1 ]] || rm -f "$q"
+    fi
+done
+if [[ -n ${FP8_DIR:-} ]] && ! late; then
+    q=$OUT/fp8-release.gguf
+    run "$DS3" convert "$FP8_DIR" -o "$q" --outtype fp8 --no-progress
+    measure "$q" "fp8 (release's FP8, convert --outtype fp8)" fp8 no
+    [[ ${KEEP:-0} == 1 ]] || rm -f "$q"
+fi
+
+table "$RES" "$CTX" >"$OUT/table.md"
+cat "$OUT/table.md"
+say "done in $(($(date +%s) - T0)) s"
