@@ -9,7 +9,8 @@
 #   scripts/quant_quality.sh --table RESULTS.tsv [CTX]   (the table again, from results.tsv)
 #
 # Environment: DS3 (the binary; default build/bin/ds3), THREADS (-t; default 0 = all),
-# CTX (chunk length of kld and imatrix; default 512), TYPES (space-separated list; default
+# CTX (chunk length of kld and imatrix; default 512), JOBS (measurements run at once,
+# each with THREADS threads; default 1), TYPES (space-separated list; default
 # every type of the tables), FP8_DIR (an FP8 release of the same weights: adds a row for
 # `convert --outtype fp8`, which keeps its bytes), DEADLINE (seconds since the epoch:
 # start no new measurement after it; the table then holds what finished), REUSE=1 (keep
@@ -24,10 +25,12 @@ table() {
     python3 - "$1" "$2" <<'EOF'
 import csv, sys
 rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
-plain = [r for r in rows if r["imatrix"] == "no"]
+order = ["Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "Q2_K", "q5_K", "q4_K", "q3_K", "iq4_xs", "q4_0", "fp8", "bf16", "f16"]
+plain = sorted((r for r in rows if r["imatrix"] == "no"),
+               key=lambda r: order.index(r["label"]) if r["label"] in order else len(order))
 im = {r["label"]: r for r in rows if r["imatrix"] == "yes"}
 if rows:
-    r0 = rows[0]
+    r0 = rows[0]  # every line has the same reference
     print(f"f32 reference: perplexity {float(r0['ppl_ref']):.4f} on {r0['tokens']} tokens (chunks of {sys.argv[2]}); "
           f"median gap between its two best logits {float(r0['margin']):.3f}\n")
 print("| type | bits/weight | size | mean KLD | 99% KLD | top-1 | ppl ratio | mean KLD, imatrix | 99% KLD, imatrix "
@@ -87,7 +90,7 @@ print(f"{8 * b / n:.2f}\t{b / 2**20:.1f}")'
 
 # kld of $1 against the f32 file -> one results line (label, type, imatrix flag).
 measure() {
-    local file=$1 label=$2 type=$3 im=$4 t0 js vals
+    local file=$1 label=$2 type=$3 im=$4 t0 js vals line
     t0=$(date +%s)
     say "kld $label (imatrix: $im)"
     js=$("$DS3" kld -m "$file" --reference "$OUT/f32.gguf" -f "$EVAL" -c "$CTX" -t "$THREADS" --json 2>>"$LOG")
@@ -97,8 +100,9 @@ import json, sys
 j = json.load(sys.stdin)
 print("\t".join(str(j[k]) for k in ("kld_mean", "kld_p99", "top1_agreement", "ppl", "ppl_reference", "ppl_ratio",
                                       "tokens", "ref_top1_margin_median")))')
-    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$label" "$type" "$im" "$(sizes "$file")" "$vals" "$(($(date +%s) - t0))" >>"$RES"
-    tail -1 "$RES" | tee -a "$LOG" >&2
+    line=$(printf '%s\t%s\t%s\t%s\t%s\t%s' "$label" "$type" "$im" "$(sizes "$file")" "$vals" "$(($(date +%s) - t0))")
+    echo "$line" >>"$RES"
+    say "$line"
 }
 
 T0=$(date +%s)
@@ -114,25 +118,40 @@ fi
 # Types whose quantisers use importance (the float types, q8_0 and fp8 ignore it).
 weighted() { case $1 in Q8_0 | fp8 | bf16 | f16 | f32) return 1 ;; *) return 0 ;; esac; }
 
-for t in $TYPES; do
-    if late; then say "deadline: skipping $t and the rest"; break; fi
-    q=$OUT/q-$t.gguf
-    run "$DS3" quantize "$OUT/f32.gguf" "$q" "$t" -t "$THREADS" --no-progress -v
-    measure "$q" "$t" "$t" no
-    [[ ${KEEP:-0} == 1 ]] || rm -f "$q"
-    if weighted "$t" && ! late; then
+# One measurement: quantize (or convert, for the FP8 release) then kld; the file is
+# removed after unless KEEP=1.
+job() {
+    local t=$1 im=$2 q
+    if [[ $t == release-fp8 ]]; then
+        q=$OUT/fp8-release.gguf
+        run "$DS3" convert "$FP8_DIR" -o "$q" --outtype fp8 --no-progress
+        measure "$q" "fp8 (release's FP8, convert --outtype fp8)" fp8 no
+    elif [[ $im == yes ]]; then
         q=$OUT/q-$t-im.gguf
         run "$DS3" quantize "$OUT/f32.gguf" "$q" "$t" --imatrix "$OUT/imatrix.gguf" -t "$THREADS" --no-progress
         measure "$q" "$t" "$t" yes
-        [[ ${KEEP:-0} == 1 ]] || rm -f "$q"
+    else
+        q=$OUT/q-$t.gguf
+        run "$DS3" quantize "$OUT/f32.gguf" "$q" "$t" -t "$THREADS" --no-progress -v
+        measure "$q" "$t" "$t" no
     fi
-done
-if [[ -n ${FP8_DIR:-} ]] && ! late; then
-    q=$OUT/fp8-release.gguf
-    run "$DS3" convert "$FP8_DIR" -o "$q" --outtype fp8 --no-progress
-    measure "$q" "fp8 (release's FP8, convert --outtype fp8)" fp8 no
     [[ ${KEEP:-0} == 1 ]] || rm -f "$q"
-fi
+}
+
+# The measurements in order, JOBS at a time (small models scale poorly over many
+# threads: several kld runs of THREADS each use the cores better than one).
+todo=()
+for t in $TYPES; do
+    todo+=("$t no")
+    if weighted "$t"; then todo+=("$t yes"); fi
+done
+[[ -n ${FP8_DIR:-} ]] && todo+=("release-fp8 no")
+for m in "${todo[@]}"; do
+    if late; then say "deadline: skipping '$m' and the rest"; break; fi
+    while [[ $(jobs -rp | wc -l) -ge ${JOBS:-1} ]]; do wait -n || true; done
+    job $m &
+done
+wait
 
 table "$RES" "$CTX" >"$OUT/table.md"
 cat "$OUT/table.md"
