@@ -212,9 +212,10 @@ TEST_CASE("cuda quant: the integer block dots, run on the host, match the exact 
                     cpu.push_back(vec_dot_f32(t, K, row, x.data()));
                 }
                 INFO(tname(t) << " K " << K << " scale " << scale);
-                // 8-bit blocks of 32: ~0.007 normalised error on normal activations; the
-                // CPU's Q8_K/Q8_0 rounding is of the same size.
-                CHECK(nmse_root(got, exact) <= 0.01);
+                // 8-bit blocks of 32: ≤ 0.0074 normalised error on these activations (the
+                // CPU's Q8_K/Q8_0 rounding is of the same size). With s = Σx instead of
+                // d·Σq in the min terms, Q4_K/Q5_K land at 0.010–0.013: above the limit.
+                CHECK(nmse_root(got, exact) <= 0.009);
                 CHECK(nmse_root(got, cpu) <= 0.015);
                 CHECK(nmse_root(got_i, exact_i) <= 1e-6);  // exactly representable activations
             }
