@@ -55,9 +55,21 @@ __global__ void __launch_bounds__(kMlaThreads) mla_split_kernel(const float* qca
     const int64_t s_hi = min(n_vis, s_lo + chunk);
     const int n_pos = s_hi > s_lo ? static_cast<int>(s_hi - s_lo) : 0;
 
-    for (int i = threadIdx.x; i < kMlaHeads * width; i += blockDim.x) {
-        const int h = i / static_cast<int>(width), d = i % static_cast<int>(width);
-        q_s[i] = h < nh ? qcat[(t * n_head + h0 + h) * width + d] : 0.0f;
+    // The block's heads are consecutive rows of qcat: one contiguous range, copied with
+    // independent (unrolled, 16-byte where aligned) loads — a chain of dependent loads
+    // here would cost more than the rest of a decode split.
+    {
+        const float* src = qcat + (t * n_head + h0) * width;
+        const int n = nh * static_cast<int>(width), n_all = kMlaHeads * static_cast<int>(width);
+        if ((width & 3) == 0 && (reinterpret_cast<uintptr_t>(src) & 15) == 0) {
+#pragma unroll 4
+            for (int i = threadIdx.x; i < n_all / 4; i += blockDim.x)
+                reinterpret_cast<float4*>(q_s)[i] =
+                    4 * i < n ? reinterpret_cast<const float4*>(src)[i] : make_float4(0.f, 0.f, 0.f, 0.f);
+        } else {
+#pragma unroll 4
+            for (int i = threadIdx.x; i < n_all; i += blockDim.x) q_s[i] = i < n ? src[i] : 0.0f;
+        }
     }
     __syncthreads();
 
@@ -65,6 +77,7 @@ __global__ void __launch_bounds__(kMlaThreads) mla_split_kernel(const float* qca
     for (int j = warp; j < n_pos; j += kMlaThreads / 32) {
         const float* row = cache + (s_lo + j) * width;
         float acc[kMlaHeads] = {};
+#pragma unroll 6
         for (int d = lane; d < width; d += 32) {
             const float c = row[d];
 #pragma unroll
@@ -102,6 +115,7 @@ __global__ void __launch_bounds__(kMlaThreads) mla_split_kernel(const float* qca
     float* out = part + ((tl * n_split + split) * n_head + h0) * static_cast<int64_t>(kv_lora);
     for (int d = threadIdx.x; d < kv_lora; d += blockDim.x) {
         float acc[kMlaHeads] = {};
+#pragma unroll 8
         for (int j = 0; j < n_pos; ++j) {
             const float c = cache[(s_lo + j) * width + d];
 #pragma unroll
@@ -111,26 +125,48 @@ __global__ void __launch_bounds__(kMlaThreads) mla_split_kernel(const float* qca
     }
 }
 
-// Merges the splits: ctx = Σ_i e^{m_i − M} O_i / Σ_i e^{m_i − M} l_i.
-__global__ void mla_merge_kernel(const float* part, const float* stats, int kv_lora, int n_head, int n_split,
-                                 int64_t t0, float* ctx) {
+// Merges the splits: ctx = Σ_i e^{m_i − M} O_i / Σ_i e^{m_i − M} l_i. One block per
+// (head, query): the split weights e^{m_i − M} go to shared memory once, then each thread
+// sums its latent dimensions over the splits with independent loads in flight.
+constexpr int kMergeThreads = 256;
+__global__ void __launch_bounds__(kMergeThreads) mla_merge_kernel(const float* part, const float* stats, int kv_lora,
+                                                                 int n_head, int n_split, int64_t t0, float* ctx) {
+    extern __shared__ float w_s[];  // [n_split]
+    __shared__ float red[kMergeThreads / 32];
     const int h = blockIdx.x;
     const int64_t tl = blockIdx.y, t = t0 + tl;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    auto stat = [&](int i) { return stats + ((tl * n_split + i) * n_head + h) * 2; };
+
     float M = -INFINITY;
-    for (int i = 0; i < n_split; ++i) M = fmaxf(M, stats[((tl * n_split + i) * n_head + h) * 2]);
+    for (int i = threadIdx.x; i < n_split; i += blockDim.x) M = fmaxf(M, stat(i)[0]);
+    M = warp_max(M);
+    if (lane == 0) red[warp] = M;
+    __syncthreads();
+    M = red[0];
+    for (int k = 1; k < kMergeThreads / 32; ++k) M = fmaxf(M, red[k]);
+    __syncthreads();
+
     float denom = 0.0f;
-    for (int i = 0; i < n_split; ++i) {
-        const float* st = stats + ((tl * n_split + i) * n_head + h) * 2;
-        if (st[1] > 0.0f) denom += expf(st[0] - M) * st[1];
+    for (int i = threadIdx.x; i < n_split; i += blockDim.x) {
+        const float* st = stat(i);
+        const float w = st[1] > 0.0f ? expf(st[0] - M) : 0.0f;  // empty splits weigh nothing
+        w_s[i] = w;
+        denom += w * st[1];
     }
+    denom = warp_sum(denom);
+    if (lane == 0) red[warp] = denom;
+    __syncthreads();
+    denom = 0.0f;
+    for (int k = 0; k < kMergeThreads / 32; ++k) denom += red[k];
     const float inv = 1.0f / denom;
+
+    const float* p0 = part + (tl * n_split * n_head + h) * static_cast<int64_t>(kv_lora);
+    const int64_t step = static_cast<int64_t>(n_head) * kv_lora;  // from one split to the next
     for (int d = threadIdx.x; d < kv_lora; d += blockDim.x) {
         float v = 0.0f;
-        for (int i = 0; i < n_split; ++i) {
-            const float* st = stats + ((tl * n_split + i) * n_head + h) * 2;
-            if (st[1] > 0.0f)
-                v += expf(st[0] - M) * part[((tl * n_split + i) * n_head + h) * static_cast<int64_t>(kv_lora) + d];
-        }
+#pragma unroll 8
+        for (int i = 0; i < n_split; ++i) v += w_s[i] * p0[i * step + d];
         ctx[(t * n_head + h) * static_cast<int64_t>(kv_lora) + d] = v * inv;
     }
 }
@@ -202,7 +238,8 @@ void mla_attend(const MlaPlan& p, const float* qcat, const float* cache, int64_t
         mla_split_kernel<<<grid, kMlaThreads, smem, s>>>(qcat, cache, width, kv_lora, n_head, t0, positions, n_ctx,
                                                          scale, p.chunk, p.n_split, part, stats);
         dim3 mgrid(static_cast<unsigned>(n_head), static_cast<unsigned>(nt));
-        mla_merge_kernel<<<mgrid, 128, 0, s>>>(part, stats, kv_lora, n_head, p.n_split, t0, ctx);
+        mla_merge_kernel<<<mgrid, kMergeThreads, static_cast<size_t>(p.n_split) * sizeof(float), s>>>(
+            part, stats, kv_lora, n_head, p.n_split, t0, ctx);
     }
 }
 
