@@ -106,9 +106,12 @@ template <int Mode>
 __host__ __device__ constexpr int matrices_of() {
     return Mode == kSwiglu || Mode == kMoeGateUp ? 2 : 1;
 }
-template <typename Q, int NW>
+// Chunks per lane per round; the shallow variant halves it (fewer registers, more warps
+// per SM), a tuning choice per product size (DS3_CUDA_Q8_SHALLOW_ROWS below).
+template <typename Q, int NW, bool kShallow>
 __host__ __device__ constexpr int unroll_of() {
-    return NW == 2 ? Q::UNROLL2 : Q::UNROLL;
+    constexpr int u = NW == 2 ? Q::UNROLL2 : Q::UNROLL;
+    return kShallow ? (u > 1 ? u / 2 : 1) : u;
 }
 
 struct QArgs {
@@ -131,10 +134,9 @@ struct QArgs {
 // (past the row's end, the last chunk again) before any arithmetic, so a lane has U
 // chunks' bytes in flight at once; the first round is issued before the wait for the
 // quantize kernel. Host and device: the host check runs it lane by lane.
-template <typename Q, int MR, int NW>
+template <typename Q, int MR, int NW, int U>
 DS3_QHD void lane_dots(const uint8_t* const (&rows)[NW], int nc, int sub, int lpr, const int8_t* xq0,
                        const q8::XDs* xd0, int64_t xstride, int M, float (&acc)[NW][MR]) {
-    constexpr int U = unroll_of<Q, NW>();
     for (int c0 = sub; c0 < nc; c0 += U * lpr) {
         typename Q::R r[U][NW];
 DS3_UNROLL
@@ -160,7 +162,7 @@ DS3_UNROLL
     }
 }
 
-template <typename Q, int MR, int Mode>
+template <typename Q, int MR, int Mode, bool kShallow>
 __global__ void __launch_bounds__(kThreads) gemv_q8_kernel(QArgs a) {
     constexpr int NW = matrices_of<Mode>();
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -196,7 +198,8 @@ __global__ void __launch_bounds__(kThreads) gemv_q8_kernel(QArgs a) {
         const uint8_t* rows[NW];
 #pragma unroll
         for (int i = 0; i < NW; ++i) rows[i] = w[i] + n * rb;
-        lane_dots<Q, MR, NW>(rows, static_cast<int>(a.K / Q::QK) * Q::NC, sub, lpr, x.q, x.d, xstride, a.M, acc);
+        lane_dots<Q, MR, NW, unroll_of<Q, NW, kShallow>()>(rows, static_cast<int>(a.K / Q::QK) * Q::NC, sub, lpr,
+                                                          x.q, x.d, xstride, a.M, acc);
     }
 #pragma unroll
     for (int m = 0; m < MR; ++m) {
@@ -228,9 +231,21 @@ int pick_lpr(int64_t chunks, int U) {
     return l;
 }
 
-template <typename Q, int Mode>
-void launch(QArgs a, unsigned pairs, cudaStream_t s) {
-    a.lpr = pick_lpr(a.K / Q::QK * Q::NC, unroll_of<Q, matrices_of<Mode>()>());
+// DS3_CUDA_Q8_SHALLOW_ROWS=R (read once; default 0, off): products of ≥ R weight rows in
+// all (N times the MoE pairs) take the shallow variant. The H200 timings of
+// docs/performance.md favour fewer chunks in flight for the largest matrices; the knob
+// lets one binary measure a threshold before it becomes the default.
+int64_t shallow_rows() {
+    static const int64_t r = [] {
+        const char* e = std::getenv("DS3_CUDA_Q8_SHALLOW_ROWS");
+        return e ? std::max<int64_t>(0, std::atoll(e)) : int64_t(0);
+    }();
+    return r;
+}
+
+template <typename Q, int Mode, bool kShallow>
+void launch_u(QArgs a, unsigned pairs, cudaStream_t s) {
+    a.lpr = pick_lpr(a.K / Q::QK * Q::NC, unroll_of<Q, matrices_of<Mode>(), kShallow>());
     const int64_t per_cta = kWarps * (32 / a.lpr);
     const dim3 grid(static_cast<unsigned>((a.N + per_cta - 1) / per_cta), pairs);
     cudaLaunchAttribute attr[1];
@@ -243,15 +258,22 @@ void launch(QArgs a, unsigned pairs, cudaStream_t s) {
     cfg.attrs = attr;
     cfg.numAttrs = pdl_enabled() ? 1 : 0;
     if constexpr (Mode == kMoeGateUp || Mode == kMoeDown) {
-        cudaLaunchKernelEx(&cfg, gemv_q8_kernel<Q, 1, Mode>, a);
+        cudaLaunchKernelEx(&cfg, gemv_q8_kernel<Q, 1, Mode, kShallow>, a);
     } else {
         switch (a.M) {
-            case 1: cudaLaunchKernelEx(&cfg, gemv_q8_kernel<Q, 1, Mode>, a); return;
-            case 2: cudaLaunchKernelEx(&cfg, gemv_q8_kernel<Q, 2, Mode>, a); return;
-            case 3: case 4: cudaLaunchKernelEx(&cfg, gemv_q8_kernel<Q, 4, Mode>, a); return;
-            default: cudaLaunchKernelEx(&cfg, gemv_q8_kernel<Q, 8, Mode>, a); return;
+            case 1: cudaLaunchKernelEx(&cfg, gemv_q8_kernel<Q, 1, Mode, kShallow>, a); return;
+            case 2: cudaLaunchKernelEx(&cfg, gemv_q8_kernel<Q, 2, Mode, kShallow>, a); return;
+            case 3: case 4: cudaLaunchKernelEx(&cfg, gemv_q8_kernel<Q, 4, Mode, kShallow>, a); return;
+            default: cudaLaunchKernelEx(&cfg, gemv_q8_kernel<Q, 8, Mode, kShallow>, a); return;
         }
     }
+}
+
+template <typename Q, int Mode>
+void launch(QArgs a, unsigned pairs, cudaStream_t s) {
+    const int64_t r = shallow_rows();
+    if (r > 0 && a.N * static_cast<int64_t>(pairs) >= r) launch_u<Q, Mode, true>(a, pairs, s);
+    else launch_u<Q, Mode, false>(a, pairs, s);
 }
 
 bool gemv_applies(const GemmArgs& a) {
@@ -345,7 +367,7 @@ bool moe_down_q8(const MoeArgs& a, const float* act, const float* route, float* 
     return with_q8(a.wt_down, [&](auto l) { launch<decltype(l), kMoeDown>(q, static_cast<unsigned>(P), s); });
 }
 
-bool dot_q8_host(WType t, const void* row, int64_t K, const float* x, float* out) {
+bool dot_q8_host(WType t, const void* row, int64_t K, const float* x, float* out, bool shallow) {
     if (!q8_supported(t) || K <= 0 || K % wtype_block(t)) return false;
     std::vector<int4> qbuf(static_cast<size_t>(K / 16));  // 16-byte aligned int8 values
     int8_t* xq = reinterpret_cast<int8_t*>(qbuf.data());
@@ -367,10 +389,12 @@ bool dot_q8_host(WType t, const void* row, int64_t K, const float* x, float* out
     with_q8(t, [&](auto l) {
         using Q = decltype(l);
         // The lanes of one row as the kernel splits them, then their sum.
-        const int nc = static_cast<int>(K / Q::QK) * Q::NC, lpr = pick_lpr(nc, unroll_of<Q, 1>());
+        constexpr int U = unroll_of<Q, 1, false>(), US = unroll_of<Q, 1, true>();
+        const int nc = static_cast<int>(K / Q::QK) * Q::NC, lpr = pick_lpr(nc, shallow ? US : U);
         for (int sub = 0; sub < lpr; ++sub) {
             float acc[1][1] = {{0.0f}};
-            lane_dots<Q, 1, 1>(rows, nc, sub, lpr, xq, xd.data(), K, 1, acc);
+            if (shallow) lane_dots<Q, 1, 1, US>(rows, nc, sub, lpr, xq, xd.data(), K, 1, acc);
+            else lane_dots<Q, 1, 1, U>(rows, nc, sub, lpr, xq, xd.data(), K, 1, acc);
             sum += acc[0][0];
         }
     });

@@ -22,8 +22,9 @@ enum class WType : uint8_t { f32, bf16, f16, q8_0, q4_0, q2_K, q3_K, q4_K, q5_K,
 bool decode_chunk_host(WType t, const void* block, int c, float out[16]);
 // Σ w·x over one weight row of K values on the host, by the decode GEMV's integer path
 // (x quantised to 8-bit blocks of 32, dp4a emulated): the same block code the kernels
-// run. False for the types the integer path does not cover.
-bool dot_q8_host(WType t, const void* row, int64_t K, const float* x, float* out);
+// run (`shallow`: the variant with half the chunks in flight per lane). False for the
+// types the integer path does not cover.
+bool dot_q8_host(WType t, const void* row, int64_t K, const float* x, float* out, bool shallow = false);
 
 // Elements per block and bytes per block (1 and the element size for the plain types).
 int wtype_block(WType t);

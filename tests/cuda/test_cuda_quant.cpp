@@ -200,9 +200,12 @@ TEST_CASE("cuda quant: the integer block dots, run on the host, match the exact 
                 std::vector<float> got, exact, cpu, got_i, exact_i;
                 for (int64_t r = 0; r < rows; ++r) {
                     const uint8_t* row = w.data() + r * rb;
-                    float g = 0.0f, gi = 0.0f;
+                    float g = 0.0f, gi = 0.0f, gs = 0.0f;
                     REQUIRE(cuda::dot_q8_host(wt, row, K, x.data(), &g));
                     REQUIRE(cuda::dot_q8_host(wt, row, K, xi.data(), &gi));
+                    // The shallow variant splits the row differently: the same sum, up to order.
+                    REQUIRE(cuda::dot_q8_host(wt, row, K, x.data(), &gs, true));
+                    CHECK(std::fabs(gs - g) <= 1e-5f * (1.0f + std::fabs(g)));
                     double e = 0.0, ei = 0.0;
                     for (int64_t i = 0; i < K; ++i) {
                         e += double(deq[size_t(r * K + i)]) * x[size_t(i)];
