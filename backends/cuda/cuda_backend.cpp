@@ -814,6 +814,9 @@ private:
         a.N = p.kv_lora;
         a.K = p.qk_nope;
         a.batch = static_cast<int>(H);
+        // Decode: the per-head products on the integer GEMV (each head's q row quantised).
+        std::optional<Scratch> sa, sb;
+        if (const size_t n = cuda::gemv_scratch_bytes(a.wt, T, a.K, a.batch)) a.scratch = sa.emplace(*pool_, n).f();
         cuda::gemm(a, stream_);
         sub_mark("mla.k_b");
         // q_pe after it: rows (t, h) of q are qdim apart, rows of qcat width apart.
@@ -844,6 +847,7 @@ private:
         b.N = p.v_head;
         b.K = p.kv_lora;
         b.batch = static_cast<int>(H);
+        if (const size_t n = cuda::gemv_scratch_bytes(b.wt, T, b.K, b.batch)) b.scratch = sb.emplace(*pool_, n).f();
         cuda::gemm(b, stream_);
         sub_mark("mla.v_b");
     }

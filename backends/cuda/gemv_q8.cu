@@ -54,6 +54,15 @@ DS3_QHD void dep_wait() {
 #endif
 }
 
+// DS3_CUDA_Q8_BATCHED=0 keeps the batched (per-head) products on the f32 kernels (read once).
+bool batched_on() {
+    static const bool on = [] {
+        const char* e = std::getenv("DS3_CUDA_Q8_BATCHED");
+        return !(e && std::atoi(e) == 0);
+    }();
+    return on;
+}
+
 // Whether launches use it: sm_90 and later, unless DS3_CUDA_PDL=0 (read once).
 bool pdl_enabled() {
     static const bool on = [] {
@@ -121,6 +130,9 @@ struct QArgs {
     Act x;
     float* y = nullptr;
     int64_t ldy = 0;
+    // Plain mode with grid.y > 1: a strided batch of one-row products (MLA's per-head
+    // k_b / v_b), matrix b at w + b·w_bstride, its quantised row b, output at y + b·y_bstride.
+    int64_t w_bstride = 0, y_bstride = 0;
     int lpr = 32;  // lanes per weight row
     // MoE modes: grid.y is the (token, slot) pair; w[i] are stacks of n_expert matrices.
     const float* route = nullptr;
@@ -188,6 +200,12 @@ __global__ void __launch_bounds__(kThreads) gemv_q8_kernel(QArgs a) {
         x.q += xr * xstride;
         x.d += xr * (xstride / 32);
         yoff = pair * a.ldy;
+    } else if constexpr (Mode == kPlain) {
+        const int64_t b = blockIdx.y;  // 0 unless batched
+        w[0] += b * a.w_bstride;
+        x.q += b * xstride;
+        x.d += b * (xstride / 32);
+        yoff = b * a.y_bstride;
     }
     float acc[NW][MR];
 #pragma unroll
@@ -276,9 +294,10 @@ void launch(QArgs a, unsigned pairs, cudaStream_t s) {
     else launch_u<Q, Mode, false>(a, pairs, s);
 }
 
+// A batch of matrices only for single rows (decode's per-head products of MLA).
 bool gemv_applies(const GemmArgs& a) {
-    return a.scratch && !a.groups && a.batch == 1 && a.M >= 1 && a.M <= 8 && a.K > 0 && a.K % 32 == 0 &&
-           q8_supported(a.wt);
+    return a.scratch && !a.groups && (a.batch == 1 || (a.M == 1 && batched_on())) && a.batch >= 1 && a.M >= 1 &&
+           a.M <= 8 && a.K > 0 && a.K % 32 == 0 && q8_supported(a.wt);
 }
 
 }  // namespace
@@ -297,8 +316,9 @@ size_t q8_rows_bytes(int64_t rows, int64_t K) {
     return static_cast<size_t>(align16(rows * K) + align16(rows * (K / 32) * int64_t(sizeof(q8::XDs))));
 }
 
-size_t gemv_scratch_bytes(WType wt, int64_t M, int64_t K) {
-    if (!q8_supported(wt) || M < 1 || M > 8 || K <= 0 || K % 32) return 0;
+size_t gemv_scratch_bytes(WType wt, int64_t M, int64_t K, int batch) {
+    if (!q8_supported(wt) || M < 1 || M > 8 || K <= 0 || K % 32 || batch < 1) return 0;
+    if (batch > 1) return M == 1 && batched_on() ? q8_rows_bytes(batch, K) : 0;
     return q8_rows_bytes(M, K);
 }
 
@@ -310,13 +330,16 @@ size_t moe_scratch_bytes(const MoeArgs& a) {
 
 bool gemv_q8(const GemmArgs& a, cudaStream_t s) {
     if (!gemv_applies(a)) return false;
-    quantize_rows(a.x, a.ldx, a.M, a.K, a.scratch, s);
+    // A batch of single rows is quantised as `batch` rows x_bstride apart.
+    const int64_t rows = a.batch > 1 ? a.batch : a.M, ld = a.batch > 1 ? a.x_bstride : a.ldx;
+    quantize_rows(a.x, ld, rows, a.K, a.scratch, s);
     QArgs q;
     q.w[0] = static_cast<const uint8_t*>(a.w);
     q.N = a.N, q.K = a.K, q.M = static_cast<int>(a.M);
-    q.x = act_at(a.scratch, a.M, a.K);
+    q.x = act_at(a.scratch, rows, a.K);
     q.y = a.y, q.ldy = a.ldy;
-    return with_q8(a.wt, [&](auto l) { launch<decltype(l), kPlain>(q, 1, s); });
+    q.w_bstride = a.w_bstride, q.y_bstride = a.y_bstride;
+    return with_q8(a.wt, [&](auto l) { launch<decltype(l), kPlain>(q, static_cast<unsigned>(a.batch), s); });
 }
 
 bool gemv_swiglu_q8(const GemmArgs& a, const void* up, cudaStream_t s) {

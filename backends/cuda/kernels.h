@@ -61,7 +61,8 @@ struct GemmArgs {
     // Null (or a size of 0): the f32-activation path.
     void* scratch = nullptr;
 };
-size_t gemv_scratch_bytes(WType wt, int64_t M, int64_t K);
+// batch > 1: a strided batch of single rows (M = 1), each quantised apart.
+size_t gemv_scratch_bytes(WType wt, int64_t M, int64_t K, int batch = 1);
 void gemm(const GemmArgs& a, cudaStream_t s);
 // The gate and up projections of a SwiGLU MLP for M ≤ 8 rows in one pass: y[m][n] =
 // silu(x[m]·G[n]) · (x[m]·U[n]), where `a` describes G (a.w) and `up` is U, of the same

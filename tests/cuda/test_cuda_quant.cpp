@@ -356,7 +356,9 @@ TEST_CASE("cuda quant: mla_attn with quantized k_b / v_b", "[cuda][quant]") {
             const auto want = run_on(*cpu, gf, ins, of, &rc);
             INFO(tname(t) << " batch of " << T << " at " << pos0);
             CHECK(all_finite(got));
-            CHECK(nmse_root(got, want) <= 2e-5);
+            // One-token steps run the per-head products on the integer GEMV, which rounds
+            // q and the attended latent to 8-bit blocks (≈ 1 % per product).
+            CHECK(nmse_root(got, want) <= (T == 1 && int_path(t) ? 0.05 : 2e-5));
             gc.advance(T);
             rc.advance(T);
             pos0 += T;
