@@ -11,7 +11,9 @@
 # Environment: DS3 (the binary; default build/bin/ds3), THREADS (-t; default 0 = all),
 # CTX (chunk length of kld and imatrix; default 512), JOBS (measurements run at once,
 # each with THREADS threads; default 1), TYPES (space-separated list; default
-# every type of the tables), FP8_DIR (an FP8 release of the same weights: adds a row for
+# every type of the tables), EXTRA (more rows: "LABEL|TYPE|quantize args;...", e.g.
+# "Q8_0, f32 head|Q8_0|--tensor-type output\.weight=f32"), PREP_THREADS (threads of
+# the imatrix run; default THREADS), FP8_DIR (an FP8 release of the same weights: adds a row for
 # `convert --outtype fp8`, which keeps its bytes), DEADLINE (seconds since the epoch:
 # start no new measurement after it; the table then holds what finished), REUSE=1 (keep
 # OUTDIR's f32.gguf and imatrix.gguf from an earlier run), KEEP=1 (keep
@@ -112,20 +114,28 @@ if [[ ${REUSE:-0} == 1 && -f $OUT/f32.gguf && -f $OUT/imatrix.gguf ]]; then
 else
     run "$DS3" convert "$MODEL" -o "$OUT/f32.gguf" --outtype f32 --no-progress
     run "$DS3" convert "$MODEL" -o "$OUT/bf16.gguf" --outtype bf16 --no-progress
-    run "$DS3" imatrix -m "$OUT/f32.gguf" -f "$CALIB" -o "$OUT/imatrix.gguf" -c "$CTX" -t "$THREADS"
+    run "$DS3" imatrix -m "$OUT/f32.gguf" -f "$CALIB" -o "$OUT/imatrix.gguf" -c "$CTX" -t "${PREP_THREADS:-$THREADS}"
 fi
 
 # Types whose quantisers use importance (the float types, q8_0 and fp8 ignore it).
 weighted() { case $1 in Q8_0 | fp8 | bf16 | f16 | f32) return 1 ;; *) return 0 ;; esac; }
 
-# One measurement: quantize (or convert, for the FP8 release) then kld; the file is
-# removed after unless KEEP=1.
+# One measurement (T|no, T|yes: with the imatrix, extra|LABEL|TYPE|ARGS, release-fp8|):
+# quantize (or convert, for the FP8 release) then kld; the file is removed after unless
+# KEEP=1.
 job() {
-    local t=$1 im=$2 q
+    local t im label args q
+    IFS='|' read -r t im label args <<<"$1"
     if [[ $t == release-fp8 ]]; then
         q=$OUT/fp8-release.gguf
         run "$DS3" convert "$FP8_DIR" -o "$q" --outtype fp8 --no-progress
-        measure "$q" "fp8 (release's FP8, convert --outtype fp8)" fp8 no
+        measure "$q" "fp8 (the release's FP8, convert --outtype fp8)" fp8 no
+    elif [[ $t == extra ]]; then
+        q=$OUT/q-extra-$BASHPID.gguf
+        set -f  # ARGS are words (--tensor-type REGEX=TYPE ...), never globs
+        # shellcheck disable=SC2086
+        run "$DS3" quantize "$OUT/f32.gguf" "$q" "$label" $args -t "$THREADS" --no-progress -v
+        measure "$q" "$im" "$label" no
     elif [[ $im == yes ]]; then
         q=$OUT/q-$t-im.gguf
         run "$DS3" quantize "$OUT/f32.gguf" "$q" "$t" --imatrix "$OUT/imatrix.gguf" -t "$THREADS" --no-progress
@@ -142,14 +152,21 @@ job() {
 # threads: several kld runs of THREADS each use the cores better than one).
 todo=()
 for t in $TYPES; do
-    todo+=("$t no")
-    if weighted "$t"; then todo+=("$t yes"); fi
+    todo+=("$t|no")
+    if weighted "$t"; then todo+=("$t|yes"); fi
 done
-[[ -n ${FP8_DIR:-} ]] && todo+=("release-fp8 no")
+if [[ -n ${EXTRA:-} ]]; then
+    IFS=';' read -ra extras <<<"$EXTRA"
+    for e in "${extras[@]}"; do
+        IFS='|' read -r label type args <<<"$e"
+        todo+=("extra|$label|$type|$args")
+    done
+fi
+[[ -n ${FP8_DIR:-} ]] && todo+=("release-fp8|")
 for m in "${todo[@]}"; do
     if late; then say "deadline: skipping '$m' and the rest"; break; fi
     while [[ $(jobs -rp | wc -l) -ge ${JOBS:-1} ]]; do wait -n || true; done
-    job $m &
+    job "$m" &
 done
 wait
 
