@@ -249,14 +249,14 @@ int pick_lpr(int64_t chunks, int U) {
     return l;
 }
 
-// DS3_CUDA_Q8_SHALLOW_ROWS=R (read once; default 0, off): products of ≥ R weight rows in
-// all (N times the MoE pairs) take the shallow variant. The H200 timings of
-// docs/performance.md favour fewer chunks in flight for the largest matrices; the knob
-// lets one binary measure a threshold before it becomes the default.
+// Products of ≥ R weight rows in all (N times the MoE pairs) take the shallow variant:
+// on the H200 fewer chunks in flight per lane (and so more warps per SM) stream the large
+// matrices faster (docs/performance.md: V3-width slice decode 344.7 → 375.6 tok/s at
+// R = 8192). DS3_CUDA_Q8_SHALLOW_ROWS=R moves the threshold (0: never), read once.
 int64_t shallow_rows() {
     static const int64_t r = [] {
         const char* e = std::getenv("DS3_CUDA_Q8_SHALLOW_ROWS");
-        return e ? std::max<int64_t>(0, std::atoll(e)) : int64_t(0);
+        return e ? std::max<int64_t>(0, std::atoll(e)) : int64_t(8192);
     }();
     return r;
 }
