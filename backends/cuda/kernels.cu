@@ -1,6 +1,8 @@
-// CUDA kernels of the fused ops (see kernels.h). Plain CUDA C++ for sm_80 and sm_90:
-// no tensor cores yet (the next slice adds them for prefill); decode is memory-bound and
-// these kernels read each weight byte once per step.
+// CUDA kernels of the matrix products and the element-wise ops (see kernels.h): the f32
+// GEMV and tiled GEMM over every weight type, get_rows, add/SwiGLU/copy, and the MoE decode
+// pairs. The integer decode GEMV is in gemv_q8.cu, MLA in mla.cu, routing in route.cu, the
+// row kernels (RMS norm, RoPE) in fused.cu. Plain CUDA C++ for sm_80 and sm_90, no tensor
+// cores yet.
 #include "backends/cuda/kernels.h"
 #include "backends/cuda/device_util.cuh"
 #include "backends/cuda/gemv_q8.h"
@@ -386,27 +388,6 @@ __global__ void get_rows_kernel(const void* w, int64_t cols, int64_t n_vocab, co
     }
 }
 
-__global__ void rms_norm_kernel(const float* x, const void* gain, WType wt, float eps, int64_t cols, float* y) {
-    const int64_t r = blockIdx.x;
-    const float* xr = x + r * cols;
-    double ss = 0.0;  // double as on the CPU: long rows stay exact enough
-    for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) ss += static_cast<double>(xr[i]) * xr[i];
-    __shared__ double part[32];
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = ss;
-    __syncthreads();
-    if (threadIdx.x < 32) {
-        double v = threadIdx.x < (blockDim.x >> 5) ? part[threadIdx.x] : 0.0;
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-        if (threadIdx.x == 0) part[0] = v;
-    }
-    __syncthreads();
-    const float inv = static_cast<float>(1.0 / sqrt(part[0] / static_cast<double>(cols) + eps));
-    for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) y[r * cols + i] = xr[i] * inv * load_w(wt, gain, i);
-}
-
 __global__ void add_kernel(const float* a, const float* b, int64_t n, float* y) {
     for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
          i += static_cast<int64_t>(gridDim.x) * blockDim.x)
@@ -425,31 +406,6 @@ __global__ void copy2d_kernel(const float* src, int64_t lds, float* dst, int64_t
          i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
         const int64_t r = i / cols, c = i % cols;
         dst[r * ldd + c] = src[r * lds + c];
-    }
-}
-
-__global__ void rope_kernel(RopeArgs a, const int32_t* positions, const float* x, float* y) {
-    const int64_t r = blockIdx.x;
-    const int half = a.rope_dim / 2;
-    // Everything outside the rope parts is copied; the rotation below writes the rest.
-    for (int64_t c = threadIdx.x; c < a.cols; c += blockDim.x) {
-        const int64_t in_head = c % a.head_dim;
-        const bool rot = c < static_cast<int64_t>(a.n_head) * a.head_dim && in_head >= a.rope_offset &&
-                         in_head < a.rope_offset + a.rope_dim;
-        if (!rot) y[r * a.cols + c] = x[r * a.cols + c];
-    }
-    const int total = a.n_head * half;
-    for (int idx = threadIdx.x; idx < total; idx += blockDim.x) {
-        const int h = idx / half, i = idx % half;
-        // Angles in double, as on the CPU: positions reach 10^5 and float loses pos·freq.
-        const double theta = static_cast<double>(positions[r]) * static_cast<double>(a.inv_freq[i]);
-        const float cs = static_cast<float>(cos(theta) * a.attn_factor);
-        const float sn = static_cast<float>(sin(theta) * a.attn_factor);
-        const int64_t off = r * a.cols + static_cast<int64_t>(h) * a.head_dim + a.rope_offset;
-        float* p = y + off;
-        const float x0 = x[off + 2 * i], x1 = x[off + 2 * i + 1];
-        p[2 * i] = x0 * cs - x1 * sn;
-        p[2 * i + 1] = x0 * sn + x1 * cs;
     }
 }
 
@@ -550,11 +506,6 @@ void get_rows(const void* w, WType wt, int64_t cols, int64_t n_vocab, const int3
     });
 }
 
-void rms_norm(const float* x, const void* gain, WType wt, float eps, int64_t rows, int64_t cols, float* y,
-              cudaStream_t s) {
-    if (rows > 0) rms_norm_kernel<<<static_cast<unsigned>(rows), 256, 0, s>>>(x, gain, wt, eps, cols, y);
-}
-
 void add(const float* a, const float* b, int64_t n, float* y, cudaStream_t s) {
     if (n > 0) add_kernel<<<grid_for(n, 256), 256, 0, s>>>(a, b, n, y);
 }
@@ -565,10 +516,6 @@ void swiglu(const float* g, const float* u, int64_t n, float* y, cudaStream_t s)
 
 void copy2d(const float* src, int64_t lds, float* dst, int64_t ldd, int64_t rows, int64_t cols, cudaStream_t s) {
     if (rows > 0 && cols > 0) copy2d_kernel<<<grid_for(rows * cols, 256), 256, 0, s>>>(src, lds, dst, ldd, rows, cols);
-}
-
-void rope(const RopeArgs& a, const int32_t* positions, const float* x, float* y, cudaStream_t s) {
-    if (a.rows > 0) rope_kernel<<<static_cast<unsigned>(a.rows), 128, 0, s>>>(a, positions, x, y);
 }
 
 

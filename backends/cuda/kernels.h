@@ -71,8 +71,6 @@ void gemv_swiglu(const GemmArgs& a, const void* up, cudaStream_t s);
 
 void get_rows(const void* w, WType wt, int64_t cols, int64_t n_vocab, const int32_t* ids, int64_t n, float* y,
               DevError* err, cudaStream_t s);
-void rms_norm(const float* x, const void* gain, WType wt, float eps, int64_t rows, int64_t cols, float* y,
-              cudaStream_t s);
 void add(const float* a, const float* b, int64_t n, float* y, cudaStream_t s);
 void swiglu(const float* g, const float* u, int64_t n, float* y, cudaStream_t s);
 // dst[r][c] = src[r][c] for r < rows, c < cols, with row strides lds and ldd (floats).
@@ -85,9 +83,8 @@ struct RopeArgs {
     float attn_factor = 1.0f;
     float inv_freq[kMaxRopeHalf] = {};
 };
-// y = x with the rope part of every head rotated (one pass: the copy is fused).
-void rope(const RopeArgs& a, const int32_t* positions, const float* x, float* y, cudaStream_t s);
-// The same with the angles computed once per row for all heads (fused.cu).
+// y = x with the rope part of every head rotated, in one pass (the copy is fused), the
+// angles computed once per row for all heads (fused.cu).
 void rope_rows(const RopeArgs& a, const int32_t* positions, const float* x, float* y, cudaStream_t s);
 // RMS norm, alone or fused with the residual adds before it (fused.cu), bit for bit the
 // unfused ops: v = a (b null), a + b, or with c: mid = a + b and v = c + mid; sum = v
