@@ -1,6 +1,8 @@
 #include "quantize/imatrix.h"
 
 #include <cstring>
+#include <map>
+#include <memory>
 
 #include "backends/cpu/ops.h"
 #include "models/deepseek2.h"
@@ -145,7 +147,9 @@ void ImatrixCollector::attach(Runner& r) {
             for (int64_t i = 0; i < ne0; ++i) s[i] += static_cast<double>(x[t * stride + i]) * x[t * stride + i];
         e.counts[static_cast<size_t>(mat)] += static_cast<double>(rows);
     };
-    r.set_observer([im, nt, add](const Node& n, std::span<const float* const> in) {
+    // Per layer, the latent rows MLA has seen (for W_vb's inputs, below).
+    auto caches = std::make_shared<std::map<int, std::vector<float>>>();
+    r.set_observer([im, nt, add, caches](const Node& n, std::span<const float* const> in) {
         switch (n.op) {
         case Op::mul_mat:
             add(*n.w[0], 0, in[0], n.rows, n.w[0]->ne[0]);
@@ -203,8 +207,19 @@ void ImatrixCollector::attach(Runner& r) {
         case Op::mla_attn: {
             // W_kb meets each head's q_nope (absorbed: q_nope·W_kb c): per-head columns.
             const AttnParams& p = n.attn;
-            const int64_t qdim = p.qk_nope + p.qk_rope;
-            for (int h = 0; h < p.n_head; ++h) add(*n.w[0], h, in[0] + h * qdim, n.rows, p.n_head * qdim);
+            const int64_t T = n.rows, qdim = p.qk_nope + p.qk_rope, width = p.kv_lora + p.qk_rope;
+            for (int h = 0; h < p.n_head; ++h) add(*n.w[0], h, in[0] + h * qdim, T, p.n_head * qdim);
+            // W_vb meets each head's attended latent, which exists only inside the op: the
+            // attention runs again here on the collector's own copy of the layer's cache
+            // (the node's latent and k_pe rows, appended batch by batch).
+            std::vector<float>& cache = (*caches)[n.layer];
+            const size_t need = static_cast<size_t>((p.pos0 + T) * width);
+            if (cache.size() < need) cache.resize(need);
+            std::vector<float> out(static_cast<size_t>(T * n.cols));
+            std::vector<float> ctx(static_cast<size_t>(T * p.n_head * p.kv_lora));
+            cpu::mla_attn(n, in[0], in[1], in[2], cache.data(), p.pos0 + T, out.data(), nt, ctx.data());
+            for (int h = 0; h < p.n_head; ++h)
+                add(*n.w[1], h, ctx.data() + h * p.kv_lora, T, static_cast<int64_t>(p.n_head) * p.kv_lora);
             return;
         }
         default:

@@ -49,10 +49,11 @@ struct Imatrix {
 };
 
 // Observes a Runner's CPU evaluation and accumulates its activations into an Imatrix:
-// inputs of mul_mat / logits / shared_ffn / moe_ffn (per routed expert) and the q_nope
-// input of MLA's W_kb per head; the inner activations of the FFNs (the input of ffn_down)
-// are recomputed from the node's input. W_vb's input (the attended latent) is not seen:
-// it gets no entry and is quantised unweighted.
+// inputs of mul_mat / logits / shared_ffn / moe_ffn (per routed expert), the q_nope input
+// of MLA's W_kb per head and the attended latent, W_vb's input, per head. Activations
+// inside fused ops are recomputed from the node's inputs: the input of ffn_down (SwiGLU of
+// gate and up), and the attended latent (the attention again, on the collector's own copy
+// of each layer's latent cache).
 class ImatrixCollector {
 public:
     ImatrixCollector(const Deepseek2Model& model, Imatrix& out, int n_threads);

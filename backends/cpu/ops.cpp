@@ -206,7 +206,7 @@ void rope(const Node& n, const int32_t* positions, float* y) {
 }
 
 void mla_attn(const Node& n, const float* q, const float* latent, const float* k_pe, float* cache,
-              int64_t n_ctx, float* out, int n_threads) {
+              int64_t n_ctx, float* out, int n_threads, float* ctx_out) {
     const AttnParams& p = n.attn;
     const int64_t T = n.rows, width = p.kv_lora + p.qk_rope, qdim = p.qk_nope + p.qk_rope;
     if (p.pos0 < 0 || p.pos0 + T > n_ctx)
@@ -262,6 +262,8 @@ void mla_attn(const Node& n, const float* q, const float* latent, const float* k
                     const float* row = cache + s * width;
                     for (int j = 0; j < p.kv_lora; ++j) ctx[static_cast<size_t>(j)] += a * row[j];
                 }
+                if (ctx_out)
+                    std::copy(ctx.begin(), ctx.end(), ctx_out + (t * p.n_head + h) * static_cast<int64_t>(p.kv_lora));
                 // W_vb after attention: the attended latent back to v_head values.
                 float* o = out + t * p.n_head * p.v_head + h * p.v_head;
                 for (int i = 0; i < p.v_head; ++i) o[i] = dot_f32(vb.data() + i * p.kv_lora, ctx.data(), p.kv_lora);

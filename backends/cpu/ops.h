@@ -28,8 +28,9 @@ void swiglu(const float* gate, const float* up, int64_t n, float* y);
 void rope(const Node& n, const int32_t* positions, float* y);
 // Writes the batch's latent + k_pe rows into `cache` ([n_ctx][kv_lora + qk_rope]) at
 // positions pos0..pos0+T-1, then attends causally over positions 0..pos0+T-1.
+// ctx_out (optional, [T][n_head][kv_lora]): the attended latents, W_vb's inputs.
 void mla_attn(const Node& n, const float* q, const float* latent, const float* k_pe, float* cache,
-              int64_t n_ctx, float* out, int n_threads);
+              int64_t n_ctx, float* out, int n_threads, float* ctx_out = nullptr);
 void moe_route(const Node& n, const float* x, float* out, int n_threads);
 void moe_ffn(const Node& n, const float* x, const float* route, float* out, int n_threads);
 void shared_ffn(const Node& n, const float* x, float* out, int n_threads);

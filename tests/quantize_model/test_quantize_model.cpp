@@ -194,6 +194,37 @@ TEST_CASE("imatrix: collect, round trip, per-expert counts, and it changes the q
     CHECK(im.entries.at("blk.0.ffn_down.weight").counts[0] == 80);
     CHECK(im.entries.at("blk.0.ffn_down.weight").ne0 == 384);
     CHECK(im.entries.at("blk.2.attn_k_b.weight").n_mat == 4);  // per head
+    // W_vb's inputs, the attended latents, per head: every token of every chunk.
+    const auto& vb = im.entries.at("blk.2.attn_v_b.weight");
+    CHECK(vb.n_mat == 4);
+    for (int h = 0; h < 4; ++h) CHECK(vb.counts[size_t(h)] == 80);
+    for (double v : vb.in_sum2) {
+        REQUIRE(std::isfinite(v));
+        REQUIRE(v > 0);
+    }
+    {
+        // The same token twice: layer 0's latent rows are then equal (no position enters
+        // them), so whatever the attention weights, W_vb's input is that latent for both
+        // tokens and every head: Σx² = 2·latent² — the collector's re-run attention
+        // against `ds3 eval`.
+        const fs::path one = dir / "one.gguf", dump = dir / "dump";
+        REQUIRE(test::run_ds3({"imatrix", "-m", f32.string(), "--tokens", "77,77", "-o", one.string(), "-t", "2"})
+                    .exit_code == 0);
+        REQUIRE(test::run_ds3({"eval", "-m", f32.string(), "--tokens", "77,77", "--dump", "l0.kv_latent", "--dump-dir",
+                               dump.string(), "--logits-out", (dir / "logits.f32").string()})
+                    .exit_code == 0);
+        const std::string raw = test::read_file(dump / "l0.kv_latent.f32");
+        std::vector<float> lat(raw.size() / 4);
+        std::memcpy(lat.data(), raw.data(), lat.size() * 4);
+        const size_t L = lat.size() / 2;  // [2 tokens][kv_lora]
+        for (size_t j = 0; j < L; ++j) REQUIRE(lat[j] == lat[L + j]);
+        const quant::Imatrix im1 = quant::Imatrix::load(one.string());
+        const auto& e = im1.entries.at("blk.0.attn_v_b.weight");
+        REQUIRE(e.ne0 == int64_t(L));
+        for (int64_t h = 0; h < e.n_mat; ++h)
+            for (size_t j = 0; j < L; ++j)
+                REQUIRE(e.in_sum2[size_t(h) * L + j] == Approx(2.0 * lat[j] * lat[j]).epsilon(1e-5).margin(1e-12));
+    }
     CHECK(im.entries.at("output.weight").counts[0] == 80);
     std::vector<float> imp;
     REQUIRE(im.importance("blk.0.attn_q_a.weight", 0, 256, imp));
