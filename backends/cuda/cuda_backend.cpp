@@ -752,10 +752,15 @@ private:
         a.M = rows;
         a.N = w.ne[1];
         a.K = w.ne[0];
-        const size_t sb = rows <= 8 ? cuda::gemv_scratch_bytes(a.wt, rows, a.K) : 0;
         std::optional<Scratch> sq;
-        if (sb) a.scratch = sq.emplace(*pool_, sb).f();
+        gemv_scratch(a, sq);
         cuda::gemm(a, stream_);
+    }
+
+    // The integer GEMV's scratch for `a` (its activation rows quantised), held in `slot`
+    // until the product is enqueued; none where the f32 kernels run (gemv_scratch_bytes 0).
+    void gemv_scratch(cuda::GemmArgs& a, std::optional<Scratch>& slot) {
+        if (const size_t n = cuda::gemv_scratch_bytes(a.wt, a.M, a.K, a.batch)) a.scratch = slot.emplace(*pool_, n).f();
     }
 
     void rope(const Node& n, const float* x, const int32_t* pos, float* y) {
@@ -816,7 +821,7 @@ private:
         a.batch = static_cast<int>(H);
         // Decode: the per-head products on the integer GEMV (each head's q row quantised).
         std::optional<Scratch> sa, sb;
-        if (const size_t n = cuda::gemv_scratch_bytes(a.wt, T, a.K, a.batch)) a.scratch = sa.emplace(*pool_, n).f();
+        gemv_scratch(a, sa);
         cuda::gemm(a, stream_);
         sub_mark("mla.k_b");
         // q_pe after it: rows (t, h) of q are qdim apart, rows of qcat width apart.
@@ -847,7 +852,7 @@ private:
         b.N = p.v_head;
         b.K = p.kv_lora;
         b.batch = static_cast<int>(H);
-        if (const size_t n = cuda::gemv_scratch_bytes(b.wt, T, b.K, b.batch)) b.scratch = sb.emplace(*pool_, n).f();
+        gemv_scratch(b, sb);
         cuda::gemm(b, stream_);
         sub_mark("mla.v_b");
     }
@@ -1013,9 +1018,8 @@ private:
             a.M = T;
             a.N = F;
             a.K = n.w[0]->ne[0];
-            const size_t sb = cuda::gemv_scratch_bytes(a.wt, T, a.K);
             std::optional<Scratch> sq;
-            if (sb) a.scratch = sq.emplace(*pool_, sb).f();
+            gemv_scratch(a, sq);
             cuda::gemv_swiglu(a, weight(*n.w[1]), stream_);
             matmul(*n.w[2], act.f(), T, out);
             return;
