@@ -317,16 +317,26 @@ void q2_K_from_float_ref(const float* src, void* dst, int64_t n, const float* im
     }
 }
 
+namespace {
+
+// The sixteen 16-element sub-blocks of a 256-block, each fitted symmetrically to levels
+// [nmin, nmax] with its own importance (Q3_K, Q6_K): scales to sc, levels to L.
+void fit_sub16(const float* x, const float* imp, int nmin, int nmax, int8_t* L, float* sc) {
+    for (int s = 0; s < 16; ++s) {
+        const float* w = block_importance(imp ? imp + 16 * s : nullptr, 16);
+        sc[s] = fit_symmetric(16, x + 16 * s, w, nmin, nmax, 9, L + 16 * s);
+    }
+}
+
+}  // namespace
+
 void q3_K_from_float_ref(const float* src, void* dst, int64_t n, const float* importance) {
     auto* b = static_cast<BlockQ3_K*>(dst);
     for (int64_t i = 0; i < n / kQK_K; ++i, src += kQK_K) {
         const float* imp = importance ? importance + i * kQK_K : nullptr;
         int8_t L[kQK_K];
         float sc[16];
-        for (int s = 0; s < 16; ++s) {
-            const float* w = block_importance(imp ? imp + 16 * s : nullptr, 16);
-            sc[s] = fit_symmetric(16, src + 16 * s, w, -4, 3, 9, L + 16 * s);
-        }
+        fit_sub16(src, imp, -4, 3, L, sc);
         // Signed 6-bit scales: the largest |scale| maps to -32.
         const float max = signed_absmax(sc, 16);
         std::memset(b[i].scales, 0, sizeof b[i].scales);
@@ -393,10 +403,7 @@ void q6_K_from_float_ref(const float* src, void* dst, int64_t n, const float* im
         const float* imp = importance ? importance + i * kQK_K : nullptr;
         int8_t L[kQK_K];
         float sc[16];
-        for (int s = 0; s < 16; ++s) {
-            const float* w = block_importance(imp ? imp + 16 * s : nullptr, 16);
-            sc[s] = fit_symmetric(16, src + 16 * s, w, -32, 31, 9, L + 16 * s);
-        }
+        fit_sub16(src, imp, -32, 31, L, sc);
         // 8-bit signed scales: the largest |scale| maps to -128.
         const float max = signed_absmax(sc, 16);
         float df = 0;
