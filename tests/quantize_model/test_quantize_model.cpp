@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <nlohmann/json.hpp>
 
 #include "common.h"
 #include "models/runner.h"
@@ -268,6 +269,69 @@ TEST_CASE("kld of a file against itself is zero with full agreement", "[kld][con
     r = test::run_ds3({"kld", "-m", f32.string(), "--reference", f32.string()});
     CHECK(r.exit_code != 0);
     CHECK_THAT(r.err, Catch::Contains("exactly one of"));
+}
+
+TEST_CASE("kld --score-from scores only the later positions of each chunk", "[kld][conformance]") {
+    DS3_REQUIRE_FIXTURES(fx);
+    const fs::path f32 = tiny_f32(fx);
+    const fs::path dir = test::scratch_dir("quant_kld_from");
+    const fs::path q = dir / "q4.gguf";
+    REQUIRE(test::run_ds3({"quantize", f32.string(), q.string(), "q4_0"}).exit_code == 0);
+    auto kld = [&](const fs::path& m, const std::string& ids, const std::string& c, const std::string& from) {
+        auto r = test::run_ds3({"kld", "-m", m.string(), "--reference", f32.string(), "--tokens", ids, "-c", c,
+                                "--score-from", from, "--json"});
+        INFO(r.err);
+        REQUIRE(r.exit_code == 0);
+        return nlohmann::json::parse(r.out);
+    };
+    // 11 tokens in chunks of 5: 5 + 5 + 1. From 2: positions 2..4 of the full chunks; the
+    // last chunk (1 token) is all context.
+    const std::string ids = "0,5,17,300,42,900,1000,3,77,8,123";
+    auto j = kld(f32, ids, "5", "2");
+    CHECK(j["tokens"] == 6);
+    CHECK(j["tokens_evaluated"] == 11);
+    CHECK(j["score_from"] == 2);
+    CHECK(j["targets"] == 4);  // positions 2, 3 of each full chunk have a next token there
+    CHECK(j["kld_mean"] == 0.0);
+    CHECK(j["top1_agreement"] == 1.0);
+    CHECK(j["ppl_ratio"] == 1.0);
+    CHECK_THAT(j["scoring"].get<std::string>(), Catch::Contains("the first 2 are context only"));
+    CHECK(kld(f32, ids, "5", "0")["tokens"] == 11);
+
+    // Causality: the first 2 positions of a chunk see the same context as a chunk of 2
+    // tokens, so the KL sums add up: all positions = positions 0..1 + positions 2..4 (to
+    // float rounding: a batch of 2 and one of 5 round differently; scoring the wrong
+    // positions would be off by far more).
+    const std::string chunk = "0,5,17,300,42";
+    auto all = kld(q, chunk, "5", "0"), head = kld(q, "0,5", "5", "0"), tail = kld(q, chunk, "5", "2");
+    REQUIRE(all["tokens"] == 5);
+    REQUIRE(head["tokens"] == 2);
+    REQUIRE(tail["tokens"] == 3);
+    const double sum_all = 5 * all["kld_mean"].get<double>();
+    CHECK(sum_all > 1e-4);  // q4_0 really differs, so the check below means something
+    CHECK(sum_all == Approx(2 * head["kld_mean"].get<double>() + 3 * tail["kld_mean"].get<double>()).epsilon(1e-6));
+    const double agree_all = 5 * all["top1_agreement"].get<double>();
+    CHECK(agree_all == Approx(2 * head["top1_agreement"].get<double>() + 3 * tail["top1_agreement"].get<double>()));
+
+    // Errors: K must leave each chunk a scored position, and the text must reach one.
+    auto r = test::run_ds3({"kld", "-m", f32.string(), "--reference", f32.string(), "--tokens", ids, "-c", "5",
+                            "--score-from", "5"});
+    CHECK(r.exit_code != 0);
+    CHECK_THAT(r.err, Catch::Contains("--score-from must be in [0, -c)"));
+    r = test::run_ds3({"kld", "-m", f32.string(), "--reference", f32.string(), "--tokens", ids, "-c", "5",
+                       "--score-from", "-1"});
+    CHECK(r.exit_code != 0);
+    CHECK_THAT(r.err, Catch::Contains("--score-from must be in [0, -c)"));
+    r = test::run_ds3({"kld", "-m", f32.string(), "--reference", f32.string(), "--tokens", "0,5,17", "-c", "5",
+                       "--score-from", "3"});
+    CHECK(r.exit_code != 0);
+    CHECK_THAT(r.err, Catch::Contains("3 tokens leave no position to score with --score-from 3"));
+    // The text output says which convention was used.
+    r = test::run_ds3({"kld", "-m", f32.string(), "--reference", f32.string(), "--tokens", ids, "-c", "5",
+                       "--score-from", "2"});
+    REQUIRE(r.exit_code == 0);
+    CHECK_THAT(r.out, Catch::Contains("6 scored of 11"));
+    CHECK_THAT(r.out, Catch::Contains("standard error 0.00%"));
 }
 
 TEST_CASE("one-pass convert equals convert-then-quantize; fp8 keeps the release's bytes", "[convert][conformance]") {
