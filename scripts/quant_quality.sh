@@ -6,35 +6,51 @@
 # docs/quantization.md (plus the f32 model's perplexity on EVAL.txt).
 #
 #   scripts/quant_quality.sh MODEL_DIR EVAL.txt CALIB.txt [OUTDIR]
-#   scripts/quant_quality.sh --table RESULTS.tsv [CTX]   (the table again, from results.tsv)
+#   scripts/quant_quality.sh --table RESULTS.tsv [CTX [SCORE_FROM]]   (the table again, from results.tsv)
 #
 # Environment: DS3 (the binary; default build/bin/ds3), THREADS (-t; default 0 = all),
-# CTX (chunk length of kld and imatrix; default 512), JOBS (measurements run at once,
-# each with THREADS threads; default 1), TYPES (space-separated list; default
-# every type of the tables), EXTRA (more rows: "LABEL|TYPE|quantize args;...", e.g.
-# "Q8_0, f32 head|Q8_0|--tensor-type output\.weight=f32"), PREP_THREADS (threads of
-# the imatrix run; default THREADS), FP8_DIR (an FP8 release of the same weights: adds a row for
-# `convert --outtype fp8`, which keeps its bytes), DEADLINE (seconds since the epoch:
-# start no new measurement after it; the table then holds what finished), REUSE=1 (keep
-# OUTDIR's f32.gguf and imatrix.gguf from an earlier run), KEEP=1 (keep
-# the quantized files), RESULTS / QQLOG (where results.tsv and log.txt go, default in
-# OUTDIR). OUTDIR (default ./qq-out) gets f32.gguf, bf16.gguf, imatrix.gguf,
-# results.tsv (one line per measurement, appended as it finishes), table.md and log.txt.
+# CTX (chunk length of kld and imatrix; default 512), SCORE_FROM (kld --score-from: the
+# first SCORE_FROM positions of each chunk are context only, not scored; default 0 =
+# every position; llama.cpp's perplexity --kl-divergence scores the second half, CTX/2),
+# JOBS (measurements run at once, each with THREADS threads; default 1), TYPES
+# (space-separated list; default every type of the tables), EXTRA (more rows:
+# "LABEL|TYPE|quantize args|kld args;...", e.g. "Q8_0, f32 head|Q8_0|--tensor-type
+# output\.weight=f32" or "Q8_0, second half scored|Q8_0||--score-from 256"; a row runs
+# right after its TYPE's rows when TYPE is in TYPES, else at the end), PREP_THREADS
+# (threads of the imatrix run; default THREADS), FP8_DIR (an FP8 release of the same
+# weights: adds a row for `convert --outtype fp8`, which keeps its bytes), DEADLINE
+# (seconds since the epoch: start no new measurement after it; the table then holds what
+# finished), STOP (seconds since the epoch: every ds3 run still going then is stopped and
+# its row left out, so the script ends by STOP plus a few seconds; no measurement starts
+# when less time is left than the quickest one so far took), REUSE=1 (keep OUTDIR's
+# f32.gguf and imatrix.gguf from an earlier run), KEEP=1 (keep the quantized files),
+# RESULTS / QQLOG (where results.tsv and log.txt go, default in OUTDIR). OUTDIR (default
+# ./qq-out) gets f32.gguf, bf16.gguf, imatrix.gguf, results.tsv (one line per
+# measurement, appended as it finishes), table.md and log.txt.
 set -euo pipefail
 
 # The table from a results.tsv: one row per label, the imatrix columns from its "yes" line.
+# The header describes the rows scored with SCORE_FROM ($3); a row scored otherwise (an
+# EXTRA row with its own --score-from) says so in its label.
 table() {
-    python3 - "$1" "$2" <<'EOF'
-import csv, sys
+    python3 - "$1" "$2" "${3:-0}" <<'EOF'
+import csv, math, sys
 rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
+ctx, sf = sys.argv[2], int(sys.argv[3])
 order = ["Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "Q2_K", "q5_K", "q4_K", "q3_K", "iq4_xs", "q4_0", "fp8", "bf16", "f16"]
+# Each type's extra rows (other labels) right after its own row.
 plain = sorted((r for r in rows if r["imatrix"] == "no"),
-               key=lambda r: order.index(r["label"]) if r["label"] in order else len(order))
+               key=lambda r: (order.index(r["type"]) if r["type"] in order else len(order), r["label"] != r["type"]))
 im = {r["label"]: r for r in rows if r["imatrix"] == "yes"}
-if rows:
-    r0 = rows[0]  # every line has the same reference
-    print(f"f32 reference: perplexity {float(r0['ppl_ref']):.4f} on {r0['tokens']} tokens (chunks of {sys.argv[2]}); "
-          f"median gap between its two best logits {float(r0['margin']):.3f}\n")
+scored = lambda k: ("every position of each chunk" if k == 0 else
+                    f"positions {k}.. of each chunk, the first {k} context only (kld --score-from {k})")
+main = [r for r in rows if int(r.get("score_from") or 0) == sf]
+if main:
+    r0 = main[0]  # every line with the same scoring has the same reference
+    n = int(r0["tokens"])
+    print(f"f32 reference: perplexity {float(r0['ppl_ref']):.4f} on {n} scored tokens (chunks of {ctx}; scored: "
+          f"{scored(sf)}); median gap between its two best logits {float(r0['margin']):.3f}; standard error of "
+          f"top-1 at 99 %: {100 * math.sqrt(0.99 * 0.01 / n):.2f} %\n")
 print("| type | bits/weight | size | mean KLD | 99% KLD | top-1 | ppl ratio | mean KLD, imatrix | 99% KLD, imatrix "
       "| top-1, imatrix | ppl ratio, imatrix |")
 print("|---|---|---|---|---|---|---|---|---|---|---|")
@@ -42,13 +58,16 @@ for r in plain:
     i = im.get(r["label"])
     imc = (f"{float(i['kld_mean']):.6f} | {float(i['kld_p99']):.6f} | {100 * float(i['top1']):.2f}% | "
            f"{float(i['ppl_ratio']):.4f}") if i else "— | — | — | —"
-    print(f"| {r['label']} | {r['bits_per_weight']} | {r['mib']} MiB | {float(r['kld_mean']):.6f} | "
+    label, k = r["label"], int(r.get("score_from") or 0)
+    if k != sf:
+        label += f" [scored: {scored(k)}; {r['tokens']} tokens, reference ppl {float(r['ppl_ref']):.4f}]"
+    print(f"| {label} | {r['bits_per_weight']} | {r['mib']} MiB | {float(r['kld_mean']):.6f} | "
           f"{float(r['kld_p99']):.6f} | {100 * float(r['top1']):.2f}% | {float(r['ppl_ratio']):.4f} | {imc} |")
 EOF
 }
 
-if [[ ${1:-} == --table ]]; then  # scripts/quant_quality.sh --table results.tsv [CTX]
-    table "$2" "${3:-512}"
+if [[ ${1:-} == --table ]]; then  # scripts/quant_quality.sh --table results.tsv [CTX [SCORE_FROM]]
+    table "$2" "${3:-512}" "${4:-0}"
     exit 0
 fi
 if [[ $# -lt 3 || $# -gt 4 ]]; then
@@ -63,8 +82,10 @@ HERE=$(cd "$(dirname "$0")/.." && pwd)
 DS3=${DS3:-$HERE/build/bin/ds3}
 THREADS=${THREADS:-0}
 CTX=${CTX:-512}
+SCORE_FROM=${SCORE_FROM:-0}
 TYPES=${TYPES:-"Q8_0 Q6_K Q5_K_M Q4_K_M Q3_K_M Q2_K q5_K q4_K q3_K iq4_xs q4_0 fp8 bf16 f16"}
 DEADLINE=${DEADLINE:-0}
+STOP=${STOP:-0}
 
 for f in "$MODEL/config.json" "$EVAL" "$CALIB"; do
     [[ -f $f ]] || { echo "quant_quality: $f: not found" >&2; exit 2; }
@@ -74,11 +95,30 @@ mkdir -p "$OUT"
 LOG=${QQLOG:-$OUT/log.txt}
 RES=${RESULTS:-$OUT/results.tsv}
 : >"$LOG"
-printf 'label\ttype\timatrix\tbits_per_weight\tmib\tkld_mean\tkld_p99\ttop1\tppl\tppl_ref\tppl_ratio\ttokens\tmargin\tseconds\n' >"$RES"
+printf 'label\ttype\timatrix\tbits_per_weight\tmib\tkld_mean\tkld_p99\ttop1\tppl\tppl_ref\tppl_ratio\ttokens\tmargin\tscore_from\ttop1_se\tseconds\n' >"$RES"
 
 say() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$LOG" >&2; }
-run() { say "\$ $*"; "$@" >>"$LOG" 2>&1; }
-late() { [[ $DEADLINE -gt 0 && $(date +%s) -ge $DEADLINE ]]; }
+# A command, stopped at STOP when that is set (and failing at once past it).
+bounded() {
+    if [[ $STOP -gt 0 ]]; then
+        local left=$((STOP - $(date +%s)))
+        [[ $left -gt 0 ]] || { say "STOP passed: not running $*"; return 124; }
+        timeout -k 5 "$left" "$@"
+    else
+        "$@"
+    fi
+}
+run() { say "\$ $*"; bounded "$@" >>"$LOG" 2>&1; }
+# No new measurement after DEADLINE, nor when less time is left before STOP than the
+# quickest finished measurement took (it could not finish).
+late() {
+    local now quickest
+    now=$(date +%s)
+    [[ $DEADLINE -gt 0 && $now -ge $DEADLINE ]] && return 0
+    [[ $STOP -gt 0 ]] || return 1
+    quickest=$(awk -F'\t' 'NR > 1 && (m == "" || $NF < m) { m = $NF } END { print m + 0 }' "$RES")
+    [[ $((STOP - now)) -le $quickest ]]
+}
 
 # bits/weight and MiB of a GGUF's tensor data (every tensor counted).
 sizes() {
@@ -90,25 +130,33 @@ b = j["tensor_bytes"]
 print(f"{8 * b / n:.2f}\t{b / 2**20:.1f}")'
 }
 
-# kld of $1 against the f32 file -> one results line (label, type, imatrix flag).
+# kld of $1 against the f32 file -> one results line (label, type, imatrix flag, more kld
+# args: a --score-from there replaces SCORE_FROM).
 measure() {
-    local file=$1 label=$2 type=$3 im=$4 t0 js vals line
+    local file=$1 label=$2 type=$3 im=$4 kargs=${5:-} t0 js vals line
+    local sf=(--score-from "$SCORE_FROM")
+    [[ " $kargs " == *" --score-from "* ]] && sf=()
     t0=$(date +%s)
-    say "kld $label (imatrix: $im)"
-    js=$("$DS3" kld -m "$file" --reference "$OUT/f32.gguf" -f "$EVAL" -c "$CTX" -t "$THREADS" --json 2>>"$LOG")
+    say "kld $label (imatrix: $im${kargs:+; $kargs})"
+    # shellcheck disable=SC2086
+    if ! js=$(bounded "$DS3" kld -m "$file" --reference "$OUT/f32.gguf" -f "$EVAL" -c "$CTX" -t "$THREADS" \
+        "${sf[@]}" $kargs --json 2>>"$LOG"); then
+        say "kld $label (imatrix: $im) failed or was stopped: no row"
+        return 0
+    fi
     echo "$js" >>"$LOG"
     vals=$(echo "$js" | python3 -c '
 import json, sys
 j = json.load(sys.stdin)
 print("\t".join(str(j[k]) for k in ("kld_mean", "kld_p99", "top1_agreement", "ppl", "ppl_reference", "ppl_ratio",
-                                      "tokens", "ref_top1_margin_median")))')
+                                      "tokens", "ref_top1_margin_median", "score_from", "top1_agreement_se")))')
     line=$(printf '%s\t%s\t%s\t%s\t%s\t%s' "$label" "$type" "$im" "$(sizes "$file")" "$vals" "$(($(date +%s) - t0))")
     echo "$line" >>"$RES"
     say "$line"
 }
 
 T0=$(date +%s)
-say "ds3: $("$DS3" version 2>&1 | head -1); model $MODEL; eval $EVAL ($(wc -c <"$EVAL") bytes); calib $CALIB ($(wc -c <"$CALIB") bytes); chunks of $CTX"
+say "ds3: $("$DS3" version 2>&1 | head -1); model $MODEL; eval $EVAL ($(wc -c <"$EVAL") bytes); calib $CALIB ($(wc -c <"$CALIB") bytes); chunks of $CTX, scored from position $SCORE_FROM"
 if [[ ${REUSE:-0} == 1 && -f $OUT/f32.gguf && -f $OUT/imatrix.gguf ]]; then
     say "REUSE=1: keeping $OUT/f32.gguf and $OUT/imatrix.gguf"
 else
@@ -120,29 +168,30 @@ fi
 # Types whose quantisers use importance (the float types, q8_0 and fp8 ignore it).
 weighted() { case $1 in Q8_0 | fp8 | bf16 | f16 | f32) return 1 ;; *) return 0 ;; esac; }
 
-# One measurement (T|no, T|yes: with the imatrix, extra|LABEL|TYPE|ARGS, release-fp8|):
+# One measurement (T|no, T|yes: with the imatrix, extra|LABEL|TYPE|ARGS|KLD ARGS, release-fp8|):
 # quantize (or convert, for the FP8 release) then kld; the file is removed after unless
 # KEEP=1.
 job() {
-    local t im label args q
-    IFS='|' read -r t im label args <<<"$1"
+    local t im label args kargs q
+    IFS='|' read -r t im label args kargs <<<"$1"
     if [[ $t == release-fp8 ]]; then
         q=$OUT/fp8-release.gguf
-        run "$DS3" convert "$FP8_DIR" -o "$q" --outtype fp8 --no-progress
+        run "$DS3" convert "$FP8_DIR" -o "$q" --outtype fp8 --no-progress || return 0
         measure "$q" "fp8 (the release's FP8, convert --outtype fp8)" fp8 no
     elif [[ $t == extra ]]; then
         q=$OUT/q-extra-$BASHPID.gguf
         set -f  # ARGS are words (--tensor-type REGEX=TYPE ...), never globs
         # shellcheck disable=SC2086
-        run "$DS3" quantize "$OUT/f32.gguf" "$q" "$label" $args -t "$THREADS" --no-progress -v
-        measure "$q" "$im" "$label" no
+        run "$DS3" quantize "$OUT/f32.gguf" "$q" "$label" $args -t "$THREADS" --no-progress -v || return 0
+        measure "$q" "$im" "$label" no "$kargs"
     elif [[ $im == yes ]]; then
         q=$OUT/q-$t-im.gguf
-        run "$DS3" quantize "$OUT/f32.gguf" "$q" "$t" --imatrix "$OUT/imatrix.gguf" -t "$THREADS" --no-progress
+        run "$DS3" quantize "$OUT/f32.gguf" "$q" "$t" --imatrix "$OUT/imatrix.gguf" -t "$THREADS" --no-progress ||
+            return 0
         measure "$q" "$t" "$t" yes
     else
         q=$OUT/q-$t.gguf
-        run "$DS3" quantize "$OUT/f32.gguf" "$q" "$t" -t "$THREADS" --no-progress -v
+        run "$DS3" quantize "$OUT/f32.gguf" "$q" "$t" -t "$THREADS" --no-progress -v || return 0
         measure "$q" "$t" "$t" no
     fi
     [[ ${KEEP:-0} == 1 ]] || rm -f "$q"
@@ -150,26 +199,34 @@ job() {
 
 # The measurements in order, JOBS at a time (small models scale poorly over many
 # threads: several kld runs of THREADS each use the cores better than one).
+extras=()
+if [[ -n ${EXTRA:-} ]]; then IFS=';' read -ra extras <<<"$EXTRA"; fi
+# EXTRA rows of TYPE: right after TYPE's own rows when TYPE is measured, else at the end.
+extras_of() {
+    local e label type args kargs
+    for e in "${extras[@]}"; do
+        IFS='|' read -r label type args kargs <<<"$e"
+        if [[ $type == "$1" ]]; then todo+=("extra|$label|$type|$args|$kargs"); fi
+    done
+}
 todo=()
 for t in $TYPES; do
     todo+=("$t|no")
     if weighted "$t"; then todo+=("$t|yes"); fi
+    extras_of "$t"
 done
-if [[ -n ${EXTRA:-} ]]; then
-    IFS=';' read -ra extras <<<"$EXTRA"
-    for e in "${extras[@]}"; do
-        IFS='|' read -r label type args <<<"$e"
-        todo+=("extra|$label|$type|$args")
-    done
-fi
+for e in "${extras[@]}"; do
+    IFS='|' read -r label type args kargs <<<"$e"
+    if [[ " $TYPES " != *" $type "* ]]; then todo+=("extra|$label|$type|$args|$kargs"); fi
+done
 [[ -n ${FP8_DIR:-} ]] && todo+=("release-fp8|")
 for m in "${todo[@]}"; do
-    if late; then say "deadline: skipping '$m' and the rest"; break; fi
     while [[ $(jobs -rp | wc -l) -ge ${JOBS:-1} ]]; do wait -n || true; done
+    if late; then say "deadline: skipping '$m' and the rest"; break; fi
     job "$m" &
 done
 wait
 
-table "$RES" "$CTX" >"$OUT/table.md"
+table "$RES" "$CTX" "$SCORE_FROM" >"$OUT/table.md"
 cat "$OUT/table.md"
 say "done in $(($(date +%s) - T0)) s"
