@@ -33,7 +33,7 @@ tokenizer_config.json, generation_config.json copied from --tokenizer. With --fp
 OUT-fp8/: the same weights with every linear weight of attention and MLPs in FP8 e4m3
 with 128x128 weight_scale_inv tiles, as the real release stores them.
 
-Usage: python3 scripts/train_tiny_v3.py --tokenizer DIR --out DIR [--minutes 3] [--fp8]
+Usage: python3 scripts/train_tiny_v3.py --tokenizer DIR --out DIR [--minutes 5] [--fp8]
 """
 import argparse
 import glob
@@ -160,14 +160,17 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tokenizer", required=True, help="directory with DeepSeek-V3's tokenizer.json")
     ap.add_argument("--out", required=True, help="output directory (release layout)")
-    ap.add_argument("--minutes", type=float, default=3.0, help="training time budget")
+    ap.add_argument("--minutes", type=float, default=5.0, help="training time budget")
     ap.add_argument("--seq", type=int, default=512)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--train-mb", type=float, default=64.0, help="most training text read (MB)")
-    ap.add_argument("--eval-kb", type=float, default=24.0)
+    ap.add_argument("--train-mb", type=float, default=160.0, help="most training text read (MB)")
+    ap.add_argument("--eval-kb", type=float, default=48.0, help="eval.txt size (KB; about 250 tokens per KB)")
     ap.add_argument("--calib-kb", type=float, default=64.0)
     ap.add_argument("--eval-ctx", type=int, default=512, help="chunk length of the eval (ds3 kld -c)")
+    ap.add_argument("--score-from", type=int, default=None,
+                    help="also the eval.txt perplexity over positions >= this of each chunk (ds3 kld --score-from); "
+                         "default eval-ctx/2")
     ap.add_argument("--heldout-tokens", type=int, default=65536, help="held-out tokens for the final loss")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--fp8", action="store_true", help="also write OUT-fp8 (FP8 e4m3, 128x128 scales)")
@@ -211,18 +214,18 @@ def main():
         if n_bytes >= args.train_mb * 1e6:
             break
     enc = tok.encode_batch(train_docs, add_special_tokens=False)
-    stream = []
-    for e in enc:
-        stream.append(0)  # BOS starts every file, as documents in pre-training
-        stream.extend(e.ids)
-    data = torch.tensor(stream, dtype=torch.int32, device=dev)
+    # BOS starts every file, as documents in pre-training. One tensor per file, then one
+    # concatenation: a Python list of ~50 M ints would take gigabytes and seconds.
+    data = torch.cat([torch.tensor([0] + e.ids, dtype=torch.int32) for e in enc]).to(dev)
+    del enc
+    n_stream = len(data)
     # The eval text as ds3 kld -f reads it: BOS, then the text without special tokens.
     eval_ids = [0] + tok.encode(eval_text, add_special_tokens=False).ids
     held = []
     for e in tok.encode_batch([read_text(f) or "" for f in by["eval"]], add_special_tokens=False):
         held += [0] + e.ids
     held = torch.tensor(held, dtype=torch.int32, device=dev)
-    print(f"data: train {len(train_docs)} files, {n_bytes / 1e6:.1f} MB, {len(stream)} tokens; held-out "
+    print(f"data: train {len(train_docs)} files, {n_bytes / 1e6:.1f} MB, {n_stream} tokens; held-out "
           f"{len(held)} tokens; eval.txt {len(eval_text.encode())} bytes, {len(eval_ids)} tokens; calib.txt "
           f"{len(calib_text.encode())} bytes ({time.time() - t_start:.1f} s)", flush=True)
 
@@ -404,19 +407,20 @@ def main():
             p.copy_(p.to(torch.bfloat16).float())
 
     @torch.no_grad()
-    def chunked_nll(ids, ctx):
-        """Mean NLL over each chunk's next-token targets, chunks of ctx from an empty cache:
-        what ds3 kld reports as the reference's perplexity. float32, bf16-rounded weights."""
+    def chunked_nll(ids, ctx, k0=0):
+        """Mean NLL over each chunk's next-token targets predicted at positions >= k0, chunks
+        of ctx from an empty cache: what ds3 kld --score-from k0 reports as the reference's
+        perplexity. float32, bf16-rounded weights."""
         t = torch.tensor(ids, dtype=torch.long, device=dev)
         tot, n = 0.0, 0
         for s in range(0, len(ids), ctx):
             ch = t[s:s + ctx]
-            if len(ch) < 2:
+            if len(ch) < k0 + 2:
                 continue
             lg = model(ch[None]).float()[0]
-            tot += F.cross_entropy(lg[:-1], ch[1:], reduction="sum").item()
-            n += len(ch) - 1
-        return tot / n, n
+            tot += F.cross_entropy(lg[k0:-1], ch[k0 + 1:], reduction="sum").item()
+            n += len(ch) - 1 - k0
+        return tot / max(n, 1), n
 
     @torch.no_grad()
     def top_gap(ids, ctx):
@@ -426,11 +430,14 @@ def main():
         return (top[:, 0] - top[:, 1]).median().item()
 
     eval_nll, eval_n = chunked_nll(eval_ids, args.eval_ctx)
+    k0 = args.eval_ctx // 2 if args.score_from is None else args.score_from
+    half_nll, half_n = chunked_nll(eval_ids, args.eval_ctx, k0)
     held_nll, held_n = chunked_nll(held[:args.heldout_tokens].tolist(), args.seq)
     gap = top_gap(eval_ids, args.eval_ctx)
     loads = [l.load.tolist() for l in model.layers if l.moe]
     print(f"held-out: eval.txt ppl {math.exp(eval_nll):.4f} (nll {eval_nll:.5f}, {eval_n} targets, chunks of "
-          f"{args.eval_ctx}, f32 on the bf16 weights: compare ds3 kld's reference ppl); held-out files nll "
+          f"{args.eval_ctx}, f32 on the bf16 weights: compare ds3 kld's reference ppl); from position {k0} of each "
+          f"chunk ppl {math.exp(half_nll):.4f} ({half_n} targets: ds3 kld --score-from {k0}); held-out files nll "
           f"{held_nll:.4f} (ppl {math.exp(held_nll):.3f}, {held_n} targets); median top-2 logit gap {gap:.3f}",
           flush=True)
     print(f"expert loads of the last batch per MoE layer: {[[int(v) for v in x] for x in loads]}", flush=True)
@@ -506,8 +513,9 @@ def main():
     with open(os.path.join(args.out, "train_log.json"), "w") as f:
         json.dump({"config": c, "args": vars(args), "torch": torch.__version__, "steps": step,
                    "tokens_seen": step * args.batch * args.seq, "train_seconds": train_s, "params": n_params,
-                   "train_files": len(train_docs), "train_tokens": len(stream), "eval_txt_tokens": len(eval_ids),
-                   "eval_txt_ppl": math.exp(eval_nll), "eval_txt_nll": eval_nll, "heldout_nll": held_nll,
+                   "train_files": len(train_docs), "train_tokens": n_stream, "eval_txt_tokens": len(eval_ids),
+                   "eval_txt_ppl": math.exp(eval_nll), "eval_txt_nll": eval_nll,
+                   "eval_txt_score_from": k0, "eval_txt_ppl_from": math.exp(half_nll), "eval_txt_targets_from": half_n, "heldout_nll": held_nll,
                    "median_top2_gap": gap, "log": log}, f, indent=1)
     if args.fp8:
         d8 = args.out.rstrip("/") + "-fp8"
