@@ -22,7 +22,7 @@
 # (seconds since the epoch: start no new measurement after it; the table then holds what
 # finished), STOP (seconds since the epoch: every ds3 run still going then is stopped and
 # its row left out, so the script ends by STOP plus a few seconds; no measurement starts
-# when less time is left than the quickest one so far took), REUSE=1 (keep OUTDIR's
+# when less time is left than 1.25 times the longest one so far took), REUSE=1 (keep OUTDIR's
 # f32.gguf and imatrix.gguf from an earlier run), KEEP=1 (keep the quantized files),
 # RESULTS / QQLOG (where results.tsv and log.txt go, default in OUTDIR). OUTDIR (default
 # ./qq-out) gets f32.gguf, bf16.gguf, imatrix.gguf, results.tsv (one line per
@@ -110,14 +110,15 @@ bounded() {
 }
 run() { say "\$ $*"; bounded "$@" >>"$LOG" 2>&1; }
 # No new measurement after DEADLINE, nor when less time is left before STOP than the
-# quickest finished measurement took (it could not finish).
+# longest finished measurement took plus a quarter (it would be stopped unfinished, and
+# slow the running ones meanwhile).
 late() {
-    local now quickest
+    local now need
     now=$(date +%s)
     [[ $DEADLINE -gt 0 && $now -ge $DEADLINE ]] && return 0
     [[ $STOP -gt 0 ]] || return 1
-    quickest=$(awk -F'\t' 'NR > 1 && (m == "" || $NF < m) { m = $NF } END { print m + 0 }' "$RES")
-    [[ $((STOP - now)) -le $quickest ]]
+    need=$(awk -F'\t' 'NR > 1 && $NF > m { m = $NF } END { print int(1.25 * m) }' "$RES")
+    [[ $((STOP - now)) -le $need ]]
 }
 
 # bits/weight and MiB of a GGUF's tensor data (every tensor counted).
