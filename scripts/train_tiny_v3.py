@@ -165,7 +165,7 @@ def main():
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--train-mb", type=float, default=160.0, help="most training text read (MB)")
-    ap.add_argument("--eval-kb", type=float, default=48.0, help="eval.txt size (KB; about 250 tokens per KB)")
+    ap.add_argument("--eval-kb", type=float, default=44.0, help="eval.txt size (KB; about 250 tokens per KB)")
     ap.add_argument("--calib-kb", type=float, default=64.0)
     ap.add_argument("--eval-ctx", type=int, default=512, help="chunk length of the eval (ds3 kld -c)")
     ap.add_argument("--score-from", type=int, default=None,
