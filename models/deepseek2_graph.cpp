@@ -52,12 +52,9 @@ int build_attention(Graph& g, const Deepseek2Model& m, const Deepseek2Layer& L, 
 
 // Feed-forward of layer il on the normalised input x [T, n_embd] → [T, n_embd].
 int build_ffn(Graph& g, const Deepseek2Model& m, const Deepseek2Layer& L, int64_t il, int x) {
-    if (L.ffn_gate) {
-        int gate = g.mul_mat(ln(il, "ffn_gate"), x, *L.ffn_gate);                    // [T, n_ff]
-        int up = g.mul_mat(ln(il, "ffn_up"), x, *L.ffn_up);
-        int act = g.swiglu(ln(il, "ffn_act"), gate, up);
-        return g.mul_mat(ln(il, "ffn_out"), act, *L.ffn_down);
-    }
+    // A dense layer's MLP is the shared experts' op: one node, whose decode kernels fuse
+    // gate, up and SwiGLU (the same arithmetic as three products and a SwiGLU).
+    if (L.ffn_gate) return g.shared_ffn(ln(il, "ffn_out"), x, *L.ffn_gate, *L.ffn_up, *L.ffn_down);
     const RouteParams rp = m.hp.route_params();
     int route = g.moe_route(ln(il, "moe_route"), x, *L.gate_inp, L.exp_probs_b, rp);  // [T, 2k]
     int moe = g.moe_ffn(ln(il, "moe_out"), x, route, *L.gate_exps, *L.up_exps, *L.down_exps, rp);
