@@ -202,25 +202,47 @@ __device__ inline void warp_dot(const uint8_t* wrow, int64_t K, const float* x, 
     }
 }
 
-// ---- GEMV (M ≤ 8): one warp per output column n, all M rows at once -----------------
+// ---- GEMV (M ≤ 8): warps per output column n, all M rows at once ----------------------
 
+// `parts` warps share a row (1, 2, 4 or 8; 8 / parts rows per block): warp p dots the
+// p-th run of the row (runs of a multiple of 256 elements, so every run starts on a block
+// and a 16-byte boundary) and the first warp of the row adds the runs. Few-row products
+// such as the MoE router (256 rows of 7168) then still spread over the whole chip.
 template <typename L, int MR>
-__global__ void gemv_kernel(GemmArgs a) {
+__global__ void __launch_bounds__(256) gemv_kernel(GemmArgs a, int parts) {
+    __shared__ float red[8][MR];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int64_t n = static_cast<int64_t>(blockIdx.x) * 8 + warp;
+    const int64_t n = static_cast<int64_t>(blockIdx.x) * (8 / parts) + warp / parts;
+    const int part = warp % parts;
     const int b = blockIdx.y;
-    if (n >= a.N) return;
-    const uint8_t* wrow = static_cast<const uint8_t*>(a.w) + b * a.w_bstride + n * L::row_bytes(a.K);
-    const float* x = a.x + b * a.x_bstride;
+    const int64_t run = (a.K + parts - 1) / parts + 255 & ~int64_t(255);
+    const int64_t k0 = part * run, left = a.K > k0 ? a.K - k0 : 0, kn = left < run ? left : run;
     float acc[MR];
 #pragma unroll
     for (int m = 0; m < MR; ++m) acc[m] = 0.0f;
-    warp_dot<L, MR>(wrow, a.K, x, a.ldx, static_cast<int>(a.M), acc);
+    if (n < a.N && kn > 0) {
+        const uint8_t* wrow = static_cast<const uint8_t*>(a.w) + b * a.w_bstride + n * L::row_bytes(a.K);
+        warp_dot<L, MR>(wrow + L::row_bytes(k0), kn, a.x + b * a.x_bstride + k0, a.ldx, static_cast<int>(a.M), acc);
+    }
+#pragma unroll
+    for (int m = 0; m < MR; ++m) acc[m] = warp_sum(acc[m]);
+    if (parts > 1) {
+        if (lane == 0)
+#pragma unroll
+            for (int m = 0; m < MR; ++m) red[warp][m] = acc[m];
+        __syncthreads();
+        if (part != 0) return;
+#pragma unroll
+        for (int m = 0; m < MR; ++m) {
+            acc[m] = 0.0f;
+            for (int p = 0; p < parts; ++p) acc[m] += red[warp + p][m];  // in run order, as one warp would
+        }
+    }
+    if (n >= a.N) return;
 #pragma unroll
     for (int m = 0; m < MR; ++m) {
         if (m >= a.M) break;
-        float v = warp_sum(acc[m]);
-        if (lane == 0) a.y[b * a.y_bstride + m * a.ldy + n] = v;
+        if (lane == 0) a.y[b * a.y_bstride + m * a.ldy + n] = acc[m];
     }
 }
 
@@ -349,13 +371,17 @@ void launch_gemv_swiglu(const GemmArgs& a, const void* up, cudaStream_t s) {
 template <typename L>
 void launch_gemm(const GemmArgs& a, cudaStream_t s) {
     if (!a.groups && a.M <= 8) {
-        dim3 grid(static_cast<unsigned>((a.N + 7) / 8), static_cast<unsigned>(a.batch));
+        // Few rows: split each over up to 8 warps, aiming at ~4096 warps in all.
+        int parts = 1;
+        while (parts < 8 && a.N * a.batch * parts < 4096 && a.K >= 512 * parts) parts *= 2;
+        const int64_t rows_per_block = 8 / parts;
+        dim3 grid(static_cast<unsigned>((a.N + rows_per_block - 1) / rows_per_block), static_cast<unsigned>(a.batch));
         switch (a.M) {
-            case 1: gemv_kernel<L, 1><<<grid, 256, 0, s>>>(a); return;
-            case 2: gemv_kernel<L, 2><<<grid, 256, 0, s>>>(a); return;
-            case 3: gemv_kernel<L, 3><<<grid, 256, 0, s>>>(a); return;
-            case 4: gemv_kernel<L, 4><<<grid, 256, 0, s>>>(a); return;
-            default: gemv_kernel<L, 8><<<grid, 256, 0, s>>>(a); return;
+            case 1: gemv_kernel<L, 1><<<grid, 256, 0, s>>>(a, parts); return;
+            case 2: gemv_kernel<L, 2><<<grid, 256, 0, s>>>(a, parts); return;
+            case 3: gemv_kernel<L, 3><<<grid, 256, 0, s>>>(a, parts); return;
+            case 4: gemv_kernel<L, 4><<<grid, 256, 0, s>>>(a, parts); return;
+            default: gemv_kernel<L, 8><<<grid, 256, 0, s>>>(a, parts); return;
         }
     }
     dim3 grid(static_cast<unsigned>((a.N + BN - 1) / BN), static_cast<unsigned>((a.M + BM - 1) / BM),
