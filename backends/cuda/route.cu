@@ -11,73 +11,62 @@ namespace ds3::cuda {
 
 namespace {
 
-// ---- routing --------------------------------------------------------------------------
+// ---- routing ----------------------------------------------------------------------------
 
-// One warp per token: lane l holds experts l, l + 32, ... (up to kMaxExperts / 32 each) in
-// registers, and every selection (groups, then the k experts) is a warp-wide argmax by
-// shuffles, with no block barriers: a decode step's routing is a few hundred cycles.
-constexpr int kPerLane = kMaxExperts / 32;
+// One block per token, a thread per expert (and per group): every selection is a rank —
+// the number of candidates ahead of this one by (value descending, index ascending), the
+// order of a sequential top-k that keeps the earlier of equal values (torch.topk, the
+// CPU) — so the group limit and the top-k take one pass over shared memory each, in
+// parallel, instead of k dependent arg-max rounds (a single warp doing those took ~13 µs
+// per decode step on the H200; docs/performance.md, slice 5).
+constexpr int kRouteThreads = 256;
+constexpr int kMaxUsed = 64;
 
-// The lane-wide best (value desc, index asc) of (v, i) pairs: ties go to the lower index,
-// as on the CPU (torch.topk keeps the earlier of equal values).
-__device__ inline void warp_argmax(float& v, int& idx) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        const float ov = __shfl_xor_sync(0xffffffffu, v, o);
-        const int oi = __shfl_xor_sync(0xffffffffu, idx, o);
-        if (oi >= 0 && (idx < 0 || ov > v || (ov == v && oi < idx))) v = ov, idx = oi;
-    }
-}
+__device__ inline bool ahead(float v, int i, float w, int j) { return v > w || (v == w && i < j); }
 
-__global__ void __launch_bounds__(32) route_kernel(RouteArgs a, const float* logits, float* out) {
-    __shared__ float choice_s[kMaxExperts];
-    __shared__ float gscore[kMaxExperts];
+__global__ void __launch_bounds__(kRouteThreads) route_kernel(RouteArgs a, const float* logits, float* out) {
+    __shared__ float score_s[kMaxExperts], choice_s[kMaxExperts], gscore[kMaxExperts], cand[kMaxExperts];
+    __shared__ unsigned char kept[kMaxExperts];  // per group
+    __shared__ float sel_w[kMaxUsed];
+    __shared__ int sel_id[kMaxUsed];
+    __shared__ float red_f;
+    __shared__ double red_d;
     const int64_t t = blockIdx.x;
-    const int lane = threadIdx.x;
-    const int E = a.n_expert, k = a.n_used, per_group = a.n_expert / a.n_group;
+    const int tid = threadIdx.x;
+    const int E = a.n_expert, k = a.n_used, G = a.n_group, per_group = E / G;
     const float* lg = logits + t * E;
 
-    float score[kPerLane], choice[kPerLane];
-    uint32_t avail = 0;  // bit i: expert lane + 32 i exists, is in a kept group and not taken
+    if (tid < k) sel_w[tid] = 0.0f, sel_id[tid] = -1;  // slots no expert reaches
     if (a.sigmoid) {
-#pragma unroll
-        for (int i = 0; i < kPerLane; ++i) {
-            const int e = lane + 32 * i;
-            score[i] = e < E ? 1.0f / (1.0f + expf(-lg[e])) : 0.0f;
-        }
+        for (int e = tid; e < E; e += blockDim.x) score_s[e] = 1.0f / (1.0f + expf(-lg[e]));
     } else {
-        float mx = -INFINITY;
-#pragma unroll
-        for (int i = 0; i < kPerLane; ++i)
-            if (lane + 32 * i < E) mx = fmaxf(mx, lg[lane + 32 * i]);
-        mx = warp_max(mx);
-        double sum = 0.0;
-#pragma unroll
-        for (int i = 0; i < kPerLane; ++i) {
-            const int e = lane + 32 * i;
-            score[i] = e < E ? expf(lg[e] - mx) : 0.0f;
-            sum += score[i];
+        // Softmax, its sum in double and in expert order, as on the CPU.
+        if (tid < 32) {
+            float mx = -INFINITY;
+            for (int e = tid; e < E; e += 32) mx = fmaxf(mx, lg[e]);
+            mx = warp_max(mx);
+            if (tid == 0) red_f = mx;
         }
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-#pragma unroll
-        for (int i = 0; i < kPerLane; ++i) score[i] = static_cast<float>(score[i] / sum);
+        __syncthreads();
+        for (int e = tid; e < E; e += blockDim.x) score_s[e] = expf(lg[e] - red_f);
+        __syncthreads();
+        if (tid == 0) {
+            double sum = 0.0;
+            for (int e = 0; e < E; ++e) sum += score_s[e];
+            red_d = sum;
+        }
+        __syncthreads();
+        for (int e = tid; e < E; e += blockDim.x) score_s[e] = static_cast<float>(score_s[e] / red_d);
     }
+    __syncthreads();
     // The correction bias steers which experts are chosen, never their weights.
-#pragma unroll
-    for (int i = 0; i < kPerLane; ++i) {
-        const int e = lane + 32 * i;
-        choice[i] = score[i] + (a.bias && e < E ? load_w(a.bias_t, a.bias, e) : 0.0f);
-        if (e < E) {
-            choice_s[e] = choice[i];
-            avail |= 1u << i;
-        }
-    }
-    __syncwarp();
+    for (int e = tid; e < E; e += blockDim.x) choice_s[e] = score_s[e] + (a.bias ? load_w(a.bias_t, a.bias, e) : 0.0f);
+    __syncthreads();
 
-    if (a.method != 0 && a.topk_group < a.n_group) {
-        // Group scores: V3 the sum of the best two, V2 the best one; a lane per group.
-        for (int g = lane; g < a.n_group; g += 32) {
+    const bool limited = a.method != 0 && a.topk_group < G;
+    if (limited) {
+        // Group scores: V3 the sum of the best two, V2 the best one.
+        for (int g = tid; g < G; g += blockDim.x) {
             const float* c = choice_s + g * per_group;
             float b1 = -INFINITY, b2 = -INFINITY;
             for (int i = 0; i < per_group; ++i) {
@@ -86,74 +75,51 @@ __global__ void __launch_bounds__(32) route_kernel(RouteArgs a, const float* log
             }
             gscore[g] = a.method == 2 ? b1 + b2 : b1;
         }
-        __syncwarp();
-        // The topk_group best groups, ties to the lower index.
-        uint32_t gtaken = 0;  // bit i: group lane + 32 i kept
-        for (int n = 0; n < a.topk_group; ++n) {
-            float v = -INFINITY;
-            int idx = -1;
-            for (int i = 0; lane + 32 * i < a.n_group; ++i) {
-                const int g = lane + 32 * i;
-                if (!((gtaken >> i) & 1u) && (idx < 0 || gscore[g] > v)) v = gscore[g], idx = g;
-            }
-            warp_argmax(v, idx);
-            if (idx >= 0 && (idx & 31) == lane) gtaken |= 1u << (idx >> 5);
+        __syncthreads();
+        for (int g = tid; g < G; g += blockDim.x) {
+            int rank = 0;
+            for (int h = 0; h < G; ++h) rank += ahead(gscore[h], h, gscore[g], g);
+            kept[g] = rank < a.topk_group;
         }
-        __syncwarp();
-        // Publish the kept groups through shared memory (gscore's slots are free now).
-        for (int i = 0; lane + 32 * i < a.n_group; ++i) gscore[lane + 32 * i] = ((gtaken >> i) & 1u) ? 1.0f : 0.0f;
-        __syncwarp();
-#pragma unroll
-        for (int i = 0; i < kPerLane; ++i) {
-            const int e = lane + 32 * i;
-            if (e < E && gscore[e / per_group] == 0.0f) avail &= ~(1u << i);
+        __syncthreads();
+    }
+    // The experts of the kept groups, ranked; rank r < k fills slot r. The others enter the
+    // ranking as −∞, which is never ahead of a candidate (a sigmoid or softmax score plus
+    // a finite bias).
+    for (int e = tid; e < E; e += blockDim.x) cand[e] = !limited || kept[e / per_group] ? choice_s[e] : -INFINITY;
+    __syncthreads();
+    for (int e = tid; e < E; e += blockDim.x) {
+        const float c = cand[e];
+        if (c == -INFINITY) continue;
+        int rank = 0;
+#pragma unroll 8
+        for (int f = 0; f < E; ++f) rank += ahead(cand[f], f, c, e);
+        if (rank < k) {
+            sel_w[rank] = score_s[e];
+            sel_id[rank] = e;
         }
     }
-
-    float w_out = 0.0f;  // lane j < k ends with the j-th weight and id
-    int id_out = -1;
-    for (int j = 0; j < k; ++j) {
-        float v = -INFINITY;
-        int idx = -1;
-#pragma unroll
-        for (int i = 0; i < kPerLane; ++i)
-            if (((avail >> i) & 1u) && (idx < 0 || choice[i] > v)) v = choice[i], idx = lane + 32 * i;
-        warp_argmax(v, idx);
-        float sc = 0.0f;
-#pragma unroll
-        for (int i = 0; i < kPerLane; ++i)
-            if (idx == lane + 32 * i) {
-                avail &= ~(1u << i);
-                sc = score[i];
-            }
-        // The owner's score, to everyone.
-        sc = __shfl_sync(0xffffffffu, sc, idx >= 0 ? (idx & 31) : 0);
-        if (lane == j) {
-            w_out = idx >= 0 ? sc : 0.0f;
-            id_out = idx;
-        }
-    }
-    // Normalisation in double over the weights in slot order, as before.
+    __syncthreads();
+    if (tid >= k) return;
+    // Normalisation in double over the weights in slot order, as on the CPU. V3 (sigmoid)
+    // normalises when asked and then always scales; V2 (softmax) either normalises or
+    // scales, as the reference implementations do.
     double wsum = 0.0;
-    for (int j = 0; j < k; ++j) wsum += __shfl_sync(0xffffffffu, w_out, j);
-    // V3 (sigmoid) normalises when asked and then always scales; V2 (softmax) either
-    // normalises or scales, as the reference implementations do.
+    for (int j = 0; j < k; ++j) wsum += sel_w[j];
     const bool norm = a.norm_topk && k > 1;
     const bool scale = a.sigmoid || !norm;
-    if (lane < k) {
-        float w = w_out;
-        if (norm) w = static_cast<float>(w / (wsum + 1e-20));
-        if (scale) w *= a.scale;
-        float* o = out + t * 2 * k;
-        o[lane] = w;
-        o[k + lane] = static_cast<float>(id_out);
-    }
+    float w = sel_w[tid];
+    if (norm) w = static_cast<float>(w / (wsum + 1e-20));
+    if (scale) w *= a.scale;
+    float* o = out + t * 2 * k;
+    o[tid] = w;
+    o[k + tid] = static_cast<float>(sel_id[tid]);
 }
 
 }  // namespace
 
 void moe_route(const RouteArgs& a, const float* logits, float* out, cudaStream_t s) {
-    if (a.T > 0) route_kernel<<<static_cast<unsigned>(a.T), 32, 0, s>>>(a, logits, out);
+    if (a.T > 0) route_kernel<<<static_cast<unsigned>(a.T), kRouteThreads, 0, s>>>(a, logits, out);
 }
 
 }  // namespace ds3::cuda
