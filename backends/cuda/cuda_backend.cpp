@@ -15,6 +15,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "backends/cuda/gemv_q8.h"
 #include "backends/cuda/kernels.h"
 #include "runtime/error.h"
 #include "runtime/kv_cache.h"
@@ -200,6 +201,7 @@ public:
             prof_ = prof_level_ != 0;
         }
         if (const char* p = std::getenv("DS3_CUDA_GRAPHS")) graphs_ = std::atoi(p) != 0;
+        if (const char* p = std::getenv("DS3_CUDA_NORM_Q8")) norm_q8_ = std::atoi(p) != 0;
     }
 
     ~CudaBackend() override {
@@ -361,6 +363,7 @@ private:
         void* arena = nullptr;
         std::vector<size_t> offset;                    // per node, into the arena
         std::vector<uint8_t> alias;                    // per node: a view on its source's slot
+        std::vector<size_t> q8;                        // per RMS norm: its quantised copy's offset (0: none)
         std::vector<std::unique_ptr<CudaBuffer>> views;  // per node, on the arena
         Pool::Held held;                               // scratch the capture used
         cudaGraphExec_t exec = nullptr;
@@ -465,6 +468,14 @@ private:
             e->offset[static_cast<size_t>(i)] = total;
             total += (std::max<uint64_t>(g.node(i).nbytes(), 4) + 255) / 256 * 256;
         }
+        // Each RMS norm also writes its output quantised for the integer GEMVs that read it.
+        e->q8.assign(static_cast<size_t>(g.size()), 0);
+        for (int i = 0; i < g.size() && norm_q8_; ++i) {
+            const Node& n = g.node(i);
+            if (n.op != Op::rms_norm || n.cols % 32 != 0) continue;
+            e->q8[static_cast<size_t>(i)] = total;
+            total += (cuda::q8_rows_bytes(n.rows, n.cols) + 255) / 256 * 256;
+        }
         void* arena = nullptr;
         cudaError_t err = cudaMalloc(&arena, total);
         if (err != cudaSuccess) {
@@ -508,14 +519,26 @@ private:
         if (norm.rows != a.rows || norm.cols != a.cols || (second && second->cols != a.cols)) return 0;
         const float* other = second ? e.at(second->src[0] == i ? second->src[1] : second->src[0]) : nullptr;
         cuda::add_rms_norm(e.at(a.src[0]), e.at(a.src[1]), other, second ? e.at(i) : nullptr, e.at(last_add),
-                           weight(*norm.w[0]), wtype(norm.w[0]->type), norm.eps, norm.rows, norm.cols, e.at(j), stream_);
+                           weight(*norm.w[0]), wtype(norm.w[0]->type), norm.eps, norm.rows, norm.cols, e.at(j), stream_,
+                           quantised_copy(e, j, norm));
         launched(norm.name);
         return j - i + 1;
+    }
+
+    // The slot of norm node j's quantised output (null: none), registered so that the
+    // products reading that output use it (gemv_scratch).
+    void* quantised_copy(GraphExec& e, int j, const Node& norm) {
+        const size_t off = e.q8[static_cast<size_t>(j)];
+        if (!off) return nullptr;
+        void* q = static_cast<uint8_t*>(e.arena) + off;
+        quantised_.push_back({e.at(j), q, norm.rows, norm.cols});
+        return q;
     }
 
     // Enqueues every node of g on the stream (eagerly, or into a capture).
     void record(const Graph& g, GraphExec& e, KvCache* cache) {
         std::vector<Buffer*> in;
+        quantised_.clear();
         for (int i = 0; i < g.size(); ++i) {
             const Node& n = g.node(i);
             if (n.op == Op::input || e.alias[static_cast<size_t>(i)]) continue;
@@ -523,11 +546,18 @@ private:
                 i += covered - 1;
                 continue;
             }
+            if (n.op == Op::rms_norm) {
+                cuda::add_rms_norm(e.at(n.src[0]), nullptr, nullptr, nullptr, nullptr, weight(*n.w[0]),
+                                   wtype(n.w[0]->type), n.eps, n.rows, n.cols, e.at(i), stream_, quantised_copy(e, i, n));
+                launched(n.name);
+                continue;
+            }
             in.clear();
             for (int src : n.src) in.push_back(e.views[static_cast<size_t>(src)].get());
             Buffer* state = n.op == Op::mla_attn ? &cache->layer(n.layer, *this) : nullptr;
             compute_op(n, in, *e.views[static_cast<size_t>(i)], state);
         }
+        quantised_.clear();
     }
 
     void capture(const Graph& g, GraphExec& e, KvCache* cache) {
@@ -759,8 +789,18 @@ private:
 
     // The integer GEMV's scratch for `a` (its activation rows quantised), held in `slot`
     // until the product is enqueued; none where the f32 kernels run (gemv_scratch_bytes 0).
+    // Where a norm of the step being recorded already quantised exactly these rows, the
+    // product reads that copy and needs no scratch.
     void gemv_scratch(cuda::GemmArgs& a, std::optional<Scratch>& slot) {
-        if (const size_t n = cuda::gemv_scratch_bytes(a.wt, a.M, a.K, a.batch)) a.scratch = slot.emplace(*pool_, n).f();
+        if (const size_t n = cuda::gemv_scratch_bytes(a.wt, a.M, a.K, a.batch)) {
+            a.xq = a.batch == 1 && a.ldx == a.K ? quantised(a.x, a.M, a.K) : nullptr;
+            if (!a.xq) a.scratch = slot.emplace(*pool_, n).f();
+        }
+    }
+    const void* quantised(const float* x, int64_t rows, int64_t cols) const {
+        for (const Quantised& q : quantised_)
+            if (q.x == x && q.rows == rows && q.cols == cols) return q.q;
+        return nullptr;
     }
 
     void rope(const Node& n, const float* x, const int32_t* pos, float* y) {
@@ -803,8 +843,8 @@ private:
 
         const Weight& k_b = *n.w[0];  // [qk_nope, kv_lora, H]
         const Weight& v_b = *n.w[1];  // [kv_lora, v_head, H]
-        Scratch qcat(*pool_, static_cast<size_t>(T * H * width) * 4);
-        // q_abs[t][h] = W_kb[h]ᵀ q_nope[t][h]: a GEMM per head into qcat[t][h][0:kv_lora].
+        Scratch q_abs(*pool_, static_cast<size_t>(T * H * p.kv_lora) * 4);
+        // q_abs[t][h] = W_kb[h]ᵀ q_nope[t][h]: a GEMM per head; the attention reads q_pe in place.
         cuda::GemmArgs a;
         a.x = q;
         a.ldx = H * qdim;
@@ -812,9 +852,9 @@ private:
         a.w = weight(k_b);
         a.wt = wtype(k_b.type);
         a.w_bstride = static_cast<int64_t>(k_b.row_bytes()) * p.kv_lora;
-        a.y = qcat.f();
-        a.ldy = H * width;
-        a.y_bstride = width;
+        a.y = q_abs.f();
+        a.ldy = H * p.kv_lora;
+        a.y_bstride = p.kv_lora;
         a.M = T;
         a.N = p.kv_lora;
         a.K = p.qk_nope;
@@ -824,17 +864,21 @@ private:
         gemv_scratch(a, sa);
         cuda::gemm(a, stream_);
         sub_mark("mla.k_b");
-        // q_pe after it: rows (t, h) of q are qdim apart, rows of qcat width apart.
-        cuda::copy2d(q + p.qk_nope, qdim, qcat.f() + p.kv_lora, width, T * H, p.qk_rope, stream_);
-        sub_mark("mla.q_pe");
 
         // Decode: a launch shape fixed by the context size, the same at every position.
         const cuda::MlaPlan plan = T <= 8 ? cuda::mla_plan_decode(static_cast<int>(H), T, n_ctx, p.kv_lora, n_sm_)
                                           : cuda::mla_plan(static_cast<int>(H), T, p.pos0 + T, p.kv_lora, n_sm_);
         Scratch ctx(*pool_, static_cast<size_t>(T * H * p.kv_lora) * 4);
         Scratch part(*pool_, static_cast<size_t>(cuda::mla_scratch_floats(plan, static_cast<int>(H), p.kv_lora)) * 4);
-        cuda::mla_attend(plan, qcat.f(), cache, width, n_ctx, p.kv_lora, static_cast<int>(H), T, positions, p.scale,
-                         ctx.f(), part.f(), stream_);
+        // One query: the merge also quantises ctx for v_b's integer GEMV (no launch of its own).
+        const size_t vq_bytes =
+            T == 1 && p.kv_lora % 32 == 0
+                ? cuda::gemv_scratch_bytes(wtype(n.w[1]->type), 1, p.kv_lora, static_cast<int>(H))
+                : 0;
+        std::optional<Scratch> vq;
+        if (vq_bytes) vq.emplace(*pool_, vq_bytes);
+        cuda::mla_attend(plan, q_abs.f(), q + p.qk_nope, qdim, cache, width, n_ctx, p.kv_lora, static_cast<int>(H), T,
+                         positions, p.scale, ctx.f(), part.f(), stream_, vq ? vq->f() : nullptr);
         sub_mark("mla.attend");
 
         // out[t][h] = W_vb[h] ctx[t][h]: a GEMM per head.
@@ -852,7 +896,8 @@ private:
         b.N = p.v_head;
         b.K = p.kv_lora;
         b.batch = static_cast<int>(H);
-        gemv_scratch(b, sb);
+        if (vq) b.xq = vq->f();
+        else gemv_scratch(b, sb);
         cuda::gemm(b, stream_);
         sub_mark("mla.v_b");
     }
@@ -913,6 +958,7 @@ private:
             const size_t sb = cuda::moe_scratch_bytes(a);
             std::optional<Scratch> sq;
             if (sb) ad.scratch = sq.emplace(*pool_, sb).f();
+            ad.xq = quantised(x, T, a.D);
             Scratch act(*pool_, static_cast<size_t>(T * k * a.F) * 4);
             Scratch y(*pool_, static_cast<size_t>(T * k * a.D) * 4);
             sub_start(T);
@@ -1047,6 +1093,14 @@ private:
     bool sub_small_ = false;
     std::vector<SubSpan> sub_pending_;
     bool graphs_ = true;
+    bool norm_q8_ = true;  // DS3_CUDA_NORM_Q8=0: the norms of a replayed step write no quantised copy
+    // The quantised norm outputs of the step being recorded (record()).
+    struct Quantised {
+        const float* x;
+        const void* q;
+        int64_t rows, cols;
+    };
+    std::vector<Quantised> quantised_;
     bool stale_graphs_ = false;  // a weight was uploaded afresh: captured graphs may read the old copy
     std::vector<std::unique_ptr<GraphExec>> execs_;  // most recently used first
     std::vector<std::pair<cudaEvent_t, cudaEvent_t>> prof_events_;

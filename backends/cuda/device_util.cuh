@@ -34,6 +34,15 @@ __device__ inline float warp_max(float v) {
 
 __device__ inline float silu(float x) { return x / (1.0f + expf(-x)); }
 
+// Programmatic dependent launch (sm_90): lets the next kernel on the stream, when it was
+// launched with the attribute (the integer GEMVs), start now and issue its weight loads;
+// it waits for this grid to finish (griddepcontrol.wait) before reading what it wrote.
+__device__ __forceinline__ void dep_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 __device__ inline void set_error(DevError* e, int code, int value, int limit) {
     if (atomicCAS(&e->code, 0, code) == 0) {
         e->value = value;

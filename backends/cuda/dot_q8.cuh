@@ -85,13 +85,14 @@ DS3_UNROLL
 DS3_QHD float h2f_bits(uint32_t u) { return __half2float(__ushort_as_half(static_cast<unsigned short>(u & 0xffff))); }
 
 // Each format: QK elements in TS bytes, NC chunks per block; a lane keeps UNROLL chunks
-// in flight (UNROLL2 when it reads two matrices, gate and up). load(blk, j, r) reads chunk
+// in flight (divided among the rows when it reads several at once, at most MAX_RW rows of
+// one matrix: Q5_K's chunks take the most registers). load(blk, j, r) reads chunk
 // j; dot(r, j, xq, xd) takes the activation row's int8 values and block scales from the
 // start of the same weight block.
 // Q8_0 (d @0, qs[32] @2): chunk j is elements 8j..8j+7, so that four adjacent lanes read
 // one block and a warp's loads cover a contiguous run of blocks.
 struct Q8_0 {
-    static constexpr int QK = 32, TS = 34, NC = 4, UNROLL = 8, UNROLL2 = 4;
+    static constexpr int QK = 32, TS = 34, NC = 4, UNROLL = 8, MAX_RW = 4;
     struct R {
         uint32_t q[2];
         float d;
@@ -108,7 +109,7 @@ struct Q8_0 {
 };
 
 struct Q4_0 {  // d @0, qs[16] @2: low nibbles are elements 0..15, high 16..31
-    static constexpr int QK = 32, TS = 18, NC = 1, UNROLL = 4, UNROLL2 = 2;
+    static constexpr int QK = 32, TS = 18, NC = 1, UNROLL = 4, MAX_RW = 4;
     struct R {
         uint32_t q[8];
         float d;
@@ -134,7 +135,7 @@ DS3_UNROLL
 // the 32 bytes qs[32j..32j+31] (low and high nibbles).
 template <bool kFive>
 struct QK45 {
-    static constexpr int QK = 256, TS = kFive ? 176 : 144, NC = 4, UNROLL = 4, UNROLL2 = 2;
+    static constexpr int QK = 256, TS = kFive ? 176 : 144, NC = 4, UNROLL = 4, MAX_RW = kFive ? 2 : 4;
     struct R {
         uint32_t lo[8], hi[8];
         float dl0, dl1, ml0, ml1;
@@ -202,7 +203,7 @@ using Q5_K = QK45<true>;
 // bits 2qd of qh[32h+l]. Eight lanes per block, each reading 8-byte runs, so a warp's
 // loads stay on few sectors despite the 2-byte alignment.
 struct Q6_K {
-    static constexpr int QK = 256, TS = 210, NC = 8, UNROLL = 4, UNROLL2 = 2;
+    static constexpr int QK = 256, TS = 210, NC = 8, UNROLL = 4, MAX_RW = 4;
     struct R {
         uint32_t v[4][2];  // levels − 32 of quarter qd
         int sc[4];

@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "backends/cuda/device_util.cuh"
+#include "backends/cuda/dot_q8.cuh"
 #include "backends/cuda/kernels.h"
 
 namespace ds3::cuda {
@@ -37,9 +38,13 @@ __device__ double block_sum(double v) {
 // layer's end); sum = v when sum is given; y = rms_norm(v) · gain. b = null: v = a (a
 // plain RMS norm). Four consecutive columns per thread and step (float4 where the row
 // allows), so each thread has independent loads in flight instead of one long chain.
+// q (cols a multiple of 32): y is also quantised there for the integer GEMVs that read it
+// (gemv_q8.h's layout: int8 rows, then the blocks' (d, d·Σq)), the same bytes their own
+// quantise kernel would make, so the product after the norm needs no launch of its own.
 __global__ void __launch_bounds__(kNormThreads)
     add_rms_norm_kernel(const float* a, const float* b, const float* c, float* mid, float* sum, const void* gain,
-                        WType wt, float eps, int64_t cols, float* y) {
+                        WType wt, float eps, int64_t rows, int64_t cols, float* y, int8_t* q, q8::XDs* qd) {
+    dep_trigger();  // the product after the norm may start loading its weights
     const int64_t off = static_cast<int64_t>(blockIdx.x) * cols;
     auto value = [&](int64_t i) {
         float v = a[off + i];
@@ -51,8 +56,34 @@ __global__ void __launch_bounds__(kNormThreads)
         if (sum) sum[off + i] = v;
         return v;
     };
+    // The gains of this thread's first kPre steps are loaded first: they come from DRAM
+    // (a decode step streams gigabytes of weights between two uses of a norm), and their
+    // latency then overlaps the first pass and the block sum instead of following them.
+    constexpr int kPre = 2;
+    const int64_t stride = 4 * static_cast<int64_t>(blockDim.x), first = 4 * static_cast<int64_t>(threadIdx.x);
+    float g[kPre][4];
+#pragma unroll
+    for (int p = 0; p < kPre; ++p)
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            const int64_t i = first + p * stride + k;
+            g[p][k] = i < cols ? load_w(wt, gain, i) : 0.0f;
+        }
+    // The first kPre steps' values stay in registers for the second pass.
     double ss = 0.0;
-    for (int64_t i0 = 4 * static_cast<int64_t>(threadIdx.x); i0 < cols; i0 += 4 * static_cast<int64_t>(blockDim.x)) {
+    float keep[kPre][4];
+#pragma unroll
+    for (int p = 0; p < kPre; ++p)
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            const int64_t i = first + p * stride + k;
+            keep[p][k] = i < cols ? value(i) : 0.0f;
+        }
+#pragma unroll
+    for (int p = 0; p < kPre; ++p)
+#pragma unroll
+        for (int k = 0; k < 4; ++k) ss += static_cast<double>(keep[p][k]) * keep[p][k];
+    for (int64_t i0 = first + kPre * stride; i0 < cols; i0 += stride) {
         float v[4];
 #pragma unroll
         for (int k = 0; k < 4; ++k) v[k] = i0 + k < cols ? value(i0 + k) : 0.0f;
@@ -61,16 +92,60 @@ __global__ void __launch_bounds__(kNormThreads)
     }
     const double total = block_sum(ss);
     const float inv = static_cast<float>(1.0 / sqrt(total / static_cast<double>(cols) + eps));
-    // Second pass: each thread re-reads the columns it wrote or read (its own, so no
-    // barrier is needed beyond block_sum's).
+    // Second pass: each thread takes its first steps' values from registers and re-reads
+    // the rest (columns it wrote or read itself, so no barrier is needed beyond
+    // block_sum's). Steps run while the warp's first column is in the row, so a warp's
+    // lanes run the quantisation's shuffles together; a 32-column block is the four columns
+    // of 8 adjacent lanes.
     const float* src = sum ? sum : a;
-    for (int64_t i0 = 4 * static_cast<int64_t>(threadIdx.x); i0 < cols; i0 += 4 * static_cast<int64_t>(blockDim.x))
+    const int lane = threadIdx.x & 31;
+    auto step = [&](int64_t i0, const float (&gk)[4], const float* kept) {
+        float o[4];
 #pragma unroll
-        for (int k = 0; k < 4; ++k)
+        for (int k = 0; k < 4; ++k) {
+            o[k] = 0.0f;
             if (i0 + k < cols) {
-                const float v = (sum || !b) ? src[off + i0 + k] : a[off + i0 + k] + b[off + i0 + k];
-                y[off + i0 + k] = v * inv * load_w(wt, gain, i0 + k);
+                const float v = kept ? kept[k] : (sum || !b) ? src[off + i0 + k] : a[off + i0 + k] + b[off + i0 + k];
+                o[k] = v * inv * gk[k];
+                y[off + i0 + k] = o[k];
             }
+        }
+        if (!q) return;
+        float amax = fmaxf(fmaxf(fabsf(o[0]), fabsf(o[1])), fmaxf(fabsf(o[2]), fabsf(o[3])));
+        int nan = isnan(o[0]) || isnan(o[1]) || isnan(o[2]) || isnan(o[3]);
+#pragma unroll
+        for (int m = 1; m < 8; m <<= 1) {
+            amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, m));  // fmaxf drops NaN: flagged apart
+            nan |= __shfl_xor_sync(0xffffffffu, nan, m);
+        }
+        int packed = 0, qs = 0;
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            const int8_t qv = q8::quant_one(o[k], amax);
+            packed |= (static_cast<int>(qv) & 0xff) << (8 * k);
+            qs += qv;
+        }
+#pragma unroll
+        for (int m = 1; m < 8; m <<= 1) qs += __shfl_xor_sync(0xffffffffu, qs, m);
+        if (i0 < cols) {
+            reinterpret_cast<int*>(q + off)[i0 / 4] = packed;
+            if ((lane & 7) == 0) {
+                const float ds = nan ? __int_as_float(0x7fc00000) : q8::block_scale(amax);
+                qd[off / 32 + i0 / 32] = q8::XDs{ds, ds * static_cast<float>(qs)};
+            }
+        }
+    };
+    const int64_t w_first = first - 4 * lane;  // the warp's first column
+#pragma unroll
+    for (int p = 0; p < kPre; ++p)
+        if (w_first + p * stride < cols) step(first + p * stride, g[p], keep[p]);
+    for (int64_t i0 = first + kPre * stride; i0 - 4 * lane < cols; i0 += stride) {
+        float gk[4];
+#pragma unroll
+        for (int k = 0; k < 4; ++k) gk[k] = i0 + k < cols ? load_w(wt, gain, i0 + k) : 0.0f;
+        step(i0, gk, nullptr);
+    }
+    (void)rows;
 }
 
 // RoPE: all heads of a row share their angles (position · inv_freq[i]), computed once per
@@ -112,10 +187,16 @@ __global__ void __launch_bounds__(kRopeThreads) rope_rows_kernel(RopeArgs a, con
 }  // namespace
 
 void add_rms_norm(const float* a, const float* b, const float* c, float* mid, float* sum, const void* gain, WType wt,
-                  float eps, int64_t rows, int64_t cols, float* y, cudaStream_t s) {
-    if (rows > 0)
-        add_rms_norm_kernel<<<static_cast<unsigned>(rows), kNormThreads, 0, s>>>(a, b, c, mid, sum, gain, wt, eps,
-                                                                                  cols, y);
+                  float eps, int64_t rows, int64_t cols, float* y, cudaStream_t s, void* yq) {
+    if (rows <= 0) return;
+    int8_t* q = nullptr;
+    q8::XDs* qd = nullptr;
+    if (yq && cols % 32 == 0) {  // gemv_q8.h's layout of quantised rows
+        q = static_cast<int8_t*>(yq);
+        qd = reinterpret_cast<q8::XDs*>(static_cast<uint8_t*>(yq) + ((rows * cols + 15) & ~int64_t(15)));
+    }
+    add_rms_norm_kernel<<<static_cast<unsigned>(rows), kNormThreads, 0, s>>>(a, b, c, mid, sum, gain, wt, eps, rows,
+                                                                              cols, y, q, qd);
 }
 
 void rope_rows(const RopeArgs& a, const int32_t* positions, const float* x, float* y, cudaStream_t s) {

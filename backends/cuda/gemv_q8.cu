@@ -32,26 +32,30 @@ struct Act {
     const int8_t* q = nullptr;
     const q8::XDs* d = nullptr;
 };
-Act act_at(void* base, int64_t rows, int64_t K) {
+Act act_at(const void* base, int64_t rows, int64_t K) {
     Act a;
     a.q = static_cast<const int8_t*>(base);
     a.d = reinterpret_cast<const q8::XDs*>(static_cast<const uint8_t*>(base) + align16(rows * K));
     return a;
 }
 
-// Programmatic dependent launch (sm_90): the GEMV after a quantize_q8_kernel may start
-// while it runs, issue its first weight loads (weights never change), and wait for the
-// activations at dep_wait(). The quantize kernel itself is launched normally, so all
-// earlier work is complete before either starts.
-__device__ __forceinline__ void dep_trigger() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
+// Programmatic dependent launch (sm_90): the GEMV after a quantize_q8_kernel or an RMS
+// norm (dep_trigger, device_util.cuh) may start while it runs, issue its first weight
+// loads (weights never change), and wait for the activations at dep_wait(). Those kernels
+// are launched normally, so all earlier work is complete before either starts.
 DS3_QHD void dep_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
+}
+
+// DS3_CUDA_Q8_PARTS=0: every row on one warp (read once).
+bool parts_on() {
+    static const bool on = [] {
+        const char* e = std::getenv("DS3_CUDA_Q8_PARTS");
+        return !(e && std::atoi(e) == 0);
+    }();
+    return on;
 }
 
 // DS3_CUDA_Q8_BATCHED=0 keeps the batched (per-head) products on the f32 kernels (read once).
@@ -115,12 +119,11 @@ template <int Mode>
 __host__ __device__ constexpr int matrices_of() {
     return Mode == kSwiglu || Mode == kMoeGateUp ? 2 : 1;
 }
-// Chunks per lane per round; the shallow variant halves it (fewer registers, more warps
-// per SM), a tuning choice per product size (DS3_CUDA_Q8_SHALLOW_ROWS below).
-template <typename Q, int NW, bool kShallow>
+// Chunks per lane per round when a lane reads R weight rows at once (NW matrices times RW
+// rows): about Q::UNROLL chunks of weights in flight per lane in all.
+template <typename Q, int R>
 __host__ __device__ constexpr int unroll_of() {
-    constexpr int u = NW == 2 ? Q::UNROLL2 : Q::UNROLL;
-    return kShallow ? (u > 1 ? u / 2 : 1) : u;
+    return Q::UNROLL / R > 1 ? Q::UNROLL / R : 1;
 }
 
 struct QArgs {
@@ -134,6 +137,7 @@ struct QArgs {
     // k_b / v_b), matrix b at w + b·w_bstride, its quantised row b, output at y + b·y_bstride.
     int64_t w_bstride = 0, y_bstride = 0;
     int lpr = 32;  // lanes per weight row
+    int parts = 1;  // warps per row (a split of K for few long rows: lpr 32, RW 1, plain)
     // MoE modes: grid.y is the (token, slot) pair; w[i] are stacks of n_expert matrices.
     const float* route = nullptr;
     int n_used = 1, n_expert = 1;
@@ -174,12 +178,17 @@ DS3_UNROLL
     }
 }
 
-template <typename Q, int MR, int Mode, bool kShallow>
+// A lane group (lpr lanes) takes RW consecutive rows of each of the NW matrices and reads
+// every chunk of activations once for all of them: the activation loads, which hit L1 but
+// cost as many wavefronts as the weights' own, are shared RW·NW ways (gate and up share
+// them too). Rows past N repeat row N − 1 and are not written.
+template <typename Q, int MR, int Mode, int RW>
 __global__ void __launch_bounds__(kThreads) gemv_q8_kernel(QArgs a) {
-    constexpr int NW = matrices_of<Mode>();
+    constexpr int NW = matrices_of<Mode>(), R = NW * RW;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int lpr = a.lpr, sub = lane & (lpr - 1);
-    const int64_t n = (static_cast<int64_t>(blockIdx.x) * kWarps + warp) * (32 / lpr) + lane / lpr;
+    const int lpr = a.lpr, sub = lane & (lpr - 1), parts = a.parts, part = warp % parts;
+    const int64_t n =
+        ((static_cast<int64_t>(blockIdx.x) * (kWarps / parts) + warp / parts) * (32 / lpr) + lane / lpr) * RW;
     const int64_t rb = a.K / Q::QK * Q::TS, xstride = a.K;
     const uint8_t* w[NW];
 #pragma unroll
@@ -207,25 +216,48 @@ __global__ void __launch_bounds__(kThreads) gemv_q8_kernel(QArgs a) {
         x.d += b * (xstride / 32);
         yoff = b * a.y_bstride;
     }
-    float acc[NW][MR];
+    float acc[R][MR];
 #pragma unroll
-    for (int i = 0; i < NW; ++i)
+    for (int i = 0; i < R; ++i)
 #pragma unroll
         for (int m = 0; m < MR; ++m) acc[i][m] = 0.0f;
     if (n < a.N) {
-        const uint8_t* rows[NW];
+        const uint8_t* rows[R];  // matrix i, row r at rows[i·RW + r]
 #pragma unroll
-        for (int i = 0; i < NW; ++i) rows[i] = w[i] + n * rb;
-        lane_dots<Q, MR, NW, unroll_of<Q, NW, kShallow>()>(rows, static_cast<int>(a.K / Q::QK) * Q::NC, sub, lpr,
-                                                          x.q, x.d, xstride, a.M, acc);
+        for (int i = 0; i < NW; ++i)
+#pragma unroll
+            for (int r = 0; r < RW; ++r) rows[i * RW + r] = w[i] + (n + r < a.N ? n + r : a.N - 1) * rb;
+        // With parts warps on a row, warp p takes chunks sub + p·32, then every parts·32th.
+        lane_dots<Q, MR, R, unroll_of<Q, R>()>(rows, static_cast<int>(a.K / Q::QK) * Q::NC, sub + part * lpr,
+                                               lpr * parts, x.q, x.d, xstride, a.M, acc);
+    }
+    if (parts > 1) {  // plain, RW 1, lpr 32: the row's warps add their sums in part order
+        __shared__ float red[kWarps][MR];
+#pragma unroll
+        for (int m = 0; m < MR; ++m) {
+            const float v = group_sum(acc[0][m], 32);
+            if (lane == 0) red[warp][m] = v;
+        }
+        __syncthreads();
+        if (part != 0 || lane != 0 || n >= a.N) return;
+#pragma unroll
+        for (int m = 0; m < MR; ++m) {
+            if (m >= a.M) break;
+            float v = 0.0f;
+            for (int p = 0; p < parts; ++p) v += red[warp + p][m];
+            a.y[yoff + m * a.ldy + n] = v;
+        }
+        return;
     }
 #pragma unroll
-    for (int m = 0; m < MR; ++m) {
-        if (m >= a.M) break;
-        float v = group_sum(acc[0][m], lpr);
-        if constexpr (NW == 2) v = silu(v) * group_sum(acc[1][m], lpr);
-        if (sub == 0 && n < a.N) a.y[yoff + m * a.ldy + n] = v;
-    }
+    for (int r = 0; r < RW; ++r)
+#pragma unroll
+        for (int m = 0; m < MR; ++m) {
+            if (m >= a.M) break;
+            float v = group_sum(acc[r][m], lpr);
+            if constexpr (NW == 2) v = silu(v) * group_sum(acc[RW + r][m], lpr);
+            if (sub == 0 && n + r < a.N) a.y[yoff + m * a.ldy + n + r] = v;
+        }
 }
 
 // Calls f(Q{}) with the integer-dot format of t; false for the other types.
@@ -249,22 +281,35 @@ int pick_lpr(int64_t chunks, int U) {
     return l;
 }
 
-// Products of ≥ R weight rows in all (N times the MoE pairs) take the shallow variant:
-// on the H200 fewer chunks in flight per lane (and so more warps per SM) stream the large
-// matrices faster (docs/performance.md: V3-width slice decode 344.7 → 375.6 tok/s at
-// R = 8192). DS3_CUDA_Q8_SHALLOW_ROWS=R moves the threshold (0: never), read once.
-int64_t shallow_rows() {
-    static const int64_t r = [] {
-        const char* e = std::getenv("DS3_CUDA_Q8_SHALLOW_ROWS");
-        return e ? std::max<int64_t>(0, std::atoll(e)) : int64_t(8192);
+// Rows per lane group of one matrix: 4 where that still leaves ≥ ~1000 blocks of work
+// (fewer for small products, which need the blocks more than the shared activation
+// loads), fewer with more activation rows (their accumulators take the registers), and 1
+// for gate+up, whose two matrices already share the loads (measured on the H200: the MoE
+// gate/up pairs take 54 µs with 2 rows against 44 µs with 1; docs/performance.md, slice 5).
+// DS3_CUDA_Q8_RW=1|2|4 forces it for every single-matrix product (read once).
+int pick_rw(int64_t rows, int M, int matrices, int max_rw) {
+    static const int forced = [] {
+        const char* e = std::getenv("DS3_CUDA_Q8_RW");
+        const int d = e ? std::atoi(e) : 0;
+        return d == 1 || d == 2 || d == 4 ? d : 0;
     }();
-    return r;
+    // ≤ 4 weight rows per lane at once, and the format's own limit (registers).
+    if (matrices > 1) return 1;
+    const int cap = std::min(max_rw, M <= 2 ? 4 : M <= 4 ? 2 : 1);
+    if (forced) return std::max(1, std::min(forced, cap));
+    return std::max(1, std::min(cap, rows >= 4096 ? 4 : rows >= 2048 ? 2 : 1));
 }
 
-template <typename Q, int Mode, bool kShallow>
+template <typename Q, int Mode, int RW>
 void launch_u(QArgs a, unsigned pairs, cudaStream_t s) {
-    a.lpr = pick_lpr(a.K / Q::QK * Q::NC, unroll_of<Q, matrices_of<Mode>(), kShallow>());
-    const int64_t per_cta = kWarps * (32 / a.lpr);
+    a.lpr = pick_lpr(a.K / Q::QK * Q::NC, unroll_of<Q, matrices_of<Mode>() * RW>());
+    // Few long rows (kv_a's 576 at V3's width): kWarps warps per row, so that the product
+    // still fills the chip and each lane has a round or two (kv_a 7.4 → 5.5 µs on the
+    // H200; q_a's 1536 rows were slower split).
+    a.parts = Mode == kPlain && RW == 1 && a.lpr == 32 && parts_on() && a.N * static_cast<int64_t>(pairs) < 1024
+                  ? kWarps
+                  : 1;
+    const int64_t per_cta = kWarps / a.parts * (32 / a.lpr) * RW;
     const dim3 grid(static_cast<unsigned>((a.N + per_cta - 1) / per_cta), pairs);
     cudaLaunchAttribute attr[1];
     attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
@@ -276,27 +321,35 @@ void launch_u(QArgs a, unsigned pairs, cudaStream_t s) {
     cfg.attrs = attr;
     cfg.numAttrs = pdl_enabled() ? 1 : 0;
     if constexpr (Mode == kMoeGateUp || Mode == kMoeDown) {
-        cudaLaunchKernelEx(&cfg, gemv_q8_kernel<Q, 1, Mode, kShallow>, a);
+        cudaLaunchKernelEx(&cfg, gemv_q8_kernel<Q, 1, Mode, RW>, a);
     } else {
-        switch (a.M) {
-            case 1: cudaLaunchKernelEx(&cfg, gemv_q8_kernel<Q, 1, Mode, kShallow>, a); return;
-            case 2: cudaLaunchKernelEx(&cfg, gemv_q8_kernel<Q, 2, Mode, kShallow>, a); return;
-            case 3: case 4: cudaLaunchKernelEx(&cfg, gemv_q8_kernel<Q, 4, Mode, kShallow>, a); return;
-            default: cudaLaunchKernelEx(&cfg, gemv_q8_kernel<Q, 8, Mode, kShallow>, a); return;
+        // pick_rw gives RW = 4 only for M ≤ 2 and RW = 2 for M ≤ 4: no other kernels are made.
+        if (a.M == 1) cudaLaunchKernelEx(&cfg, gemv_q8_kernel<Q, 1, Mode, RW>, a);
+        else if (a.M == 2) cudaLaunchKernelEx(&cfg, gemv_q8_kernel<Q, 2, Mode, RW>, a);
+        else if constexpr (RW <= 2) {
+            if (a.M <= 4) cudaLaunchKernelEx(&cfg, gemv_q8_kernel<Q, 4, Mode, RW>, a);
+            else if constexpr (RW == 1) cudaLaunchKernelEx(&cfg, gemv_q8_kernel<Q, 8, Mode, RW>, a);
         }
     }
 }
 
 template <typename Q, int Mode>
 void launch(QArgs a, unsigned pairs, cudaStream_t s) {
-    const int64_t r = shallow_rows();
-    if (r > 0 && a.N * static_cast<int64_t>(pairs) >= r) launch_u<Q, Mode, true>(a, pairs, s);
-    else launch_u<Q, Mode, false>(a, pairs, s);
+    switch (pick_rw(a.N * static_cast<int64_t>(pairs), a.M, matrices_of<Mode>(), Q::MAX_RW)) {
+        case 4:
+            if constexpr (matrices_of<Mode>() == 1 && Q::MAX_RW >= 4) return launch_u<Q, Mode, 4>(a, pairs, s);
+            [[fallthrough]];
+        case 2:
+            if constexpr (matrices_of<Mode>() == 1 && Q::MAX_RW >= 2) return launch_u<Q, Mode, 2>(a, pairs, s);
+            [[fallthrough]];
+        default: return launch_u<Q, Mode, 1>(a, pairs, s);
+    }
 }
 
 // A batch of matrices only for single rows (decode's per-head products of MLA).
 bool gemv_applies(const GemmArgs& a) {
-    return a.scratch && !a.groups && (a.batch == 1 || (a.M == 1 && batched_on())) && a.batch >= 1 && a.M >= 1 &&
+    return (a.scratch || a.xq) && !a.groups && (a.batch == 1 || (a.M == 1 && batched_on())) &&
+           a.batch >= 1 && a.M >= 1 &&
            a.M <= 8 && a.K > 0 && a.K % 32 == 0 && q8_supported(a.wt);
 }
 
@@ -332,11 +385,11 @@ bool gemv_q8(const GemmArgs& a, cudaStream_t s) {
     if (!gemv_applies(a)) return false;
     // A batch of single rows is quantised as `batch` rows x_bstride apart.
     const int64_t rows = a.batch > 1 ? a.batch : a.M, ld = a.batch > 1 ? a.x_bstride : a.ldx;
-    quantize_rows(a.x, ld, rows, a.K, a.scratch, s);
+    if (!a.xq) quantize_rows(a.x, ld, rows, a.K, a.scratch, s);
     QArgs q;
     q.w[0] = static_cast<const uint8_t*>(a.w);
     q.N = a.N, q.K = a.K, q.M = static_cast<int>(a.M);
-    q.x = act_at(a.scratch, rows, a.K);
+    q.x = act_at(a.xq ? a.xq : a.scratch, rows, a.K);
     q.y = a.y, q.ldy = a.ldy;
     q.w_bstride = a.w_bstride, q.y_bstride = a.y_bstride;
     return with_q8(a.wt, [&](auto l) { launch<decltype(l), kPlain>(q, static_cast<unsigned>(a.batch), s); });
@@ -344,12 +397,12 @@ bool gemv_q8(const GemmArgs& a, cudaStream_t s) {
 
 bool gemv_swiglu_q8(const GemmArgs& a, const void* up, cudaStream_t s) {
     if (!gemv_applies(a)) return false;
-    quantize_rows(a.x, a.ldx, a.M, a.K, a.scratch, s);
+    if (!a.xq) quantize_rows(a.x, a.ldx, a.M, a.K, a.scratch, s);
     QArgs q;
     q.w[0] = static_cast<const uint8_t*>(a.w);
     q.w[1] = static_cast<const uint8_t*>(up);
     q.N = a.N, q.K = a.K, q.M = static_cast<int>(a.M);
-    q.x = act_at(a.scratch, a.M, a.K);
+    q.x = act_at(a.xq ? a.xq : a.scratch, a.M, a.K);
     q.y = a.y, q.ldy = a.ldy;
     return with_q8(a.wt, [&](auto l) { launch<decltype(l), kSwiglu>(q, 1, s); });
 }
@@ -366,12 +419,12 @@ QArgs moe_qargs(const MoeArgs& a, const float* route) {
 
 bool moe_gate_up_q8(const MoeArgs& a, const float* x, const float* route, float* act, DevError* err, cudaStream_t s) {
     if (!a.scratch || moe_scratch_bytes(a) == 0 || !q8_supported(a.wt)) return false;
-    quantize_rows(x, a.D, a.T, a.D, a.scratch, s);
+    if (!a.xq) quantize_rows(x, a.D, a.T, a.D, a.scratch, s);
     QArgs q = moe_qargs(a, route);
     q.w[0] = static_cast<const uint8_t*>(a.gate);
     q.w[1] = static_cast<const uint8_t*>(a.up);
     q.N = a.F, q.K = a.D;
-    q.x = act_at(a.scratch, a.T, a.D);
+    q.x = act_at(a.xq ? a.xq : a.scratch, a.T, a.D);
     q.y = act, q.ldy = a.F;
     q.err = err;
     return with_q8(a.wt, [&](auto l) { launch<decltype(l), kMoeGateUp>(q, static_cast<unsigned>(a.T * a.n_used), s); });
@@ -390,7 +443,7 @@ bool moe_down_q8(const MoeArgs& a, const float* act, const float* route, float* 
     return with_q8(a.wt_down, [&](auto l) { launch<decltype(l), kMoeDown>(q, static_cast<unsigned>(P), s); });
 }
 
-bool dot_q8_host(WType t, const void* row, int64_t K, const float* x, float* out, bool shallow) {
+bool dot_q8_host(WType t, const void* row, int64_t K, const float* x, float* out, int div) {
     if (!q8_supported(t) || K <= 0 || K % wtype_block(t)) return false;
     std::vector<int4> qbuf(static_cast<size_t>(K / 16));  // 16-byte aligned int8 values
     int8_t* xq = reinterpret_cast<int8_t*>(qbuf.data());
@@ -412,12 +465,14 @@ bool dot_q8_host(WType t, const void* row, int64_t K, const float* x, float* out
     with_q8(t, [&](auto l) {
         using Q = decltype(l);
         // The lanes of one row as the kernel splits them, then their sum.
-        constexpr int U = unroll_of<Q, 1, false>(), US = unroll_of<Q, 1, true>();
-        const int nc = static_cast<int>(K / Q::QK) * Q::NC, lpr = pick_lpr(nc, shallow ? US : U);
+        // The lane split of a row read with 1, 2 or 4 rows per lane group (its unroll).
+        constexpr int U1 = unroll_of<Q, 1>(), U2 = unroll_of<Q, 2>(), U4 = unroll_of<Q, 4>();
+        const int nc = static_cast<int>(K / Q::QK) * Q::NC, lpr = pick_lpr(nc, div == 4 ? U4 : div == 2 ? U2 : U1);
         for (int sub = 0; sub < lpr; ++sub) {
             float acc[1][1] = {{0.0f}};
-            if (shallow) lane_dots<Q, 1, 1, US>(rows, nc, sub, lpr, xq, xd.data(), K, 1, acc);
-            else lane_dots<Q, 1, 1, U>(rows, nc, sub, lpr, xq, xd.data(), K, 1, acc);
+            if (div == 4) lane_dots<Q, 1, 1, U4>(rows, nc, sub, lpr, xq, xd.data(), K, 1, acc);
+            else if (div == 2) lane_dots<Q, 1, 1, U2>(rows, nc, sub, lpr, xq, xd.data(), K, 1, acc);
+            else lane_dots<Q, 1, 1, U1>(rows, nc, sub, lpr, xq, xd.data(), K, 1, acc);
             sum += acc[0][0];
         }
     });

@@ -22,9 +22,9 @@ enum class WType : uint8_t { f32, bf16, f16, q8_0, q4_0, q2_K, q3_K, q4_K, q5_K,
 bool decode_chunk_host(WType t, const void* block, int c, float out[16]);
 // Σ w·x over one weight row of K values on the host, by the decode GEMV's integer path
 // (x quantised to 8-bit blocks of 32, dp4a emulated): the same block code the kernels
-// run (`shallow`: the variant with half the chunks in flight per lane). False for the
+// run (`div`: 1 deep, 2 shallow, 4 flat, the chunks in flight per lane divided by it). False for the
 // types the integer path does not cover.
-bool dot_q8_host(WType t, const void* row, int64_t K, const float* x, float* out, bool shallow = false);
+bool dot_q8_host(WType t, const void* row, int64_t K, const float* x, float* out, int div = 1);
 
 // Elements per block and bytes per block (1 and the element size for the plain types).
 int wtype_block(WType t);
@@ -60,6 +60,9 @@ struct GemmArgs {
     // block format: the activation rows quantised to 8-bit blocks for integer dot products.
     // Null (or a size of 0): the f32-activation path.
     void* scratch = nullptr;
+    // x already quantised in that layout by the kernel that made it (add_rms_norm's yq):
+    // the integer path reads it and skips its own quantise launch (batch 1 only).
+    const void* xq = nullptr;
 };
 // batch > 1: a strided batch of single rows (M = 1), each quantised apart.
 size_t gemv_scratch_bytes(WType wt, int64_t M, int64_t K, int batch = 1);
@@ -88,14 +91,17 @@ struct RopeArgs {
 void rope_rows(const RopeArgs& a, const int32_t* positions, const float* x, float* y, cudaStream_t s);
 // RMS norm, alone or fused with the residual adds before it (fused.cu), bit for bit the
 // unfused ops: v = a (b null), a + b, or with c: mid = a + b and v = c + mid; sum = v
-// (when given); y = rms_norm(v, eps) · gain.
+// (when given); y = rms_norm(v, eps) · gain. yq (cols a multiple of 32; q8_rows_bytes(rows,
+// cols) bytes): y quantised there too, as the integer GEMV quantises its input (GemmArgs::xq).
 void add_rms_norm(const float* a, const float* b, const float* c, float* mid, float* sum, const void* gain, WType wt,
-                  float eps, int64_t rows, int64_t cols, float* y, cudaStream_t s);
+                  float eps, int64_t rows, int64_t cols, float* y, cudaStream_t s, void* yq = nullptr);
 
 // Absorbed MLA over the latent cache ([n_ctx][width], width = kv_lora + qk_rope).
 // mla_store writes the batch's rows at positions[0..T-1] (device; a position outside the
-// context is recorded as DevError code 3). mla_attend takes qcat [T][H][width]
-// (W_kbᵀ q_nope ‖ q_pe) and writes ctx [T][H][kv_lora], the softmax-weighted sum of cached
+// context is recorded as DevError code 3). mla_attend takes q_abs [T][H][kv_lora]
+// (W_kbᵀ q_nope) and q_pe (row (t, h) at q_pe + (t·H + h)·pe_ld, width − kv_lora values)
+// and writes ctx [T][H][kv_lora] (with ctx_q8 and T = 1, also quantised there as the
+// H rows of the per-head v_b GEMV: GemmArgs::xq), the softmax-weighted sum of cached
 // latents over positions ≤ positions[t]; the sequence is split over blocks
 // (flash-decoding) and merged. scratch: mla_scratch_floats(...) floats. Positions come
 // from device memory so that a captured decode step replays at any position.
@@ -113,9 +119,10 @@ MlaPlan mla_plan(int n_head, int64_t T, int64_t n_kv, int kv_lora, int n_sm);
 // For decode (T ≤ 8): a launch shape fixed by the context size alone.
 MlaPlan mla_plan_decode(int n_head, int64_t T, int64_t n_ctx, int kv_lora, int n_sm);
 int64_t mla_scratch_floats(const MlaPlan& p, int n_head, int kv_lora);
-void mla_attend(const MlaPlan& p, const float* qcat, const float* cache, int64_t width, int64_t n_ctx, int kv_lora,
+void mla_attend(const MlaPlan& p, const float* q_abs, const float* q_pe, int64_t pe_ld, const float* cache,
+                int64_t width, int64_t n_ctx, int kv_lora,
                 int n_head, int64_t T, const int32_t* positions, float scale, float* ctx, float* scratch,
-                cudaStream_t s);
+                cudaStream_t s, void* ctx_q8 = nullptr);
 
 // Routing: logits [T][E] (already x · W_gateᵀ) → [T][2k] (k weights, then k ids as
 // floats), with scores, bias, group limits, top-k, normalisation and scale fused.
@@ -144,6 +151,7 @@ struct MoeArgs {
     WType wt_down = WType::f32;  // down (mixes such as Q4_K_M give it more bits)
     ExpertMask mask;
     void* scratch = nullptr;  // device, moe_scratch_bytes(*this) bytes (see GemmArgs::scratch)
+    const void* xq = nullptr;  // the T input rows already quantised (see GemmArgs::xq)
 };
 size_t moe_scratch_bytes(const MoeArgs& a);
 // Tuning aid (a hidden test prints it on the device): mean µs of one decode product on

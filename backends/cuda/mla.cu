@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "backends/cuda/device_util.cuh"
+#include "backends/cuda/dot_q8.cuh"
 #include "backends/cuda/kernels.h"
 
 namespace ds3::cuda {
@@ -37,7 +38,8 @@ constexpr int kMlaMaxChunk = 512;
 // visible positions divided evenly over the n_split splits (the decode plan, whose launch
 // shape does not depend on the context length, so a captured CUDA graph stays valid).
 // Writes the unnormalised partial context and the split's (max, sum) per head.
-__global__ void __launch_bounds__(kMlaThreads) mla_split_kernel(const float* qcat, const float* cache, int64_t width,
+__global__ void __launch_bounds__(kMlaThreads) mla_split_kernel(const float* q_abs, const float* q_pe, int64_t pe_ld,
+                                                              const float* cache, int64_t width,
                                                               int kv_lora, int n_head, int64_t t0,
                                                               const int32_t* positions, int64_t n_ctx, float scale,
                                                               int chunk, int n_split, float* part, float* stats) {
@@ -55,20 +57,34 @@ __global__ void __launch_bounds__(kMlaThreads) mla_split_kernel(const float* qca
     const int64_t s_hi = min(n_vis, s_lo + chunk);
     const int n_pos = s_hi > s_lo ? static_cast<int>(s_hi - s_lo) : 0;
 
-    // The block's heads are consecutive rows of qcat: one contiguous range, copied with
-    // independent (unrolled, 16-byte where aligned) loads — a chain of dependent loads
-    // here would cost more than the rest of a decode split.
+    // The block's query rows: q_abs (kv_lora, the heads' rows consecutive) then q_pe
+    // (read in place from the projected q, pe_ld apart), all loads independent (unrolled,
+    // 16-byte where aligned) — a chain of dependent loads here would cost more than the
+    // rest of a decode split.
     {
-        const float* src = qcat + (t * n_head + h0) * width;
-        const int n = nh * static_cast<int>(width), n_all = kMlaHeads * static_cast<int>(width);
-        if ((width & 3) == 0 && (reinterpret_cast<uintptr_t>(src) & 15) == 0) {
+        const int rope = static_cast<int>(width) - kv_lora;
+        const int64_t row0 = t * n_head + h0;
+        const float* qa = q_abs + row0 * kv_lora;
+        const float* qp = q_pe + row0 * pe_ld;
+        if ((kv_lora & 3) == 0 && (rope & 3) == 0 && (pe_ld & 3) == 0 && (reinterpret_cast<uintptr_t>(qa) & 15) == 0 &&
+            (reinterpret_cast<uintptr_t>(qp) & 15) == 0) {
+            const int w4 = static_cast<int>(width) / 4, l4 = kv_lora / 4;
 #pragma unroll 4
-            for (int i = threadIdx.x; i < n_all / 4; i += blockDim.x)
-                reinterpret_cast<float4*>(q_s)[i] =
-                    4 * i < n ? reinterpret_cast<const float4*>(src)[i] : make_float4(0.f, 0.f, 0.f, 0.f);
+            for (int i = threadIdx.x; i < kMlaHeads * w4; i += blockDim.x) {
+                const int h = i / w4, d = i - h * w4;
+                float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+                if (h < nh)
+                    v = d < l4 ? reinterpret_cast<const float4*>(qa + h * kv_lora)[d]
+                               : reinterpret_cast<const float4*>(qp + h * pe_ld)[d - l4];
+                reinterpret_cast<float4*>(q_s)[i] = v;
+            }
         } else {
+            const int w = static_cast<int>(width);
 #pragma unroll 4
-            for (int i = threadIdx.x; i < n_all; i += blockDim.x) q_s[i] = i < n ? src[i] : 0.0f;
+            for (int i = threadIdx.x; i < kMlaHeads * w; i += blockDim.x) {
+                const int h = i / w, d = i - h * w;
+                q_s[i] = h >= nh ? 0.0f : d < kv_lora ? qa[h * kv_lora + d] : qp[h * pe_ld + (d - kv_lora)];
+            }
         }
     }
     __syncthreads();
@@ -129,8 +145,11 @@ __global__ void __launch_bounds__(kMlaThreads) mla_split_kernel(const float* qca
 // (head, query): the split weights e^{m_i − M} go to shared memory once, then each thread
 // sums its latent dimensions over the splits with independent loads in flight.
 constexpr int kMergeThreads = 256;
+// q (a single query, kv_lora a multiple of 32): ctx also quantised there as the rows of
+// the per-head v_b GEMV (gemv_q8.h's layout with H rows), a 32-block per warp and step.
 __global__ void __launch_bounds__(kMergeThreads) mla_merge_kernel(const float* part, const float* stats, int kv_lora,
-                                                                 int n_head, int n_split, int64_t t0, float* ctx) {
+                                                                 int n_head, int n_split, int64_t t0, float* ctx,
+                                                                 int8_t* q, q8::XDs* qd) {
     extern __shared__ float w_s[];  // [n_split]
     __shared__ float red[kMergeThreads / 32];
     const int h = blockIdx.x;
@@ -163,11 +182,27 @@ __global__ void __launch_bounds__(kMergeThreads) mla_merge_kernel(const float* p
 
     const float* p0 = part + (tl * n_split * n_head + h) * static_cast<int64_t>(kv_lora);
     const int64_t step = static_cast<int64_t>(n_head) * kv_lora;  // from one split to the next
-    for (int d = threadIdx.x; d < kv_lora; d += blockDim.x) {
-        float v = 0.0f;
+    // The loop bound is the warp's first dimension, so a warp's lanes run the
+    // quantisation's shuffles together.
+    for (int d = threadIdx.x; d - lane < kv_lora; d += blockDim.x) {
+        float o = 0.0f;
+        if (d < kv_lora) {
+            float v = 0.0f;
 #pragma unroll 8
-        for (int i = 0; i < n_split; ++i) v += w_s[i] * p0[i * step + d];
-        ctx[(t * n_head + h) * static_cast<int64_t>(kv_lora) + d] = v * inv;
+            for (int i = 0; i < n_split; ++i) v += w_s[i] * p0[i * step + d];
+            o = v * inv;
+            ctx[(t * n_head + h) * static_cast<int64_t>(kv_lora) + d] = o;
+        }
+        if (!q) continue;
+        const float amax = warp_max(fabsf(o));  // fmaxf drops NaN: flagged apart
+        const bool nan = __any_sync(0xffffffffu, isnan(o));
+        const int8_t qv = q8::quant_one(o, amax);
+        const float sq = warp_sum(static_cast<float>(qv));
+        if (d < kv_lora) q[static_cast<int64_t>(h) * kv_lora + d] = qv;
+        if (lane == 0 && d < kv_lora) {
+            const float ds = nan ? __int_as_float(0x7fc00000) : q8::block_scale(amax);
+            qd[static_cast<int64_t>(h) * (kv_lora / 32) + d / 32] = q8::XDs{ds, ds * sq};
+        }
     }
 }
 
@@ -218,9 +253,17 @@ int64_t mla_scratch_floats(const MlaPlan& p, int n_head, int kv_lora) {
     return p.t_per_pass * p.n_split * static_cast<int64_t>(n_head) * (kv_lora + 2);
 }
 
-void mla_attend(const MlaPlan& p, const float* qcat, const float* cache, int64_t width, int64_t n_ctx, int kv_lora,
+void mla_attend(const MlaPlan& p, const float* q_abs, const float* q_pe, int64_t pe_ld, const float* cache,
+                int64_t width, int64_t n_ctx, int kv_lora,
                 int n_head, int64_t T, const int32_t* positions, float scale, float* ctx, float* scratch,
-                cudaStream_t s) {
+                cudaStream_t s, void* ctx_q8) {
+    int8_t* cq = nullptr;
+    q8::XDs* cd = nullptr;
+    if (ctx_q8 && T == 1 && kv_lora % 32 == 0) {  // gemv_q8.h's layout of n_head rows
+        cq = static_cast<int8_t*>(ctx_q8);
+        cd = reinterpret_cast<q8::XDs*>(static_cast<uint8_t*>(ctx_q8) +
+                                        ((static_cast<int64_t>(n_head) * kv_lora + 15) & ~int64_t(15)));
+    }
     const size_t smem = static_cast<size_t>(kMlaHeads) * (width + p.chunk_cap) * sizeof(float);
     static bool attr_set = false;
     if (!attr_set) {
@@ -235,11 +278,11 @@ void mla_attend(const MlaPlan& p, const float* qcat, const float* cache, int64_t
         float* part = scratch;
         float* stats = scratch + nt * p.n_split * static_cast<int64_t>(n_head) * kv_lora;
         dim3 grid(static_cast<unsigned>(p.n_split), static_cast<unsigned>(head_groups), static_cast<unsigned>(nt));
-        mla_split_kernel<<<grid, kMlaThreads, smem, s>>>(qcat, cache, width, kv_lora, n_head, t0, positions, n_ctx,
+        mla_split_kernel<<<grid, kMlaThreads, smem, s>>>(q_abs, q_pe, pe_ld, cache, width, kv_lora, n_head, t0, positions, n_ctx,
                                                          scale, p.chunk, p.n_split, part, stats);
         dim3 mgrid(static_cast<unsigned>(n_head), static_cast<unsigned>(nt));
         mla_merge_kernel<<<mgrid, kMergeThreads, static_cast<size_t>(p.n_split) * sizeof(float), s>>>(
-            part, stats, kv_lora, n_head, p.n_split, t0, ctx);
+            part, stats, kv_lora, n_head, p.n_split, t0, ctx, cq, cd);
     }
 }
 

@@ -5,6 +5,7 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <cstdlib>
 #include <memory>
 #include <vector>
 
@@ -16,6 +17,14 @@ namespace ds3::test {
 inline std::unique_ptr<Backend> cuda_or_null() {
     if (cuda_device_count() == 0) return nullptr;
     return create_backend("cuda");
+}
+
+// A CUDA backend with decode-step graphs on or off (DS3_CUDA_GRAPHS is read at creation).
+inline std::unique_ptr<Backend> cuda_with_graphs(bool on) {
+    ::setenv("DS3_CUDA_GRAPHS", on ? "1" : "0", 1);
+    auto b = create_backend("cuda");
+    ::unsetenv("DS3_CUDA_GRAPHS");
+    return b;
 }
 
 // ‖a − ref‖₂ / max(‖ref‖₂, tiny): the normalised error of test-backend-ops.

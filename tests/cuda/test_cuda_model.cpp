@@ -47,14 +47,6 @@ TEST_CASE("cuda: experts split between the GPU and the CPU give the unsplit logi
 
 namespace {
 
-// A CUDA backend with decode-step graphs on or off (DS3_CUDA_GRAPHS is read at creation).
-std::unique_ptr<Backend> cuda_with_graphs(bool on) {
-    ::setenv("DS3_CUDA_GRAPHS", on ? "1" : "0", 1);
-    auto b = create_backend("cuda");
-    ::unsetenv("DS3_CUDA_GRAPHS");
-    return b;
-}
-
 // Decodes the tiny prompt token by token, then in 2-token batches, resets and decodes
 // again: every step's logits, in order.
 std::vector<float> decode_steps(const Deepseek2Model& m, Backend& b) {

@@ -200,12 +200,14 @@ TEST_CASE("cuda quant: the integer block dots, run on the host, match the exact 
                 std::vector<float> got, exact, cpu, got_i, exact_i;
                 for (int64_t r = 0; r < rows; ++r) {
                     const uint8_t* row = w.data() + r * rb;
-                    float g = 0.0f, gi = 0.0f, gs = 0.0f;
+                    float g = 0.0f, gi = 0.0f, gs = 0.0f, gf = 0.0f;
                     REQUIRE(cuda::dot_q8_host(wt, row, K, x.data(), &g));
                     REQUIRE(cuda::dot_q8_host(wt, row, K, xi.data(), &gi));
-                    // The shallow variant splits the row differently: the same sum, up to order.
-                    REQUIRE(cuda::dot_q8_host(wt, row, K, x.data(), &gs, true));
+                    // The shallow and flat variants split the row differently: the same sum, up to order.
+                    REQUIRE(cuda::dot_q8_host(wt, row, K, x.data(), &gs, 2));
+                    REQUIRE(cuda::dot_q8_host(wt, row, K, x.data(), &gf, 4));
                     CHECK(std::fabs(gs - g) <= 1e-5f * (1.0f + std::fabs(g)));
+                    CHECK(std::fabs(gf - g) <= 1e-5f * (1.0f + std::fabs(g)));
                     double e = 0.0, ei = 0.0;
                     for (int64_t i = 0; i < K; ++i) {
                         e += double(deq[size_t(r * K + i)]) * x[size_t(i)];
@@ -363,6 +365,56 @@ TEST_CASE("cuda quant: mla_attn with quantized k_b / v_b", "[cuda][quant]") {
             rc.advance(T);
             pos0 += T;
         }
+    }
+}
+
+// In a replayed decode step the RMS norms quantise their outputs for the integer GEMVs
+// that read them, and MLA's merge quantises the attended latent for v_b: the products
+// must see the very bytes their own quantise kernels make node by node.
+TEST_CASE("cuda quant: a replayed decode step (fused quantisation) equals node by node bit for bit",
+          "[cuda][quant][graph]") {
+    DS3_REQUIRE_CUDA(gpu);
+    for (TypeId t : {TypeId::Q8_0, TypeId::Q4_0}) {
+        const int64_t D = 96, H = 3, rope = 8, nope = 32, kv_lora = 64, v_head = 16;
+        WeightStore s;
+        const Weight& gain = add_weight(s, "gain", TypeId::F32, {D}, randn(size_t(D), 60, 0.5f));
+        QWeight w1 = add_qweight(s, "w1", t, {D, 4099}, 61, 0.3f);
+        QWeight w2 = add_qweight(s, "w2", t, {D, 40}, 62, 0.3f);
+        QWeight kb = add_qweight(s, "kb", t, {nope, kv_lora, H}, 63, 0.3f);
+        QWeight vb = add_qweight(s, "vb", t, {kv_lora, v_head, H}, 64, 0.3f);
+        std::vector<float> outs[2];
+        for (int on = 0; on < 2; ++on) {
+            auto b = cuda_with_graphs(on == 1);
+            KvCache cache(1, 16, kv_lora, rope);
+            uint32_t seed = 300;
+            for (int64_t pos = 0; pos < 4; ++pos) {  // node by node, eager record, capture, replay
+                AttnParams p{int(H), int(nope), int(rope), int(v_head), int(kv_lora), 0.2f, pos};
+                Graph g;
+                const int x = g.input("x", DType::f32, 1, D), r = g.input("r", DType::f32, 1, D);
+                const int qn = g.input("q", DType::f32, 1, H * (nope + rope));
+                const int lat = g.input("lat", DType::f32, 1, kv_lora), kpe = g.input("kpe", DType::f32, 1, rope);
+                const int ps = g.input("pos", DType::i32, 1, 1);
+                const int n = g.rms_norm("norm", g.add("sum", x, r), gain, 1e-6f);
+                const int y1 = g.mul_mat("y1", n, *w1.q), y2 = g.mul_mat("y2", n, *w2.q);
+                const int o = g.mla_attn("o", qn, lat, kpe, *kb.q, *vb.q, p, 0, ps);
+                auto xv = randn(size_t(D), seed++), rv = randn(size_t(D), seed++);
+                auto qv = randn(size_t(H * (nope + rope)), seed++), lv = randn(size_t(kv_lora), seed++);
+                auto kv = randn(size_t(rope), seed++);
+                const int32_t pv = int32_t(pos);
+                const std::vector<GraphInput> ins = {{x, xv.data()},   {r, rv.data()},   {qn, qv.data()},
+                                                     {lat, lv.data()}, {kpe, kv.data()}, {ps, &pv}};
+                Scheduler sch({b.get()});
+                const Graph placed = sch.place(g);
+                const int fetch[] = {y1, y2, o};
+                auto res = sch.run(placed, ins, &cache, fetch);
+                for (int id : fetch) outs[on].insert(outs[on].end(), res.at(id).begin(), res.at(id).end());
+                cache.advance(1);
+            }
+        }
+        INFO(tname(t));
+        REQUIRE(outs[0].size() == outs[1].size());
+        CHECK(all_finite(outs[1]));
+        CHECK(outs[0] == outs[1]);
     }
 }
 
