@@ -90,3 +90,48 @@ if [[ " $STEPS " == *" bench "* ]]; then
   "$BIN/ds3" inspect $M.q4km.gguf 2>/dev/null | grep -oE "\b(q[0-9]_[0-9K]+|iq4_xs|f32|bf16|f16|fp8_e4m3_b128)\b" | sort | uniq -c |
     tr '\n' ' ' | sed 's/^/q4km tensor types: /'; echo
 fi
+
+# "gemv": the hidden decode-GEMV timings at V3's shapes (test_cuda_quant [.bench]), once
+# per value of DS3_GEMV_RWS (rows per lane group forced by DS3_CUDA_Q8_RW; "-": the
+# default choice).
+if [[ " $STEPS " == *" gemv "* ]]; then
+  for d in ${DS3_GEMV_RWS:--}; do
+    [ "$d" = - ] && unset DS3_CUDA_Q8_RW || export DS3_CUDA_Q8_RW=$d
+    timeout 200 "$BIN/test_cuda_quant" "[.bench]" -s 2>&1 | grep -E "^gemv" | grep -E "${DS3_GEMV_FILTER:-.}" |
+      sed "s/^/rw=$d /" | tee -a "$OUT/gemv.txt"
+  done
+  unset DS3_CUDA_Q8_RW
+fi
+
+# "rwtests": the op tests again with every GEMV forced to 2 and to 4 rows per lane group
+# (the default picks them by size only, so small test shapes would not reach them).
+if [[ " $STEPS " == *" rwtests "* ]]; then
+  for d in 2 4; do
+    for t in test_cuda_quant test_cuda_ops; do
+      DS3_CUDA_Q8_RW=$d timeout 240 "$BIN/$t" >"$W/$t.rw$d.log" 2>&1
+      echo "== $t DS3_CUDA_Q8_RW=$d rc=$? $(grep -E "passed|failed" "$W/$t.rw$d.log" | tail -1)"
+    done
+  done
+fi
+
+# "v3bench": ds3 bench on the V3-width slice (8 layers) at $DS3_BENCH_TYPES (default Q4_K_M).
+if [[ " $STEPS " == *" v3bench "* ]]; then
+  for t in ${DS3_BENCH_TYPES:-Q4_K_M}; do
+    timeout 240 "$BIN/ds3" bench --backend cuda --synthetic v3 --layers 8 --type "$t" -r 2 2>&1 | tee -a "$OUT/bench.txt"
+  done
+fi
+
+# "ncu": every kernel of a few decode steps on the V3-width slice at Q4_K_M, timed one by one
+# by Nsight Compute (graph nodes profiled as kernels: no launch gaps), then one step's
+# kernels summed by name (tests/cuda/ncu_step.py). DS3_NCU_ARGS: more ncu flags (e.g.
+# "--cache-control none"); DS3_NCU_BENCH: the bench's -p/-n/-r (default "-p 0 -n 4 -r 1");
+# DS3_NCU_MARKER: ncu_step.py's step marker.
+if [[ " $STEPS " == *" ncu "* ]]; then
+  NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  timeout 300 "$NCU" --clock-control none ${DS3_NCU_ARGS:-} --graph-profiling node --metrics gpu__time_duration.sum --csv \
+    --print-units base "$BIN/ds3" bench --backend cuda --synthetic v3 --layers 8 --type "${DS3_NCU_TYPE:-Q4_K_M}" \
+    ${DS3_NCU_BENCH:--p 0 -n 4 -r 1} >"$W/ncu.csv" 2>"$W/ncu.err"
+  echo "ncu rc=$? $(wc -l <"$W/ncu.csv") lines"; tail -3 "$W/ncu.err"
+  python3 tests/cuda/ncu_step.py "$W/ncu.csv" ${DS3_NCU_MARKER:+"$DS3_NCU_MARKER"} | tee "$OUT/ncu_step.txt"
+  xz -9 <"$W/ncu.csv" >"$OUT/ncu.csv.xz"
+fi
