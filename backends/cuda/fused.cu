@@ -61,28 +61,18 @@ __global__ void __launch_bounds__(kNormThreads)
     // latency then overlaps the first pass and the block sum instead of following them.
     constexpr int kPre = 2;
     const int64_t stride = 4 * static_cast<int64_t>(blockDim.x), first = 4 * static_cast<int64_t>(threadIdx.x);
-    float g[kPre][4];
+    auto pre = [&](auto&& f) {  // f(step, k, column) over the first kPre steps, unrolled
 #pragma unroll
-    for (int p = 0; p < kPre; ++p)
+        for (int p = 0; p < kPre; ++p)
 #pragma unroll
-        for (int k = 0; k < 4; ++k) {
-            const int64_t i = first + p * stride + k;
-            g[p][k] = i < cols ? load_w(wt, gain, i) : 0.0f;
-        }
+            for (int k = 0; k < 4; ++k) f(p, k, first + p * stride + k);
+    };
+    float g[kPre][4], keep[kPre][4];
+    pre([&](int p, int k, int64_t i) { g[p][k] = i < cols ? load_w(wt, gain, i) : 0.0f; });
     // The first kPre steps' values stay in registers for the second pass.
+    pre([&](int p, int k, int64_t i) { keep[p][k] = i < cols ? value(i) : 0.0f; });
     double ss = 0.0;
-    float keep[kPre][4];
-#pragma unroll
-    for (int p = 0; p < kPre; ++p)
-#pragma unroll
-        for (int k = 0; k < 4; ++k) {
-            const int64_t i = first + p * stride + k;
-            keep[p][k] = i < cols ? value(i) : 0.0f;
-        }
-#pragma unroll
-    for (int p = 0; p < kPre; ++p)
-#pragma unroll
-        for (int k = 0; k < 4; ++k) ss += static_cast<double>(keep[p][k]) * keep[p][k];
+    pre([&](int p, int k, int64_t) { ss += static_cast<double>(keep[p][k]) * keep[p][k]; });
     for (int64_t i0 = first + kPre * stride; i0 < cols; i0 += stride) {
         float v[4];
 #pragma unroll
