@@ -546,9 +546,8 @@ private:
                 i += covered - 1;
                 continue;
             }
-            if (n.op == Op::rms_norm) {
-                cuda::add_rms_norm(e.at(n.src[0]), nullptr, nullptr, nullptr, nullptr, weight(*n.w[0]),
-                                   wtype(n.w[0]->type), n.eps, n.rows, n.cols, e.at(i), stream_, quantised_copy(e, i, n));
+            if (n.op == Op::rms_norm) {  // with its quantised copy
+                rms_norm(n, e.at(n.src[0]), e.at(i), quantised_copy(e, i, n));
                 launched(n.name);
                 continue;
             }
@@ -598,8 +597,7 @@ private:
                 break;
             }
             case Op::rms_norm:
-                cuda::add_rms_norm(f32(in[0]), nullptr, nullptr, nullptr, nullptr, weight(*n.w[0]), wtype(n.w[0]->type),
-                                   n.eps, n.rows, n.cols, out, stream_);
+                rms_norm(n, f32(in[0]), out);
                 break;
             case Op::mul_mat:
                 matmul(*n.w[0], f32(in[0]), n.rows, out);
@@ -769,6 +767,12 @@ private:
         }
         weights_[w.data] = d;
         return d.ptr;
+    }
+
+    // yq: also y quantised there for the integer GEMVs (add_rms_norm).
+    void rms_norm(const Node& n, const float* x, float* y, void* yq = nullptr) {
+        cuda::add_rms_norm(x, nullptr, nullptr, nullptr, nullptr, weight(*n.w[0]), wtype(n.w[0]->type), n.eps, n.rows,
+                           n.cols, y, stream_, yq);
     }
 
     void matmul(const Weight& w, const float* x, int64_t rows, float* y) {

@@ -11,7 +11,12 @@
 // tests hold the arithmetic to the CPU's vec_dot without a GPU.
 #pragma once
 
+#include <limits>
+
 #include "backends/cuda/quant.cuh"
+#ifdef __CUDACC__
+#include "backends/cuda/device_util.cuh"
+#endif
 
 namespace ds3::cuda::q8 {
 
@@ -257,5 +262,33 @@ DS3_QHD int8_t quant_one(float v, float amax) {
     q = q > 127.0f ? 127.0f : (q < -127.0f ? -127.0f : q);
     return static_cast<int8_t>(q);
 }
+// A block's (d, d·Σq) from its amax, whether it held a NaN (then d is NaN, so the products
+// it enters are NaN, as on the CPU) and the sum of its rounded values.
+DS3_QHD XDs block_xds(float amax, bool nan, float sq) {
+#ifdef __CUDA_ARCH__
+    const float qnan = __int_as_float(0x7fc00000);
+#else
+    const float qnan = std::numeric_limits<float>::quiet_NaN();
+#endif
+    const float ds = nan ? qnan : block_scale(amax);
+    return XDs{ds, ds * sq};
+}
+// The layout of quantised activation rows: rows × K int8 values, then the blocks' XDs from
+// the next 16-byte boundary, at this byte offset.
+DS3_QHD int64_t xds_offset(int64_t rows, int64_t K) { return (rows * K + 15) & ~int64_t(15); }
+
+#ifdef __CUDACC__
+// One 32-value block quantised by a warp, a value per lane: the lane's rounded value to *q
+// and, from lane 0, the block's XDs to *d. store false: the lane's value is padding; it
+// stores nothing but still takes part in the shuffles.
+__device__ inline void quantize_warp(float v, bool store, int8_t* q, XDs* d) {
+    const float amax = warp_max(fabsf(v));  // fmaxf drops NaN: flagged apart
+    const bool nan = __any_sync(0xffffffffu, isnan(v));
+    const int8_t qv = quant_one(v, amax);
+    if (store) *q = qv;
+    const float sq = warp_sum(static_cast<float>(qv));
+    if (store && (threadIdx.x & 31) == 0) *d = block_xds(amax, nan, sq);
+}
+#endif
 
 }  // namespace ds3::cuda::q8

@@ -119,10 +119,7 @@ __global__ void __launch_bounds__(kNormThreads)
         for (int m = 1; m < 8; m <<= 1) qs += __shfl_xor_sync(0xffffffffu, qs, m);
         if (i0 < cols) {
             reinterpret_cast<int*>(q + off)[i0 / 4] = packed;
-            if ((lane & 7) == 0) {
-                const float ds = nan ? __int_as_float(0x7fc00000) : q8::block_scale(amax);
-                qd[off / 32 + i0 / 32] = q8::XDs{ds, ds * static_cast<float>(qs)};
-            }
+            if ((lane & 7) == 0) qd[off / 32 + i0 / 32] = q8::block_xds(amax, nan, static_cast<float>(qs));
         }
     };
     const int64_t w_first = first - 4 * lane;  // the warp's first column
@@ -183,7 +180,7 @@ void add_rms_norm(const float* a, const float* b, const float* c, float* mid, fl
     q8::XDs* qd = nullptr;
     if (yq && cols % 32 == 0) {  // gemv_q8.h's layout of quantised rows
         q = static_cast<int8_t*>(yq);
-        qd = reinterpret_cast<q8::XDs*>(static_cast<uint8_t*>(yq) + ((rows * cols + 15) & ~int64_t(15)));
+        qd = reinterpret_cast<q8::XDs*>(static_cast<uint8_t*>(yq) + q8::xds_offset(rows, cols));
     }
     add_rms_norm_kernel<<<static_cast<unsigned>(rows), kNormThreads, 0, s>>>(a, b, c, mid, sum, gain, wt, eps, rows,
                                                                               cols, y, q, qd);

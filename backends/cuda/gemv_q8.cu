@@ -25,7 +25,6 @@ namespace {
 
 constexpr int kWarps = 4, kThreads = 32 * kWarps;
 
-constexpr int64_t align16(int64_t n) { return (n + 15) & ~int64_t(15); }
 
 // Quantised rows of K values: int8 values [rows][K], then block scales [rows][K/32].
 struct Act {
@@ -35,7 +34,7 @@ struct Act {
 Act act_at(const void* base, int64_t rows, int64_t K) {
     Act a;
     a.q = static_cast<const int8_t*>(base);
-    a.d = reinterpret_cast<const q8::XDs*>(static_cast<const uint8_t*>(base) + align16(rows * K));
+    a.d = reinterpret_cast<const q8::XDs*>(static_cast<const uint8_t*>(base) + q8::xds_offset(rows, K));
     return a;
 }
 
@@ -89,14 +88,7 @@ __global__ void quantize_q8_kernel(const float* x, int64_t ldx, int64_t rows, in
     const int64_t step = (static_cast<int64_t>(gridDim.x) * blockDim.x) >> 5;
     for (int64_t b = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5; b < nb; b += step) {
         const int64_t r = b / kb, c = b % kb;
-        const float v = x[r * ldx + 32 * c + lane];
-        const float amax = warp_max(fabsf(v));  // fmaxf drops NaN: checked apart
-        const bool nan = __any_sync(0xffffffffu, isnan(v));
-        const int8_t qv = q8::quant_one(v, amax);
-        q[r * K + 32 * c + lane] = qv;
-        const float sq = warp_sum(static_cast<float>(qv));
-        const float ds = nan ? __int_as_float(0x7fc00000) : q8::block_scale(amax);
-        if (lane == 0) d[b] = q8::XDs{ds, ds * sq};
+        q8::quantize_warp(x[r * ldx + 32 * c + lane], true, q + r * K + 32 * c + lane, d + b);
     }
 }
 
@@ -348,9 +340,8 @@ void launch(QArgs a, unsigned pairs, cudaStream_t s) {
 
 // A batch of matrices only for single rows (decode's per-head products of MLA).
 bool gemv_applies(const GemmArgs& a) {
-    return (a.scratch || a.xq) && !a.groups && (a.batch == 1 || (a.M == 1 && batched_on())) &&
-           a.batch >= 1 && a.M >= 1 &&
-           a.M <= 8 && a.K > 0 && a.K % 32 == 0 && q8_supported(a.wt);
+    return (a.scratch || a.xq) && !a.groups && (a.batch == 1 || (a.M == 1 && batched_on())) && a.batch >= 1 &&
+           a.M >= 1 && a.M <= 8 && a.K > 0 && a.K % 32 == 0 && q8_supported(a.wt);
 }
 
 }  // namespace
@@ -366,7 +357,8 @@ bool q8_supported(WType t) {
 }
 
 size_t q8_rows_bytes(int64_t rows, int64_t K) {
-    return static_cast<size_t>(align16(rows * K) + align16(rows * (K / 32) * int64_t(sizeof(q8::XDs))));
+    const int64_t xds_bytes = rows * (K / 32) * int64_t(sizeof(q8::XDs));
+    return static_cast<size_t>(q8::xds_offset(rows, K) + ((xds_bytes + 15) & ~int64_t(15)));
 }
 
 size_t gemv_scratch_bytes(WType wt, int64_t M, int64_t K, int batch) {
@@ -443,7 +435,7 @@ bool moe_down_q8(const MoeArgs& a, const float* act, const float* route, float* 
     return with_q8(a.wt_down, [&](auto l) { launch<decltype(l), kMoeDown>(q, static_cast<unsigned>(P), s); });
 }
 
-bool dot_q8_host(WType t, const void* row, int64_t K, const float* x, float* out, int div) {
+bool dot_q8_host(WType t, const void* row, int64_t K, const float* x, float* out, int rw) {
     if (!q8_supported(t) || K <= 0 || K % wtype_block(t)) return false;
     std::vector<int4> qbuf(static_cast<size_t>(K / 16));  // 16-byte aligned int8 values
     int8_t* xq = reinterpret_cast<int8_t*>(qbuf.data());
@@ -457,8 +449,7 @@ bool dot_q8_host(WType t, const void* row, int64_t K, const float* x, float* out
         }
         int sq = 0;
         for (int i = 0; i < 32; ++i) sq += xq[32 * b + i] = q8::quant_one(x[32 * b + i], amax);
-        const float ds = nan ? std::numeric_limits<float>::quiet_NaN() : q8::block_scale(amax);
-        xd[static_cast<size_t>(b)] = q8::XDs{ds, ds * static_cast<float>(sq)};
+        xd[static_cast<size_t>(b)] = q8::block_xds(amax, nan, static_cast<float>(sq));
     }
     const uint8_t* rows[1] = {static_cast<const uint8_t*>(row)};
     float sum = 0.0f;
@@ -467,11 +458,11 @@ bool dot_q8_host(WType t, const void* row, int64_t K, const float* x, float* out
         // The lanes of one row as the kernel splits them, then their sum.
         // The lane split of a row read with 1, 2 or 4 rows per lane group (its unroll).
         constexpr int U1 = unroll_of<Q, 1>(), U2 = unroll_of<Q, 2>(), U4 = unroll_of<Q, 4>();
-        const int nc = static_cast<int>(K / Q::QK) * Q::NC, lpr = pick_lpr(nc, div == 4 ? U4 : div == 2 ? U2 : U1);
+        const int nc = static_cast<int>(K / Q::QK) * Q::NC, lpr = pick_lpr(nc, rw == 4 ? U4 : rw == 2 ? U2 : U1);
         for (int sub = 0; sub < lpr; ++sub) {
             float acc[1][1] = {{0.0f}};
-            if (div == 4) lane_dots<Q, 1, 1, U4>(rows, nc, sub, lpr, xq, xd.data(), K, 1, acc);
-            else if (div == 2) lane_dots<Q, 1, 1, U2>(rows, nc, sub, lpr, xq, xd.data(), K, 1, acc);
+            if (rw == 4) lane_dots<Q, 1, 1, U4>(rows, nc, sub, lpr, xq, xd.data(), K, 1, acc);
+            else if (rw == 2) lane_dots<Q, 1, 1, U2>(rows, nc, sub, lpr, xq, xd.data(), K, 1, acc);
             else lane_dots<Q, 1, 1, U1>(rows, nc, sub, lpr, xq, xd.data(), K, 1, acc);
             sum += acc[0][0];
         }

@@ -22,9 +22,9 @@ enum class WType : uint8_t { f32, bf16, f16, q8_0, q4_0, q2_K, q3_K, q4_K, q5_K,
 bool decode_chunk_host(WType t, const void* block, int c, float out[16]);
 // Σ w·x over one weight row of K values on the host, by the decode GEMV's integer path
 // (x quantised to 8-bit blocks of 32, dp4a emulated): the same block code the kernels
-// run (`div`: 1 deep, 2 shallow, 4 flat, the chunks in flight per lane divided by it). False for the
-// types the integer path does not cover.
-bool dot_q8_host(WType t, const void* row, int64_t K, const float* x, float* out, int div = 1);
+// run, with the lane split of a row read among `rw` = 1, 2 or 4 rows per lane group. False
+// for the types the integer path does not cover.
+bool dot_q8_host(WType t, const void* row, int64_t K, const float* x, float* out, int rw = 1);
 
 // Elements per block and bytes per block (1 and the element size for the plain types).
 int wtype_block(WType t);
@@ -60,8 +60,9 @@ struct GemmArgs {
     // block format: the activation rows quantised to 8-bit blocks for integer dot products.
     // Null (or a size of 0): the f32-activation path.
     void* scratch = nullptr;
-    // x already quantised in that layout by the kernel that made it (add_rms_norm's yq):
-    // the integer path reads it and skips its own quantise launch (batch 1 only).
+    // x already quantised in that layout by the kernel that made it (add_rms_norm's yq,
+    // mla_attend's ctx_q8 for a batch of single rows): the integer path reads it and skips
+    // its own quantise launch.
     const void* xq = nullptr;
 };
 // batch > 1: a strided batch of single rows (M = 1), each quantised apart.
@@ -120,9 +121,8 @@ MlaPlan mla_plan(int n_head, int64_t T, int64_t n_kv, int kv_lora, int n_sm);
 MlaPlan mla_plan_decode(int n_head, int64_t T, int64_t n_ctx, int kv_lora, int n_sm);
 int64_t mla_scratch_floats(const MlaPlan& p, int n_head, int kv_lora);
 void mla_attend(const MlaPlan& p, const float* q_abs, const float* q_pe, int64_t pe_ld, const float* cache,
-                int64_t width, int64_t n_ctx, int kv_lora,
-                int n_head, int64_t T, const int32_t* positions, float scale, float* ctx, float* scratch,
-                cudaStream_t s, void* ctx_q8 = nullptr);
+                int64_t width, int64_t n_ctx, int kv_lora, int n_head, int64_t T, const int32_t* positions,
+                float scale, float* ctx, float* scratch, cudaStream_t s, void* ctx_q8 = nullptr);
 
 // Routing: logits [T][E] (already x · W_gateᵀ) → [T][2k] (k weights, then k ids as
 // floats), with scores, bias, group limits, top-k, normalisation and scale fused.

@@ -39,8 +39,8 @@ constexpr int kMlaMaxChunk = 512;
 // shape does not depend on the context length, so a captured CUDA graph stays valid).
 // Writes the unnormalised partial context and the split's (max, sum) per head.
 __global__ void __launch_bounds__(kMlaThreads) mla_split_kernel(const float* q_abs, const float* q_pe, int64_t pe_ld,
-                                                              const float* cache, int64_t width,
-                                                              int kv_lora, int n_head, int64_t t0,
+                                                              const float* cache, int64_t width, int kv_lora,
+                                                              int n_head, int64_t t0,
                                                               const int32_t* positions, int64_t n_ctx, float scale,
                                                               int chunk, int n_split, float* part, float* stats) {
     extern __shared__ float smem[];
@@ -193,16 +193,9 @@ __global__ void __launch_bounds__(kMergeThreads) mla_merge_kernel(const float* p
             o = v * inv;
             ctx[(t * n_head + h) * static_cast<int64_t>(kv_lora) + d] = o;
         }
-        if (!q) continue;
-        const float amax = warp_max(fabsf(o));  // fmaxf drops NaN: flagged apart
-        const bool nan = __any_sync(0xffffffffu, isnan(o));
-        const int8_t qv = q8::quant_one(o, amax);
-        const float sq = warp_sum(static_cast<float>(qv));
-        if (d < kv_lora) q[static_cast<int64_t>(h) * kv_lora + d] = qv;
-        if (lane == 0 && d < kv_lora) {
-            const float ds = nan ? __int_as_float(0x7fc00000) : q8::block_scale(amax);
-            qd[static_cast<int64_t>(h) * (kv_lora / 32) + d / 32] = q8::XDs{ds, ds * sq};
-        }
+        if (q)
+            q8::quantize_warp(o, d < kv_lora, q + static_cast<int64_t>(h) * kv_lora + d,
+                              qd + static_cast<int64_t>(h) * (kv_lora / 32) + d / 32);
     }
 }
 
@@ -254,15 +247,13 @@ int64_t mla_scratch_floats(const MlaPlan& p, int n_head, int kv_lora) {
 }
 
 void mla_attend(const MlaPlan& p, const float* q_abs, const float* q_pe, int64_t pe_ld, const float* cache,
-                int64_t width, int64_t n_ctx, int kv_lora,
-                int n_head, int64_t T, const int32_t* positions, float scale, float* ctx, float* scratch,
-                cudaStream_t s, void* ctx_q8) {
+                int64_t width, int64_t n_ctx, int kv_lora, int n_head, int64_t T, const int32_t* positions,
+                float scale, float* ctx, float* scratch, cudaStream_t s, void* ctx_q8) {
     int8_t* cq = nullptr;
     q8::XDs* cd = nullptr;
     if (ctx_q8 && T == 1 && kv_lora % 32 == 0) {  // gemv_q8.h's layout of n_head rows
         cq = static_cast<int8_t*>(ctx_q8);
-        cd = reinterpret_cast<q8::XDs*>(static_cast<uint8_t*>(ctx_q8) +
-                                        ((static_cast<int64_t>(n_head) * kv_lora + 15) & ~int64_t(15)));
+        cd = reinterpret_cast<q8::XDs*>(static_cast<uint8_t*>(ctx_q8) + q8::xds_offset(n_head, kv_lora));
     }
     const size_t smem = static_cast<size_t>(kMlaHeads) * (width + p.chunk_cap) * sizeof(float);
     static bool attr_set = false;
@@ -278,8 +269,8 @@ void mla_attend(const MlaPlan& p, const float* q_abs, const float* q_pe, int64_t
         float* part = scratch;
         float* stats = scratch + nt * p.n_split * static_cast<int64_t>(n_head) * kv_lora;
         dim3 grid(static_cast<unsigned>(p.n_split), static_cast<unsigned>(head_groups), static_cast<unsigned>(nt));
-        mla_split_kernel<<<grid, kMlaThreads, smem, s>>>(q_abs, q_pe, pe_ld, cache, width, kv_lora, n_head, t0, positions, n_ctx,
-                                                         scale, p.chunk, p.n_split, part, stats);
+        mla_split_kernel<<<grid, kMlaThreads, smem, s>>>(q_abs, q_pe, pe_ld, cache, width, kv_lora, n_head, t0,
+                                                         positions, n_ctx, scale, p.chunk, p.n_split, part, stats);
         dim3 mgrid(static_cast<unsigned>(n_head), static_cast<unsigned>(nt));
         mla_merge_kernel<<<mgrid, kMergeThreads, static_cast<size_t>(p.n_split) * sizeof(float), s>>>(
             part, stats, kv_lora, n_head, p.n_split, t0, ctx, cq, cd);

@@ -203,7 +203,7 @@ TEST_CASE("cuda quant: the integer block dots, run on the host, match the exact 
                     float g = 0.0f, gi = 0.0f, gs = 0.0f, gf = 0.0f;
                     REQUIRE(cuda::dot_q8_host(wt, row, K, x.data(), &g));
                     REQUIRE(cuda::dot_q8_host(wt, row, K, xi.data(), &gi));
-                    // The shallow and flat variants split the row differently: the same sum, up to order.
+                    // Reading 2 or 4 rows per lane group splits the row differently: the same sum, up to order.
                     REQUIRE(cuda::dot_q8_host(wt, row, K, x.data(), &gs, 2));
                     REQUIRE(cuda::dot_q8_host(wt, row, K, x.data(), &gf, 4));
                     CHECK(std::fabs(gs - g) <= 1e-5f * (1.0f + std::fabs(g)));
