@@ -92,24 +92,30 @@ if [[ " $STEPS " == *" bench "* ]]; then
 fi
 
 # "gemv": the hidden decode-GEMV timings at V3's shapes (test_cuda_quant [.bench]), once
-# per value of DS3_GEMV_RWS (rows per lane group forced by DS3_CUDA_Q8_RW; "-": the
-# default choice).
+# per entry of DS3_GEMV_ENVS (space-separated; an entry is comma-separated VAR=value
+# settings, e.g. "DS3_CUDA_Q8_RW=1 DS3_CUDA_Q8_RW=4,DS3_CUDA_PDL=0"; "-":
+# none); DS3_GEMV_FILTER: a regex on the printed lines.
 if [[ " $STEPS " == *" gemv "* ]]; then
-  for d in ${DS3_GEMV_RWS:--}; do
-    [ "$d" = - ] && unset DS3_CUDA_Q8_RW || export DS3_CUDA_Q8_RW=$d
-    timeout 200 "$BIN/test_cuda_quant" "[.bench]" -s 2>&1 | grep -E "^gemv" | grep -E "${DS3_GEMV_FILTER:-.}" |
-      sed "s/^/rw=$d /" | tee -a "$OUT/gemv.txt"
+  for e in ${DS3_GEMV_ENVS:--}; do
+    set=()
+    [ "$e" != - ] && IFS=, read -ra set <<<"$e"
+    env "${set[@]}" timeout 200 "$BIN/test_cuda_quant" "[.bench]" -s 2>&1 | grep -E "^gemv" |
+      grep -E "${DS3_GEMV_FILTER:-.}" | sed "s/^/$e /" | tee -a "$OUT/gemv.txt"
   done
-  unset DS3_CUDA_Q8_RW
 fi
 
 # "rwtests": the op tests again with every GEMV forced to 2 and to 4 rows per lane group
-# (the default picks them by size only, so small test shapes would not reach them).
+# (the default picks them by size only, so small test shapes would not reach them), or
+# once per entry of DS3_RWTESTS_ENVS (entries as in DS3_GEMV_ENVS). A failure's report
+# goes to tests.log.
 if [[ " $STEPS " == *" rwtests "* ]]; then
-  for d in 2 4; do
+  for e in ${DS3_RWTESTS_ENVS:-DS3_CUDA_Q8_RW=2 DS3_CUDA_Q8_RW=4}; do
+    IFS=, read -ra set <<<"$e"
     for t in test_cuda_quant test_cuda_ops; do
-      DS3_CUDA_Q8_RW=$d timeout 240 "$BIN/$t" >"$W/$t.rw$d.log" 2>&1
-      echo "== $t DS3_CUDA_Q8_RW=$d rc=$? $(grep -E "passed|failed" "$W/$t.rw$d.log" | tail -1)"
+      env "${set[@]}" timeout 240 "$BIN/$t" >"$W/$t.$e.log" 2>&1
+      rc=$?
+      echo "== $t $e rc=$rc $(grep -E "passed|failed" "$W/$t.$e.log" | tail -1)"
+      [ $rc = 0 ] || { echo "=== $t $e rc=$rc"; grep -B4 -A14 FAILED "$W/$t.$e.log" | head -60; } >>"$OUT/tests.log"
     done
   done
 fi
