@@ -75,6 +75,53 @@ CONFIG = dict(
 )
 
 
+# Command-line overrides of CONFIG: (flag, config key, meaning).
+SHAPE_FLAGS = [
+    ("--hidden", "hidden_size", "hidden size"),
+    ("--layers", "num_hidden_layers", "layers"),
+    ("--dense-layers", "first_k_dense_replace", "leading dense layers"),
+    ("--heads", "num_attention_heads", "attention heads"),
+    ("--q-lora", "q_lora_rank", "q_lora rank"),
+    ("--kv-lora", "kv_lora_rank", "kv_lora rank"),
+    ("--qk-nope", "qk_nope_head_dim", "q/k head dimension without RoPE"),
+    ("--qk-rope", "qk_rope_head_dim", "q/k head dimension with RoPE"),
+    ("--v-head", "v_head_dim", "v head dimension"),
+    ("--dense-width", "intermediate_size", "dense layers' FFN width"),
+    ("--expert-width", "moe_intermediate_size", "each expert's FFN width (also the shared expert's)"),
+    ("--experts", "n_routed_experts", "routed experts"),
+    ("--experts-used", "num_experts_per_tok", "routed experts per token"),
+    ("--groups", "n_group", "expert groups"),
+    ("--groups-used", "topk_group", "expert groups kept"),
+]
+
+
+def check_config(c):
+    """Refuses shapes the V3 layout cannot hold and warns about matrices whose rows are
+    not a multiple of 256 (the K-quants' block), which ds3 quantize would give q4_0/q8_0."""
+    E, g = c["n_routed_experts"], c["n_group"]
+    bad = []
+    if c["qk_rope_head_dim"] % 2:
+        bad.append("qk_rope must be even (RoPE turns pairs)")
+    if E % g or E // g < 2:
+        bad.append(f"{E} experts do not split into {g} groups of at least 2 (groups are scored by their top 2)")
+    if not 1 <= c["topk_group"] <= g:
+        bad.append(f"groups kept {c['topk_group']} not in [1, {g}]")
+    if not 1 <= c["num_experts_per_tok"] <= E * c["topk_group"] // g:
+        bad.append(f"experts used {c['num_experts_per_tok']} not in [1, experts in the kept groups]")
+    if not 0 <= c["first_k_dense_replace"] < c["num_hidden_layers"]:
+        bad.append("dense layers must leave at least one MoE layer")
+    if bad:
+        sys.exit("train_tiny_v3: bad shape: " + "; ".join(bad))
+    rows = {"hidden (head, q_a, kv_a, experts' gate/up, ...)": c["hidden_size"], "q_lora (q_b)": c["q_lora_rank"],
+            "kv_lora (kv_b, attn_v_b)": c["kv_lora_rank"], "heads x v_head (o_proj)": c["num_attention_heads"] *
+            c["v_head_dim"], "expert width (experts' down)": c["moe_intermediate_size"],
+            "dense width (dense down)": c["intermediate_size"]}
+    off = [f"{k} = {v}" for k, v in rows.items() if v % 256]
+    if off:
+        print("train_tiny_v3: rows not a multiple of 256 (no K-quants for these matrices): " + ", ".join(off),
+              flush=True)
+
+
 def hf_config(c, fp8):
     """config.json in the release's form."""
     j = {
@@ -173,8 +220,18 @@ def main():
                          "default eval-ctx/2")
     ap.add_argument("--heldout-tokens", type=int, default=65536, help="held-out tokens for the final loss")
     ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    # Shape (defaults: CONFIG above, the model docs/quantization.md describes).
+    for flag, key, what in SHAPE_FLAGS:
+        ap.add_argument(flag, type=int, default=None, help=f"{what} (config {key}; default {CONFIG[key]})")
     ap.add_argument("--fp8", action="store_true", help="also write OUT-fp8 (FP8 e4m3, 128x128 scales)")
     args = ap.parse_args()
+    c = dict(CONFIG)
+    for flag, key, _ in SHAPE_FLAGS:
+        v = getattr(args, flag[2:].replace("-", "_"))
+        if v is not None:
+            c[key] = v
+    check_config(c)
 
     import torch
     import torch.nn.functional as F
@@ -183,10 +240,12 @@ def main():
 
     t_start = time.time()
     torch.manual_seed(args.seed)
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
-    print(f"torch {torch.__version__} on {dev} ({torch.cuda.get_device_name() if dev == 'cuda' else 'cpu'})", flush=True)
+    dev = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dev_type = torch.device(dev).type
+    print(f"torch {torch.__version__} on {dev} ({torch.cuda.get_device_name(dev) if dev_type == 'cuda' else 'cpu'})",
+          flush=True)
+    print("config: " + ", ".join(f"{key} {c[key]}" for _, key, _ in SHAPE_FLAGS), flush=True)
     os.makedirs(args.out, exist_ok=True)
-    c = CONFIG
 
     # ---- data ---------------------------------------------------------------------------
     tok = Tokenizer.from_file(os.path.join(args.tokenizer, "tokenizer.json"))
@@ -256,6 +315,15 @@ def main():
         cs, sn = cos_t[:T], sin_t[:T]
         return torch.stack((a * cs - b * sn, a * sn + b * cs), dim=-1).flatten(-2).to(x.dtype)
 
+    def attention(q, k, v, scale):
+        try:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+        except (AttributeError, TypeError):  # torch < 2.1 (no scale=): the same, spelled out (CPU tests)
+            T = q.shape[-2]
+            s = (q @ k.transpose(-1, -2)).float() * scale
+            s = s.masked_fill(torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
+            return (s.softmax(-1).to(v.dtype) @ v)
+
     class Layer(torch.nn.Module):
         def __init__(self, i):
             super().__init__()
@@ -300,8 +368,7 @@ def main():
             kvb = F.linear(rms(lat, p["kv_a_layernorm"]), p["kv_b_proj"]).view(B, T, nh, nope + vd).transpose(1, 2)
             k = torch.cat((kvb[..., :nope], k_pe), -1)
             qq = torch.cat((q_nope, q_pe), -1)
-            o = F.scaled_dot_product_attention(qq, k, kvb[..., nope:], is_causal=True,
-                                               scale=1.0 / math.sqrt(nope + rope))
+            o = attention(qq, k, kvb[..., nope:], 1.0 / math.sqrt(nope + rope))
             return F.linear(o.transpose(1, 2).reshape(B, T, nh * vd), p["o_proj"])
 
         def ffn(self, x):
@@ -357,7 +424,7 @@ def main():
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=args.lr, betas=(0.9, 0.95), eps=1e-8, fused=(dev == "cuda"))
+                            lr=args.lr, betas=(0.9, 0.95), eps=1e-8, **({"fused": True} if dev_type == "cuda" else {}))
     gen = torch.Generator(device=dev)
     gen.manual_seed(args.seed)
 
@@ -381,7 +448,7 @@ def main():
         for g in opt.param_groups:
             g["lr"] = lr
         x, y = batch(data, args.batch)
-        with torch.autocast(device_type=dev, dtype=torch.bfloat16, enabled=(dev == "cuda")):
+        with torch.autocast(device_type=dev_type, dtype=torch.bfloat16, enabled=(dev_type == "cuda")):
             logits = model(x)
         loss = F.cross_entropy(logits.float().view(-1, V), y.reshape(-1))
         opt.zero_grad(set_to_none=True)
