@@ -30,7 +30,8 @@ __global__ void mla_store_kernel(float* cache, int64_t width, int64_t n_ctx, con
 }
 
 constexpr int kMlaHeads = 8;     // heads per block: they share every cache row read
-constexpr int kMlaThreads = 128;
+constexpr int kMlaThreads = 256;
+constexpr int kMlaRowsAtOnce = 2;  // cache rows a warp scores at once
 constexpr int kMlaMaxChunk = 512;
 
 // One block: query t (of this pass), heads h0..h0+7, positions of split `blockIdx.x`.
@@ -38,14 +39,16 @@ constexpr int kMlaMaxChunk = 512;
 // visible positions divided evenly over the n_split splits (the decode plan, whose launch
 // shape does not depend on the context length, so a captured CUDA graph stays valid).
 // Writes the unnormalised partial context and the split's (max, sum) per head.
-__global__ void __launch_bounds__(kMlaThreads) mla_split_kernel(const float* q_abs, const float* q_pe, int64_t pe_ld,
+// kR: a cache row's values per lane (width ≤ 32·kR), all loaded at once.
+template <int kR>
+__global__ void __launch_bounds__(kMlaThreads, 2) mla_split_kernel(const float* q_abs, const float* q_pe, int64_t pe_ld,
                                                               const float* cache, int64_t width, int kv_lora,
                                                               int n_head, int64_t t0,
                                                               const int32_t* positions, int64_t n_ctx, float scale,
                                                               int chunk, int n_split, float* part, float* stats) {
-    extern __shared__ float smem[];
-    float* q_s = smem;                          // [kMlaHeads][width]
-    float* p_s = smem + kMlaHeads * width;      // [kMlaHeads][chunk]
+    extern __shared__ __align__(16) float smem[];
+    float* q_s = smem;                                     // [kMlaHeads][width]
+    float* p_s = smem + ((kMlaHeads * width + 3) & ~3);    // [kMlaHeads][pst], 16-byte aligned
     const int split = blockIdx.x;
     const int h0 = blockIdx.y * kMlaHeads;
     const int64_t tl = blockIdx.z, t = t0 + tl;
@@ -56,6 +59,7 @@ __global__ void __launch_bounds__(kMlaThreads) mla_split_kernel(const float* q_a
     const int64_t s_lo = static_cast<int64_t>(split) * chunk;
     const int64_t s_hi = min(n_vis, s_lo + chunk);
     const int n_pos = s_hi > s_lo ? static_cast<int>(s_hi - s_lo) : 0;
+    const int pst = (chunk + 3) & ~3;  // a head's row of p_s: whole float4s
 
     // The block's query rows: q_abs (kv_lora, the heads' rows consecutive) then q_pe
     // (read in place from the projected q, pe_ld apart), all loads independent (unrolled,
@@ -89,21 +93,36 @@ __global__ void __launch_bounds__(kMlaThreads) mla_split_kernel(const float* q_a
     }
     __syncthreads();
 
-    // Scores: a warp per position, all heads of the block against one cache row.
-    for (int j = warp; j < n_pos; j += kMlaThreads / 32) {
-        const float* row = cache + (s_lo + j) * width;
-        float acc[kMlaHeads] = {};
-#pragma unroll 6
-        for (int d = lane; d < width; d += 32) {
-            const float c = row[d];
+    // Scores: a warp takes kMlaRowsAtOnce cache rows at a time, all heads of the block
+    // against them, and issues every load of those rows before the first multiply (one
+    // trip to memory per step, not one per 32 values).
+    for (int j0 = warp * kMlaRowsAtOnce; j0 < n_pos; j0 += kMlaRowsAtOnce * (kMlaThreads / 32)) {
+        float c[kMlaRowsAtOnce][kR];
 #pragma unroll
-            for (int h = 0; h < kMlaHeads; ++h) acc[h] += q_s[h * width + d] * c;
+        for (int r = 0; r < kMlaRowsAtOnce; ++r) {
+            const float* row = cache + (s_lo + min(j0 + r, n_pos - 1)) * width;
+#pragma unroll
+            for (int k = 0; k < kR; ++k) c[r][k] = lane + 32 * k < width ? row[lane + 32 * k] : 0.0f;
+        }
+        float acc[kMlaRowsAtOnce][kMlaHeads] = {};
+#pragma unroll
+        for (int k = 0; k < kR; ++k) {
+            const int d = lane + 32 * k;
+            if (d >= width) break;
+#pragma unroll
+            for (int h = 0; h < kMlaHeads; ++h) {
+                const float q = q_s[h * width + d];
+#pragma unroll
+                for (int r = 0; r < kMlaRowsAtOnce; ++r) acc[r][h] += q * c[r][k];
+            }
         }
 #pragma unroll
-        for (int h = 0; h < kMlaHeads; ++h) {
-            float v = warp_sum(acc[h]);
-            if (lane == 0) p_s[h * chunk + j] = v * scale;
-        }
+        for (int r = 0; r < kMlaRowsAtOnce; ++r)
+#pragma unroll
+            for (int h = 0; h < kMlaHeads; ++h) {
+                const float v = warp_sum(acc[r][h]);
+                if (lane == 0 && j0 + r < n_pos) p_s[h * pst + j0 + r] = v * scale;
+            }
     }
     __syncthreads();
 
@@ -111,14 +130,15 @@ __global__ void __launch_bounds__(kMlaThreads) mla_split_kernel(const float* q_a
     float* st = stats + ((tl * n_split + split) * n_head + h0) * 2;
     for (int h = warp; h < nh; h += kMlaThreads / 32) {
         float mx = -INFINITY;
-        for (int j = lane; j < n_pos; j += 32) mx = fmaxf(mx, p_s[h * chunk + j]);
+        for (int j = lane; j < n_pos; j += 32) mx = fmaxf(mx, p_s[h * pst + j]);
         mx = warp_max(mx);
         float sum = 0.0f;
         for (int j = lane; j < n_pos; j += 32) {
-            const float e = expf(p_s[h * chunk + j] - mx);
-            p_s[h * chunk + j] = e;
+            const float e = expf(p_s[h * pst + j] - mx);
+            p_s[h * pst + j] = e;
             sum += e;
         }
+        if (lane < ((n_pos + 3) & ~3) - n_pos) p_s[h * pst + n_pos + lane] = 0.0f;  // the last float4's tail
         sum = warp_sum(sum);
         if (lane == 0) {
             st[2 * h] = mx;
@@ -129,13 +149,22 @@ __global__ void __launch_bounds__(kMlaThreads) mla_split_kernel(const float* q_a
 
     // Partial context: thread per latent dimension, all heads of the block.
     float* out = part + ((tl * n_split + split) * n_head + h0) * static_cast<int64_t>(kv_lora);
+    // Four positions a step: each head's weights for them in one 16-byte shared load.
     for (int d = threadIdx.x; d < kv_lora; d += blockDim.x) {
         float acc[kMlaHeads] = {};
-#pragma unroll 8
-        for (int j = 0; j < n_pos; ++j) {
-            const float c = cache[(s_lo + j) * width + d];
+#pragma unroll 2
+        for (int j = 0; j < n_pos; j += 4) {
+            float c[4];
 #pragma unroll
-            for (int h = 0; h < kMlaHeads; ++h) acc[h] += p_s[h * chunk + j] * c;
+            for (int i = 0; i < 4; ++i) c[i] = j + i < n_pos ? cache[(s_lo + j + i) * width + d] : 0.0f;
+#pragma unroll
+            for (int h = 0; h < kMlaHeads; ++h) {
+                const float4 w = *reinterpret_cast<const float4*>(p_s + h * pst + j);
+                acc[h] += w.x * c[0];
+                acc[h] += w.y * c[1];
+                acc[h] += w.z * c[2];
+                acc[h] += w.w * c[3];
+            }
         }
         for (int h = 0; h < nh; ++h) out[h * static_cast<int64_t>(kv_lora) + d] = acc[h];
     }
@@ -211,9 +240,10 @@ void mla_store(float* cache, int64_t width, int64_t n_ctx, const float* latent, 
 MlaPlan mla_plan(int n_head, int64_t T, int64_t n_kv, int kv_lora, int n_sm) {
     MlaPlan p;
     const int64_t head_groups = (n_head + kMlaHeads - 1) / kMlaHeads;
-    // Enough blocks to fill the chip twice; never a split of fewer than 32 positions
-    // nor more than kMlaMaxChunk (its scores live in shared memory).
-    int64_t want = (2 * static_cast<int64_t>(n_sm) + head_groups * T - 1) / std::max<int64_t>(1, head_groups * T);
+    // Blocks for two a SM (all resident at once: a third would make a second wave); never
+    // a split of fewer than 32 positions nor more than kMlaMaxChunk (its scores live in
+    // shared memory).
+    int64_t want = std::max<int64_t>(1, 2 * static_cast<int64_t>(n_sm) / std::max<int64_t>(1, head_groups * T));
     want = std::max<int64_t>(1, std::min<int64_t>(want, (n_kv + 31) / 32));
     want = std::max<int64_t>(want, (n_kv + kMlaMaxChunk - 1) / kMlaMaxChunk);
     int64_t chunk = (n_kv + want - 1) / want;
@@ -229,9 +259,10 @@ MlaPlan mla_plan(int n_head, int64_t T, int64_t n_kv, int kv_lora, int n_sm) {
 MlaPlan mla_plan_decode(int n_head, int64_t T, int64_t n_ctx, int kv_lora, int n_sm) {
     MlaPlan p;
     const int64_t head_groups = (n_head + kMlaHeads - 1) / kMlaHeads;
-    // Enough splits to fill the chip twice and to keep every split within kMlaMaxChunk
-    // positions at the full context; each query divides what it sees over all of them.
-    int64_t want = (2 * static_cast<int64_t>(n_sm) + head_groups * T - 1) / std::max<int64_t>(1, head_groups * T);
+    // Splits for two blocks a SM (all resident at once), more where a split would exceed
+    // kMlaMaxChunk positions at the full context; each query divides what it sees over
+    // all of them.
+    int64_t want = std::max<int64_t>(1, 2 * static_cast<int64_t>(n_sm) / std::max<int64_t>(1, head_groups * T));
     want = std::max<int64_t>(want, (n_ctx + kMlaMaxChunk - 1) / kMlaMaxChunk);
     want = std::max<int64_t>(1, std::min<int64_t>(want, n_ctx));
     p.n_split = static_cast<int>(want);
@@ -255,21 +286,27 @@ void mla_attend(const MlaPlan& p, const float* q_abs, const float* q_pe, int64_t
         cq = static_cast<int8_t*>(ctx_q8);
         cd = reinterpret_cast<q8::XDs*>(static_cast<uint8_t*>(ctx_q8) + q8::xds_offset(n_head, kv_lora));
     }
-    const size_t smem = static_cast<size_t>(kMlaHeads) * (width + p.chunk_cap) * sizeof(float);
+    const size_t smem =
+        (static_cast<size_t>((kMlaHeads * width + 3) & ~int64_t(3)) + kMlaHeads * ((p.chunk_cap + 3) & ~3)) *
+        sizeof(float);
     static bool attr_set = false;
     if (!attr_set) {
-        // Up to kMlaHeads · (kMlaMaxWidth + kMlaMaxChunk) floats = 48 KB.
-        cudaFuncSetAttribute(mla_split_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             kMlaHeads * (kMlaMaxWidth + kMlaMaxChunk) * static_cast<int>(sizeof(float)));
+        // Up to kMlaHeads · (kMlaMaxWidth + kMlaMaxChunk) floats = 48 KB (both multiples of 4).
+        const int most = kMlaHeads * (kMlaMaxWidth + kMlaMaxChunk) * static_cast<int>(sizeof(float));
+        cudaFuncSetAttribute(mla_split_kernel<18>, cudaFuncAttributeMaxDynamicSharedMemorySize, most);
+        cudaFuncSetAttribute(mla_split_kernel<kMlaMaxWidth / 32>, cudaFuncAttributeMaxDynamicSharedMemorySize, most);
         attr_set = true;
     }
+    // DeepSeek's 512 + 64 = 576 values a row in 18 registers a lane; wider rows in 32.
+    static_assert(kMlaMaxWidth % 32 == 0);
+    auto* split_kernel = width <= 18 * 32 ? mla_split_kernel<18> : mla_split_kernel<kMlaMaxWidth / 32>;
     const int head_groups = (n_head + kMlaHeads - 1) / kMlaHeads;
     for (int64_t t0 = 0; t0 < T; t0 += p.t_per_pass) {
         const int64_t nt = std::min<int64_t>(p.t_per_pass, T - t0);
         float* part = scratch;
         float* stats = scratch + nt * p.n_split * static_cast<int64_t>(n_head) * kv_lora;
         dim3 grid(static_cast<unsigned>(p.n_split), static_cast<unsigned>(head_groups), static_cast<unsigned>(nt));
-        mla_split_kernel<<<grid, kMlaThreads, smem, s>>>(q_abs, q_pe, pe_ld, cache, width, kv_lora, n_head, t0,
+        split_kernel<<<grid, kMlaThreads, smem, s>>>(q_abs, q_pe, pe_ld, cache, width, kv_lora, n_head, t0,
                                                          positions, n_ctx, scale, p.chunk, p.n_split, part, stats);
         dim3 mgrid(static_cast<unsigned>(n_head), static_cast<unsigned>(nt));
         mla_merge_kernel<<<mgrid, kMergeThreads, static_cast<size_t>(p.n_split) * sizeof(float), s>>>(
