@@ -25,7 +25,7 @@ struct ModelArgs {
 
     void add_to(CLI::App& app) {
         app.add_option("-m,--model", model, "Model file (GGUF)")->required();
-        app.add_option("--backend", backend, "Backend: cpu");
+        app.add_option("--backend", backend, "Backend: cpu, or cuda (a CUDA build with an NVIDIA GPU)");
         app.add_option("-c,--ctx-size", n_ctx, "Context size in tokens (the KV cache)");
         app.add_option("-t,--threads", threads, "CPU threads (0: all)");
     }
