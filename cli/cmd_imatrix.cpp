@@ -26,6 +26,11 @@ struct Args {
 int run_imatrix(Args a) {
     if (a.m.n_ctx < 2) throw Error("cli", "imatrix: -c must be at least 2");
     if (a.chunks < 0) throw Error("cli", "imatrix: --chunks must be non-negative");
+    // The statistics come from the CPU backend's product hooks: another backend would
+    // collect nothing, so it is refused rather than ignored.
+    if (a.m.backend != "cpu")
+        throw Error("cli", "imatrix: statistics are collected on the CPU backend only (--backend " + a.m.backend +
+                               " is not supported)");
     const std::vector<int32_t> ids = a.src.load(a.m.model, "imatrix");
     const int64_t c = a.m.n_ctx;
     int64_t n_chunks = static_cast<int64_t>(ids.size()) / c;

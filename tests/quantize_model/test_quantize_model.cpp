@@ -226,6 +226,15 @@ TEST_CASE("imatrix: collect, round trip, per-expert counts, and it changes the q
             for (size_t j = 0; j < L; ++j)
                 REQUIRE(e.in_sum2[size_t(h) * L + j] == Approx(2.0 * lat[j] * lat[j]).epsilon(1e-5).margin(1e-12));
     }
+    {
+        // Collected on the CPU only: another backend is refused, not silently ignored.
+        const fs::path none = dir / "none.gguf";
+        auto rb = test::run_ds3({"imatrix", "-m", f32.string(), "--tokens", "77,77", "-o", none.string(), "--backend",
+                                 "cuda"});
+        CHECK(rb.exit_code != 0);
+        CHECK_THAT(rb.err, Catch::Contains("CPU backend only"));
+        CHECK_FALSE(fs::exists(none));
+    }
     CHECK(im.entries.at("output.weight").counts[0] == 80);
     std::vector<float> imp;
     REQUIRE(im.importance("blk.0.attn_q_a.weight", 0, 256, imp));
