@@ -10,6 +10,7 @@
 #include <random>
 
 #include "backends/cpu/cpu_backend.h"
+#include "backends/cuda/kernels.h"
 #include "cuda_test.h"
 #include "op_inputs.h"
 #include "quantize/float.h"
@@ -212,6 +213,31 @@ TEST_CASE("cuda: mla_attn over the latent cache, batches then decode steps", "[c
             pos0 += T;
         }
     }
+}
+
+// Host-only (CI too): the split kernel holds two blocks an SM, so a plan must not ask for
+// more than that where the context allows (rounding the split count up once put 8 of 272
+// blocks in a second wave on the H200's 132 SMs), and a split never holds more than 512
+// positions (its scores live in shared memory).
+TEST_CASE("cuda: MLA plans fill the SMs at most once and bound each split", "[cuda][mla]") {
+    for (int n_sm : {1, 80, 114, 132})
+        for (int n_head : {3, 16, 128})
+            for (int64_t T : {1, 2, 8, 64})
+                for (int64_t n : {1, 31, 512, 4096, 163840}) {
+                    const int64_t groups = (n_head + 7) / 8, per_split = groups * T;
+                    const int64_t fit = 2 * n_sm / per_split;  // splits two blocks an SM allow
+                    for (bool decode : {true, false}) {
+                        if (decode && T > 8) continue;
+                        const cuda::MlaPlan p = decode ? cuda::mla_plan_decode(n_head, T, n, 512, n_sm)
+                                                       : cuda::mla_plan(n_head, T, n, 512, n_sm);
+                        INFO((decode ? "decode" : "prefill") << " n_sm " << n_sm << " heads " << n_head << " T " << T
+                                                             << " positions " << n);
+                        REQUIRE(p.n_split >= 1);
+                        CHECK(int64_t(p.chunk_cap) * p.n_split >= n);
+                        CHECK(p.chunk_cap <= 512);
+                        if (fit >= 1 && (n + 511) / 512 <= fit) CHECK(per_split * p.n_split <= 2 * n_sm);
+                    }
+                }
 }
 
 TEST_CASE("cuda: moe_route picks the CPU's experts and weights (V3 and V2 methods)", "[cuda][ops]") {
