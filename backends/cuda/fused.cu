@@ -43,7 +43,7 @@ __device__ double block_sum(double v) {
 // quantise kernel would make, so the product after the norm needs no launch of its own.
 __global__ void __launch_bounds__(kNormThreads)
     add_rms_norm_kernel(const float* a, const float* b, const float* c, float* mid, float* sum, const void* gain,
-                        WType wt, float eps, int64_t rows, int64_t cols, float* y, int8_t* q, q8::XDs* qd) {
+                        WType wt, float eps, int64_t cols, float* y, int8_t* q, q8::XDs* qd) {
     dep_trigger();  // the product after the norm may start loading its weights
     const int64_t off = static_cast<int64_t>(blockIdx.x) * cols;
     auto value = [&](int64_t i) {
@@ -132,7 +132,6 @@ __global__ void __launch_bounds__(kNormThreads)
         for (int k = 0; k < 4; ++k) gk[k] = i0 + k < cols ? load_w(wt, gain, i0 + k) : 0.0f;
         step(i0, gk, nullptr);
     }
-    (void)rows;
 }
 
 // RoPE: all heads of a row share their angles (position · inv_freq[i]), computed once per
@@ -182,8 +181,8 @@ void add_rms_norm(const float* a, const float* b, const float* c, float* mid, fl
         q = static_cast<int8_t*>(yq);
         qd = reinterpret_cast<q8::XDs*>(static_cast<uint8_t*>(yq) + q8::xds_offset(rows, cols));
     }
-    add_rms_norm_kernel<<<static_cast<unsigned>(rows), kNormThreads, 0, s>>>(a, b, c, mid, sum, gain, wt, eps, rows,
-                                                                              cols, y, q, qd);
+    add_rms_norm_kernel<<<static_cast<unsigned>(rows), kNormThreads, 0, s>>>(a, b, c, mid, sum, gain, wt, eps, cols,
+                                                                              y, q, qd);
 }
 
 void rope_rows(const RopeArgs& a, const int32_t* positions, const float* x, float* y, cudaStream_t s) {

@@ -48,28 +48,29 @@ DS3_QHD void dep_wait() {
 #endif
 }
 
-// DS3_CUDA_Q8_PARTS=0: every row on one warp (read once).
+// A switch that is on unless the environment sets it to 0 (for before/after timings with
+// one binary); callers read it once.
+bool env_on(const char* name) {
+    const char* e = std::getenv(name);
+    return !(e && std::atoi(e) == 0);
+}
+
+// DS3_CUDA_Q8_PARTS=0: every row on one warp.
 bool parts_on() {
-    static const bool on = [] {
-        const char* e = std::getenv("DS3_CUDA_Q8_PARTS");
-        return !(e && std::atoi(e) == 0);
-    }();
+    static const bool on = env_on("DS3_CUDA_Q8_PARTS");
     return on;
 }
 
-// DS3_CUDA_Q8_BATCHED=0 keeps the batched (per-head) products on the f32 kernels (read once).
+// DS3_CUDA_Q8_BATCHED=0 keeps the batched (per-head) products on the f32 kernels.
 bool batched_on() {
-    static const bool on = [] {
-        const char* e = std::getenv("DS3_CUDA_Q8_BATCHED");
-        return !(e && std::atoi(e) == 0);
-    }();
+    static const bool on = env_on("DS3_CUDA_Q8_BATCHED");
     return on;
 }
 
 // Whether launches use it: sm_90 and later, unless DS3_CUDA_PDL=0 (read once).
 bool pdl_enabled() {
     static const bool on = [] {
-        if (const char* e = std::getenv("DS3_CUDA_PDL"); e && std::atoi(e) == 0) return false;
+        if (!env_on("DS3_CUDA_PDL")) return false;
         int dev = 0, major = 0;
         if (cudaGetDevice(&dev) != cudaSuccess ||
             cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
@@ -349,10 +350,7 @@ bool gemv_applies(const GemmArgs& a) {
 bool q8_supported(WType t) {
     // DS3_CUDA_Q8=0 turns the integer path off (read once): before/after timings with one
     // binary; the scratch sizes are then 0 and the f32-activation kernels run.
-    static const bool on = [] {
-        const char* e = std::getenv("DS3_CUDA_Q8");
-        return !(e && std::atoi(e) == 0);
-    }();
+    static const bool on = env_on("DS3_CUDA_Q8");
     return on && with_q8(t, [](auto) {});
 }
 

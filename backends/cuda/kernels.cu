@@ -1,8 +1,8 @@
 // CUDA kernels of the matrix products and the element-wise ops (see kernels.h): the f32
 // GEMV and tiled GEMM over every weight type, get_rows, add/SwiGLU/copy, and the MoE decode
 // pairs. The integer decode GEMV is in gemv_q8.cu, MLA in mla.cu, routing in route.cu, the
-// row kernels (RMS norm, RoPE) in fused.cu. Plain CUDA C++ for sm_80 and sm_90, no tensor
-// cores yet.
+// row kernels (RMS norm, RoPE) in fused.cu. CUDA C++ for sm_80 and sm_90; the tiled GEMM
+// runs on tensor cores (mma.sync, in f32 precision).
 #include "backends/cuda/kernels.h"
 #include "backends/cuda/device_util.cuh"
 #include "backends/cuda/gemv_q8.h"
@@ -600,8 +600,6 @@ void swiglu(const float* g, const float* u, int64_t n, float* y, cudaStream_t s)
 void copy2d(const float* src, int64_t lds, float* dst, int64_t ldd, int64_t rows, int64_t cols, cudaStream_t s) {
     if (rows > 0 && cols > 0) copy2d_kernel<<<grid_for(rows * cols, 256), 256, 0, s>>>(src, lds, dst, ldd, rows, cols);
 }
-
-
 
 void moe_pairs_gate_up(const MoeArgs& a, const float* x, const float* route, float* act, DevError* err,
                        cudaStream_t s) {

@@ -33,6 +33,17 @@ constexpr int kMlaHeads = 8;     // heads per block: they share every cache row 
 constexpr int kMlaThreads = 256;
 constexpr int kMlaRowsAtOnce = 2;  // cache rows a warp scores at once
 constexpr int kMlaMaxChunk = 512;
+// DeepSeek's rows of 512 + 64 = 576 values: 18 a lane, all held at once.
+constexpr int kMlaRowRegs = 18;
+
+// The split kernel's shared memory, [kMlaHeads][width] queries then [kMlaHeads][pst]
+// scores: the scores start on a 16-byte boundary and a head's row of them is whole
+// float4s (the context pass reads four positions at a time).
+template <typename I>
+__host__ __device__ constexpr I round4(I v) {
+    return (v + 3) & ~I(3);
+}
+__host__ __device__ constexpr int64_t mla_scores_offset(int64_t width) { return round4(kMlaHeads * width); }
 
 // One block: query t (of this pass), heads h0..h0+7, positions of split `blockIdx.x`.
 // Query t sees positions 0..positions[t]. chunk > 0: positions per split; 0: the query's
@@ -48,7 +59,7 @@ __global__ void __launch_bounds__(kMlaThreads, 2) mla_split_kernel(const float* 
                                                               int chunk, int n_split, float* part, float* stats) {
     extern __shared__ __align__(16) float smem[];
     float* q_s = smem;                                     // [kMlaHeads][width]
-    float* p_s = smem + ((kMlaHeads * width + 3) & ~3);    // [kMlaHeads][pst], 16-byte aligned
+    float* p_s = smem + mla_scores_offset(width);          // [kMlaHeads][pst]
     const int split = blockIdx.x;
     const int h0 = blockIdx.y * kMlaHeads;
     const int64_t tl = blockIdx.z, t = t0 + tl;
@@ -59,7 +70,7 @@ __global__ void __launch_bounds__(kMlaThreads, 2) mla_split_kernel(const float* 
     const int64_t s_lo = static_cast<int64_t>(split) * chunk;
     const int64_t s_hi = min(n_vis, s_lo + chunk);
     const int n_pos = s_hi > s_lo ? static_cast<int>(s_hi - s_lo) : 0;
-    const int pst = (chunk + 3) & ~3;  // a head's row of p_s: whole float4s
+    const int pst = round4(chunk);  // a head's row of p_s
 
     // The block's query rows: q_abs (kv_lora, the heads' rows consecutive) then q_pe
     // (read in place from the projected q, pe_ld apart), all loads independent (unrolled,
@@ -138,7 +149,7 @@ __global__ void __launch_bounds__(kMlaThreads, 2) mla_split_kernel(const float* 
             p_s[h * pst + j] = e;
             sum += e;
         }
-        if (lane < ((n_pos + 3) & ~3) - n_pos) p_s[h * pst + n_pos + lane] = 0.0f;  // the last float4's tail
+        if (lane < round4(n_pos) - n_pos) p_s[h * pst + n_pos + lane] = 0.0f;  // the last float4's tail
         sum = warp_sum(sum);
         if (lane == 0) {
             st[2 * h] = mx;
@@ -287,19 +298,19 @@ void mla_attend(const MlaPlan& p, const float* q_abs, const float* q_pe, int64_t
         cd = reinterpret_cast<q8::XDs*>(static_cast<uint8_t*>(ctx_q8) + q8::xds_offset(n_head, kv_lora));
     }
     const size_t smem =
-        (static_cast<size_t>((kMlaHeads * width + 3) & ~int64_t(3)) + kMlaHeads * ((p.chunk_cap + 3) & ~3)) *
-        sizeof(float);
+        static_cast<size_t>(mla_scores_offset(width) + int64_t{kMlaHeads} * round4(p.chunk_cap)) * sizeof(float);
     static bool attr_set = false;
     if (!attr_set) {
         // Up to kMlaHeads · (kMlaMaxWidth + kMlaMaxChunk) floats = 48 KB (both multiples of 4).
         const int most = kMlaHeads * (kMlaMaxWidth + kMlaMaxChunk) * static_cast<int>(sizeof(float));
-        cudaFuncSetAttribute(mla_split_kernel<18>, cudaFuncAttributeMaxDynamicSharedMemorySize, most);
+        cudaFuncSetAttribute(mla_split_kernel<kMlaRowRegs>, cudaFuncAttributeMaxDynamicSharedMemorySize, most);
         cudaFuncSetAttribute(mla_split_kernel<kMlaMaxWidth / 32>, cudaFuncAttributeMaxDynamicSharedMemorySize, most);
         attr_set = true;
     }
-    // DeepSeek's 512 + 64 = 576 values a row in 18 registers a lane; wider rows in 32.
+    // Wider rows than DeepSeek's in kMlaMaxWidth / 32 registers a lane.
     static_assert(kMlaMaxWidth % 32 == 0);
-    auto* split_kernel = width <= 18 * 32 ? mla_split_kernel<18> : mla_split_kernel<kMlaMaxWidth / 32>;
+    auto* split_kernel =
+        width <= 32 * kMlaRowRegs ? mla_split_kernel<kMlaRowRegs> : mla_split_kernel<kMlaMaxWidth / 32>;
     const int head_groups = (n_head + kMlaHeads - 1) / kMlaHeads;
     for (int64_t t0 = 0; t0 < T; t0 += p.t_per_pass) {
         const int64_t nt = std::min<int64_t>(p.t_per_pass, T - t0);
