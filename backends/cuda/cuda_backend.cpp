@@ -593,7 +593,7 @@ private:
                 return;
             case Op::get_rows: {
                 const Weight& w = *n.w[0];
-                cuda::get_rows(weight(w), wtype(w.type), w.ne[0], w.ne[1], i32(in[0]), n.rows, out, err_, stream_);
+                cuda::get_rows(weight(w), dtype(w), w.ne[0], w.ne[1], i32(in[0]), n.rows, out, err_, stream_);
                 break;
             }
             case Op::rms_norm:
@@ -732,23 +732,64 @@ private:
         uint64_t nbytes = 0;
         TypeId type = TypeId::F32;
         uint64_t print = 0;
+        cuda::WType wt = cuda::WType::f32;  // the device layout (q6_K_g for regrouped Q6_K)
     };
 
+    // The resident copy of w and the type its kernels read it as.
+    const void* weight(const Weight& w) { return resident(w).ptr; }
+    cuda::WType dtype(const Weight& w) { return resident(w).wt; }
+
+    // Q6_K rows of an even number of blocks are regrouped on upload (q6_K_g: every lane's
+    // bytes in whole 32-bit words), unless DS3_CUDA_Q6G=0 (read once).
+    static bool q6_grouped_on() {
+        static const bool on = [] {
+            const char* e = std::getenv("DS3_CUDA_Q6G");
+            return !(e && std::atoi(e) == 0);
+        }();
+        return on;
+    }
+
+    // Copies w (Q6_K, whole pairs of blocks) to dst regrouped: through a device staging
+    // buffer of at most 64 MiB, a slice at a time. False (nothing written) when the
+    // staging buffer cannot be had; the caller then uploads the plain layout.
+    bool upload_grouped(void* dst, const Weight& w) {
+        constexpr uint64_t kPair = 420;
+        const uint64_t pairs = w.nbytes / kPair, step = std::min<uint64_t>(pairs, (64ull << 20) / kPair);
+        void* tmp = nullptr;
+        if (cudaMalloc(&tmp, step * kPair) != cudaSuccess) {
+            cudaGetLastError();
+            return false;
+        }
+        cudaError_t e = cudaSuccess;
+        for (uint64_t p = 0; p < pairs && e == cudaSuccess; p += step) {
+            const uint64_t n = std::min(step, pairs - p);
+            e = cudaMemcpyAsync(tmp, w.data + p * kPair, n * kPair, cudaMemcpyHostToDevice, stream_);
+            if (e == cudaSuccess) {
+                cuda::q6k_group(tmp, static_cast<uint8_t*>(dst) + p * kPair, static_cast<int64_t>(n), stream_);
+                e = cudaGetLastError();
+            }
+        }
+        if (e == cudaSuccess) e = cudaStreamSynchronize(stream_);  // tmp is freed next
+        cudaFree(tmp);
+        if (e != cudaSuccess) throw Error("cuda", w.name + ": weight upload failed: " + cudaGetErrorString(e));
+        return true;
+    }
+
     // The resident copy of w, uploaded on first use.
-    const void* weight(const Weight& w) {
+    const DevWeight& resident(const Weight& w) {
         check(wtype_of(w.type).has_value(), "cuda",
               w.name + ": weight type " + std::string(type_traits(w.type).name) + " is not supported by the CUDA backend");
         const uint64_t print = fingerprint(w);
         auto it = weights_.find(w.data);
         if (it != weights_.end()) {
             if (it->second.nbytes == w.nbytes && it->second.type == w.type && it->second.print == print)
-                return it->second.ptr;
+                return it->second;
             DS3_CU(cudaStreamSynchronize(stream_));  // the old copy may still be read
             stale_graphs_ = true;                    // captured graphs may read it
             cudaFree(it->second.ptr);
             weights_.erase(it);
         }
-        DevWeight d{nullptr, w.nbytes, w.type, print};
+        DevWeight d{nullptr, w.nbytes, w.type, print, wtype(w.type)};
         cudaError_t e = cudaMalloc(&d.ptr, std::max<uint64_t>(w.nbytes, 1));
         if (e != cudaSuccess) {
             cudaGetLastError();
@@ -758,6 +799,17 @@ private:
         if (e != cudaSuccess)
             throw Error("cuda", w.name + ": cannot keep the weight on the device (" + std::to_string(w.nbytes) +
                                     " bytes): " + cudaGetErrorString(e));
+        if (w.type == TypeId::Q6_K && q6_grouped_on() && cuda::q6k_groupable(w.ne[0])) {
+            try {
+                if (upload_grouped(d.ptr, w)) {
+                    d.wt = cuda::WType::q6_K_g;
+                    return weights_[w.data] = d;
+                }
+            } catch (...) {
+                cudaFree(d.ptr);
+                throw;
+            }
+        }
         // On our stream: kernels run on a non-blocking stream, which does not wait for
         // the legacy stream, and a pageable cudaMemcpy may return before its DMA ends.
         e = cudaMemcpyAsync(d.ptr, w.data, w.nbytes, cudaMemcpyHostToDevice, stream_);
@@ -765,8 +817,7 @@ private:
             cudaFree(d.ptr);
             throw Error("cuda", w.name + ": weight upload failed: " + cudaGetErrorString(e));
         }
-        weights_[w.data] = d;
-        return d.ptr;
+        return weights_[w.data] = d;
     }
 
     // yq: also y quantised there for the integer GEMVs (add_rms_norm).
@@ -780,7 +831,7 @@ private:
         a.x = x;
         a.ldx = w.ne[0];
         a.w = weight(w);
-        a.wt = wtype(w.type);
+        a.wt = dtype(w);
         a.y = y;
         a.ldy = w.ne[1];
         a.M = rows;
@@ -854,7 +905,7 @@ private:
         a.ldx = H * qdim;
         a.x_bstride = qdim;
         a.w = weight(k_b);
-        a.wt = wtype(k_b.type);
+        a.wt = dtype(k_b);
         a.w_bstride = static_cast<int64_t>(k_b.row_bytes()) * p.kv_lora;
         a.y = q_abs.f();
         a.ldy = H * p.kv_lora;
@@ -877,7 +928,7 @@ private:
         // One query: the merge also quantises ctx for v_b's integer GEMV (no launch of its own).
         const size_t vq_bytes =
             T == 1 && p.kv_lora % 32 == 0
-                ? cuda::gemv_scratch_bytes(wtype(n.w[1]->type), 1, p.kv_lora, static_cast<int>(H))
+                ? cuda::gemv_scratch_bytes(dtype(*n.w[1]), 1, p.kv_lora, static_cast<int>(H))
                 : 0;
         std::optional<Scratch> vq;
         if (vq_bytes) vq.emplace(*pool_, vq_bytes);
@@ -891,7 +942,7 @@ private:
         b.ldx = H * p.kv_lora;
         b.x_bstride = p.kv_lora;
         b.w = weight(v_b);
-        b.wt = wtype(v_b.type);
+        b.wt = dtype(v_b);
         b.w_bstride = static_cast<int64_t>(v_b.row_bytes()) * p.v_head;
         b.y = out;
         b.ldy = H * p.v_head;
@@ -944,8 +995,8 @@ private:
               n.name + ": gate and up experts of different types are not supported (" +
                   std::string(type_traits(n.w[0]->type).name) + " vs " + std::string(type_traits(n.w[1]->type).name) +
                   ")");
-        a.wt = wtype(n.w[0]->type);
-        a.wt_down = wtype(n.w[2]->type);
+        a.wt = dtype(*n.w[0]);
+        a.wt_down = dtype(*n.w[2]);
         for (int e = 0; e < n.route.n_expert; ++e)
             if (n.experts.empty() || n.experts[static_cast<size_t>(e)]) a.mask.bits[e / 32] |= 1u << (e % 32);
         return a;
@@ -1062,7 +1113,7 @@ private:
             a.x = x;
             a.ldx = n.w[0]->ne[0];
             a.w = weight(*n.w[0]);
-            a.wt = wtype(n.w[0]->type);
+            a.wt = dtype(*n.w[0]);
             a.y = act.f();
             a.ldy = F;
             a.M = T;

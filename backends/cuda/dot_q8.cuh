@@ -248,6 +248,53 @@ DS3_UNROLL
     }
 };
 
+// Q6_K regrouped on upload (quant.cuh's Q6_KG): chunk c of a row is one lane's six words,
+// all 32-bit loads that a warp makes in 64-byte runs, and elements 32c'..32c'+31 of its
+// block (c' = c % 8), so the dot reads one activation block. Row-addressed: load_row
+// takes the row and the chunk's index in it (a pair's lanes are spread over 420 bytes).
+struct Q6_KG {
+    static constexpr int QK = 256, TS = 210, NC = 8, UNROLL = 4, MAX_RW = 4;
+    struct R {
+        uint32_t v[8];  // levels − 32 of elements 4q..4q+3
+        int sc0, sc1;
+        float d;
+    };
+    DS3_QHD static uint32_t word(const uint8_t* p) {
+#ifdef __CUDA_ARCH__
+        return __ldg(reinterpret_cast<const unsigned int*>(p));
+#else
+        uint32_t w;
+        __builtin_memcpy(&w, p, 4);
+        return w;
+#endif
+    }
+    DS3_QHD static void load_row(const uint8_t* row, int c, R& r) {
+        const int blk = c >> 3, L = 8 * (blk & 1) + (c & 7);
+        const uint8_t* p = row + static_cast<int64_t>(blk >> 1) * (2 * TS);
+        uint32_t w[6];
+DS3_UNROLL
+        for (int k = 0; k < 6; ++k) w[k] = word(p + 4 * (16 * k + L));
+        const uint32_t sc = *reinterpret_cast<const uint16_t*>(p + 384 + 2 * L);
+        r.d = q::h2f(p + 416 + 2 * (blk & 1));
+        r.sc0 = static_cast<int8_t>(sc & 0xff), r.sc1 = static_cast<int8_t>(sc >> 8);
+        // Bits 2q..2q+1 of each byte of the top-bit words moved to bits 4..5.
+        const uint32_t m4 = 0x0f0f0f0fu, m2 = 0x30303030u;
+        const uint32_t top[2][4] = {{w[4] << 4, w[4] << 2, w[4], w[4] >> 2}, {w[5] << 4, w[5] << 2, w[5], w[5] >> 2}};
+DS3_UNROLL
+        for (int q = 0; q < 4; ++q) {
+            // A 6-bit level a per byte to the int8 a − 32: (a + 96) ^ 128, no carries (a ≤ 63).
+            r.v[q] = (((w[q] & m4) | (top[0][q] & m2)) + 0x60606060u) ^ 0x80808080u;
+            r.v[4 + q] = ((((w[q] >> 4) & m4) | (top[1][q] & m2)) + 0x60606060u) ^ 0x80808080u;
+        }
+    }
+    DS3_QHD static float dot(const R& r, int j, const int8_t* xq, const XDs* xd) {
+        int x[8];
+        ld_x32(xq + 32 * j, x);
+        const int s0 = dot4(r.v, x), s1 = dot4(r.v + 4, x + 4);
+        return r.d * xd[j].d * static_cast<float>(r.sc0 * s0 + r.sc1 * s1);
+    }
+};
+
 // The quantisation of one activation block, shared by the host check; the kernel does
 // the same per lane with warp reductions.
 DS3_QHD float block_scale(float amax) { return amax / 127.0f; }

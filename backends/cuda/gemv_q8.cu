@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 namespace ds3::cuda {
@@ -152,7 +153,10 @@ DS3_UNROLL
         for (int u = 0; u < U; ++u) {
             const int c = c0 + u * lpr < nc ? c0 + u * lpr : nc - 1, blk = c / Q::NC, j = c % Q::NC;
 DS3_UNROLL
-            for (int i = 0; i < NW; ++i) Q::load(rows[i] + static_cast<int64_t>(blk) * Q::TS, j, r[u][i]);
+            for (int i = 0; i < NW; ++i) {
+                if constexpr (std::is_same_v<Q, q8::Q6_KG>) Q::load_row(rows[i], c, r[u][i]);
+                else Q::load(rows[i] + static_cast<int64_t>(blk) * Q::TS, j, r[u][i]);
+            }
         }
         if (c0 == sub) dep_wait();  // the activations are read from here on
 DS3_UNROLL
@@ -262,6 +266,7 @@ bool with_q8(WType t, F&& f) {
         case WType::q4_K: f(q8::Q4_K{}); return true;
         case WType::q5_K: f(q8::Q5_K{}); return true;
         case WType::q6_K: f(q8::Q6_K{}); return true;
+        case WType::q6_K_g: f(q8::Q6_KG{}); return true;
         default: return false;
     }
 }

@@ -36,7 +36,7 @@ int wtype_block_bytes(WType t) {
         case WType::q3_K: return q::Q3_K::TS;
         case WType::q4_K: return q::Q4_K::TS;
         case WType::q5_K: return q::Q5_K::TS;
-        case WType::q6_K: return q::Q6_K::TS;
+        case WType::q6_K: case WType::q6_K_g: return q::Q6_K::TS;
         case WType::iq4_xs: return q::IQ4_XS::TS;
         case WType::fp8_b128: return q::FP8_B128::TS;
     }
@@ -109,6 +109,13 @@ struct WQ {
     }
 };
 
+// Q6_K regrouped (q6_K_g): the decoder takes the row itself (a pair of blocks is one unit).
+struct WQ6G {
+    static constexpr bool kQuant = true;
+    __host__ __device__ static constexpr int64_t row_bytes(int64_t K) { return K / 256 * q::Q6_KG::TS; }
+    __host__ __device__ static void chunk(const uint8_t* row, int64_t i, float (&o)[16]) { q::Q6_KG::chunk(row, i, o); }
+};
+
 // Calls f(L{}) with the loader of type t (host side: picks the kernel instantiation).
 template <typename F>
 void with_loader(WType t, F&& f) {
@@ -123,6 +130,7 @@ void with_loader(WType t, F&& f) {
         case WType::q4_K: return f(WQ<q::Q4_K>{});
         case WType::q5_K: return f(WQ<q::Q5_K>{});
         case WType::q6_K: return f(WQ<q::Q6_K>{});
+        case WType::q6_K_g: return f(WQ6G{});
         case WType::iq4_xs: return f(WQ<q::IQ4_XS>{});
         case WType::fp8_b128: return f(WQ<q::FP8_B128>{});
     }
@@ -205,8 +213,8 @@ __device__ inline void warp_dot(const uint8_t* wrow, int64_t K, const float* x, 
 // ---- GEMV (M ≤ 8): warps per output column n, all M rows at once ----------------------
 
 // `parts` warps share a row (1, 2, 4 or 8; 8 / parts rows per block): warp p dots the
-// p-th run of the row (runs of a multiple of 256 elements, so every run starts on a block
-// and a 16-byte boundary) and the first warp of the row adds the runs. Few-row products
+// p-th run of the row (runs of a multiple of 512 elements, so every run starts on a pair
+// of blocks and a 16-byte boundary) and the first warp of the row adds the runs. Few-row products
 // such as the MoE router (256 rows of 7168) then still spread over the whole chip.
 template <typename L, int MR>
 __global__ void __launch_bounds__(256) gemv_kernel(GemmArgs a, int parts) {
@@ -215,7 +223,7 @@ __global__ void __launch_bounds__(256) gemv_kernel(GemmArgs a, int parts) {
     const int64_t n = static_cast<int64_t>(blockIdx.x) * (8 / parts) + warp / parts;
     const int part = warp % parts;
     const int b = blockIdx.y;
-    const int64_t run = (a.K + parts - 1) / parts + 255 & ~int64_t(255);
+    const int64_t run = (a.K + parts - 1) / parts + 511 & ~int64_t(511);
     const int64_t k0 = part * run, left = a.K > k0 ? a.K - k0 : 0, kn = left < run ? left : run;
     float acc[MR];
 #pragma unroll
@@ -558,7 +566,54 @@ __global__ void moe_combine_kernel(MoeArgs a, const float* y, const float* route
 
 // ---- launchers ------------------------------------------------------------------------
 
+bool decode_row_host(WType t, const void* row, int64_t K, float* out) {
+    if (!wtype_quantized(t) || K <= 0 || K % wtype_block(t) || (t == WType::q6_K_g && !q6k_groupable(K))) return false;
+    with_loader(t, [&](auto l) {
+        using L = decltype(l);
+        if constexpr (L::kQuant) {
+            for (int64_t i = 0; i < K / 16; ++i) {
+                float o[16];
+                L::chunk(static_cast<const uint8_t*>(row), i, o);
+                for (int j = 0; j < 16; ++j) out[16 * i + j] = o[j];
+            }
+        }
+    });
+    return true;
+}
+
+void q6k_group_host(const void* src, void* dst, int64_t pairs) {
+    for (int64_t p = 0; p < pairs; ++p)
+        q::Q6_KG::pack_pair(static_cast<const uint8_t*>(src) + p * q::Q6_KG::PAIR,
+                            static_cast<uint8_t*>(dst) + p * q::Q6_KG::PAIR);
+}
+
+namespace {
+// A thread per lane of a pair (16 a pair): its six words and scale pair, and the pair's d.
+__global__ void q6k_group_kernel(const uint8_t* src, uint8_t* dst, int64_t pairs) {
+    const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x, p = t >> 4;
+    if (p >= pairs) return;
+    const int L = static_cast<int>(t & 15);
+    const uint8_t* s = src + p * q::Q6_KG::PAIR;
+    uint8_t* d = dst + p * q::Q6_KG::PAIR;
+    uint32_t w[6];
+    uint16_t sc;
+    q::Q6_KG::pack_lane(s + (L >> 3) * q::Q6_KG::TS, L & 7, w, sc);
+    uint32_t* dw = reinterpret_cast<uint32_t*>(d);
+    for (int k = 0; k < 6; ++k) dw[16 * k + L] = w[k];
+    reinterpret_cast<uint16_t*>(d + 384)[L] = sc;
+    if (L < 2) reinterpret_cast<uint16_t*>(d + 416)[L] = *reinterpret_cast<const uint16_t*>(s + L * q::Q6_KG::TS + 208);
+}
+}  // namespace
+
+void q6k_group(const void* src, void* dst, int64_t pairs, cudaStream_t s) {
+    if (pairs <= 0) return;
+    const int64_t threads = pairs * 16;
+    q6k_group_kernel<<<static_cast<unsigned>((threads + 255) / 256), 256, 0, s>>>(
+        static_cast<const uint8_t*>(src), static_cast<uint8_t*>(dst), pairs);
+}
+
 bool decode_chunk_host(WType t, const void* block, int c, float out[16]) {
+    if (t == WType::q6_K_g) return false;  // row-addressed: decode_row_host
     if (!wtype_quantized(t)) return false;
     float o[16] = {};
     const auto* b = static_cast<const uint8_t*>(block);

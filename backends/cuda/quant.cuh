@@ -192,6 +192,69 @@ DS3_UNROLL
     }
 };
 
+// Q6_K regrouped on upload (WType::q6_K_g) for rows of an even number of blocks, so that
+// a lane's bytes come in whole, coalesced 32-bit words: the same 210 bytes a block, the
+// same rows, blocks taken in pairs (420 bytes, 4-byte aligned while rows start so). Lane
+// L = 8·bi + c of a pair owns elements 32c..32c+31 of block bi (one 8-bit activation
+// block of the integer GEMV) in six words, word k of lane L at 4·(16k + L):
+//   k 0..3: byte j holds the low four bits of element 4k + j (low nibble) and of 16 + 4k + j
+//           (high nibble);
+//   k 4, 5: byte j holds, at bits 2i and 2i + 1, the top two bits of element 4i + j (k 4) or
+//           16 + 4i + j (k 5).
+// Then the lanes' two int8 scales (elements 0..15, 16..31) at 384 + 2L, and the pair's two
+// f16 d at 416 + 2·bi. Elements are GGUF's levels 0..63, value d·scale·(level − 32).
+struct Q6_KG {
+    static constexpr int QK = 256, TS = 210, PAIR = 2 * TS;
+    // The six words and the scale pair of lane (bi, c) of a pair of GGUF Q6_K blocks.
+    DS3_QHD static void pack_lane(const uint8_t* b, int c, uint32_t (&w)[6], uint16_t& sc) {
+        auto level = [&](int e) {  // GGUF: ql[64h + l + 32(qd&1)] nibble qd>>1, qh[32h + l] bits 2qd
+            const int h = e >> 7, qd = (e >> 5) & 3, l = e & 31;
+            const int lo = (b[64 * h + l + 32 * (qd & 1)] >> (4 * (qd >> 1))) & 0xF;
+            return lo | (((b[128 + 32 * h + l] >> (2 * qd)) & 3) << 4);
+        };
+        for (int k = 0; k < 6; ++k) w[k] = 0;
+        for (int k = 0; k < 4; ++k)
+            for (int j = 0; j < 4; ++j) {
+                const int lo = level(32 * c + 4 * k + j), hi = level(32 * c + 16 + 4 * k + j);
+                w[k] |= static_cast<uint32_t>((lo & 0xF) | ((hi & 0xF) << 4)) << (8 * j);
+                w[4] |= static_cast<uint32_t>(lo >> 4) << (8 * j + 2 * k);
+                w[5] |= static_cast<uint32_t>(hi >> 4) << (8 * j + 2 * k);
+            }
+        sc = static_cast<uint16_t>(b[192 + 2 * c] | (b[192 + 2 * c + 1] << 8));
+    }
+    // One pair: GGUF blocks src[0..420) to the grouped layout dst[0..420).
+    DS3_QHD static void pack_pair(const uint8_t* src, uint8_t* dst) {
+        for (int L = 0; L < 16; ++L) {
+            uint32_t w[6];
+            uint16_t sc;
+            pack_lane(src + (L >> 3) * TS, L & 7, w, sc);
+            for (int k = 0; k < 6; ++k)
+                for (int j = 0; j < 4; ++j) dst[4 * (16 * k + L) + j] = static_cast<uint8_t>(w[k] >> (8 * j));
+            dst[384 + 2 * L] = static_cast<uint8_t>(sc), dst[384 + 2 * L + 1] = static_cast<uint8_t>(sc >> 8);
+        }
+        for (int bi = 0; bi < 2; ++bi) dst[416 + 2 * bi] = src[bi * TS + 208], dst[417 + 2 * bi] = src[bi * TS + 209];
+    }
+    // Elements 16i..16i+15 of a row (i counts 16-element chunks from the row's start).
+    DS3_QHD static void chunk(const uint8_t* row, int64_t i, float (&o)[16]) {
+        const int64_t blk = i >> 4;
+        const int s16 = static_cast<int>(i & 15), c = s16 >> 1, half = s16 & 1, bi = static_cast<int>(blk & 1);
+        const uint8_t* p = row + (blk >> 1) * PAIR;
+        const int L = 8 * bi + c;
+        const uint32_t* w = reinterpret_cast<const uint32_t*>(p);
+        uint32_t q[4];
+DS3_UNROLL
+        for (int k = 0; k < 4; ++k) q[k] = w[16 * k + L];
+        const uint32_t hb = w[16 * (4 + half) + L];
+        const float dl = h2f(p + 416 + 2 * bi) * static_cast<float>(static_cast<int8_t>(p[384 + 2 * L + half]));
+DS3_UNROLL
+        for (int t = 0; t < 16; ++t) {
+            const int k = t >> 2, j = t & 3;
+            const int v = (((q[k] >> (4 * half + 8 * j)) & 0xF) | (((hb >> (8 * j + 2 * k)) & 3) << 4)) - 32;
+            o[t] = dl * static_cast<float>(v);
+        }
+    }
+};
+
 struct IQ4_XS {  // d @0, scales_h @2, scales_l[4] @4, qs[128] @8
     static constexpr int QK = 256, TS = 136;
     DS3_QHD static void chunk(const uint8_t* b, int c, float (&o)[16]) {

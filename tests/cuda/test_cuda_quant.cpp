@@ -174,6 +174,42 @@ TEST_CASE("cuda quant: the device decoders, run on the host, equal the CPU refer
     }
     float o[16];
     CHECK_FALSE(cuda::decode_chunk_host(cuda::WType::bf16, blk.data(), 0, o));
+    CHECK_FALSE(cuda::decode_chunk_host(cuda::WType::q6_K_g, blk.data(), 0, o));  // row-addressed
+}
+
+TEST_CASE("cuda quant: Q6_K regrouped on upload (q6_K_g) decodes to the same values", "[cuda][quant]") {
+    // No GPU needed: the regrouping and its decoder are host and device code.
+    const TypeTraits& tr = type_traits(TypeId::Q6_K);
+    REQUIRE(cuda::wtype_block(cuda::WType::q6_K_g) == 256);
+    REQUIRE(cuda::wtype_block_bytes(cuda::WType::q6_K_g) == int(tr.type_size));
+    for (int64_t K : {512, 1536, 7168}) {
+        const int64_t rows = 3, rb = K / 256 * int64_t(tr.type_size);
+        for (float scale : {1.0f, 1e-3f, 300.0f}) {
+            auto v = randn(size_t(rows * K), 41, scale);
+            std::vector<uint8_t> bytes(size_t(rows * rb)), grouped(bytes.size(), 0xAB);
+            std::vector<float> ref(v.size()), got(v.size(), -1.0f);
+            for (int64_t r = 0; r < rows; ++r) {
+                quantize_row(TypeId::Q6_K, v.data() + r * K, bytes.data() + r * rb, K);
+                dequantize_row(TypeId::Q6_K, bytes.data() + r * rb, ref.data() + r * K, K);
+            }
+            cuda::q6k_group_host(bytes.data(), grouped.data(), rows * K / 512);
+            CHECK(grouped != bytes);
+            for (int64_t r = 0; r < rows; ++r)
+                REQUIRE(cuda::decode_row_host(cuda::WType::q6_K_g, grouped.data() + r * rb, K, got.data() + r * K));
+            INFO("K " << K << " scale " << scale);
+            CHECK(got == ref);
+            // The plain layout through the same row decoder, for comparison.
+            REQUIRE(cuda::decode_row_host(cuda::WType::q6_K, bytes.data(), K, got.data()));
+            CHECK(std::equal(got.begin(), got.begin() + K, ref.begin()));
+        }
+    }
+    std::vector<uint8_t> row(210 * 3);
+    std::vector<float> out(768);
+    CHECK(cuda::q6k_groupable(512));
+    CHECK_FALSE(cuda::q6k_groupable(768));  // an odd number of blocks: pairs would straddle rows
+    CHECK_FALSE(cuda::q6k_groupable(0));
+    CHECK_FALSE(cuda::decode_row_host(cuda::WType::q6_K_g, row.data(), 768, out.data()));
+    CHECK_FALSE(cuda::decode_row_host(cuda::WType::f32, row.data(), 16, out.data()));
 }
 
 TEST_CASE("cuda quant: the integer block dots, run on the host, match the exact and CPU dots", "[cuda][quant]") {
@@ -226,6 +262,45 @@ TEST_CASE("cuda quant: the integer block dots, run on the host, match the exact 
             }
         }
     }
+    // Q6_K regrouped (q6_K_g): the same bounds, and the plain layout's sum up to order.
+    const TypeTraits& t6 = type_traits(TypeId::Q6_K);
+    for (int64_t kb : {2, 6}) {
+        const int64_t K = kb * 256, rows = 24, rb = kb * int64_t(t6.type_size);
+        for (float scale : {1.0f, 1e-3f, 300.0f}) {
+            auto wv = randn(size_t(rows * K), 53, scale);
+            std::vector<uint8_t> w(size_t(rows * rb)), g(w.size());
+            std::vector<float> deq(wv.size());
+            for (int64_t r = 0; r < rows; ++r) {
+                quantize_row(TypeId::Q6_K, wv.data() + r * K, w.data() + r * rb, K);
+                dequantize_row(TypeId::Q6_K, w.data() + r * rb, deq.data() + r * K, K);
+            }
+            cuda::q6k_group_host(w.data(), g.data(), rows * kb / 2);
+            auto x = randn(size_t(K), 54);
+            auto xi = int_rows(1, K, 55);
+            std::vector<float> got, plain, exact, got_i, exact_i;
+            for (int64_t r = 0; r < rows; ++r) {
+                float a = 0.0f, b = 0.0f, ai = 0.0f, a4 = 0.0f;
+                REQUIRE(cuda::dot_q8_host(cuda::WType::q6_K_g, g.data() + r * rb, K, x.data(), &a));
+                REQUIRE(cuda::dot_q8_host(cuda::WType::q6_K_g, g.data() + r * rb, K, x.data(), &a4, 4));
+                REQUIRE(cuda::dot_q8_host(cuda::WType::q6_K, w.data() + r * rb, K, x.data(), &b));
+                REQUIRE(cuda::dot_q8_host(cuda::WType::q6_K_g, g.data() + r * rb, K, xi.data(), &ai));
+                CHECK(std::fabs(a4 - a) <= 1e-5f * (1.0f + std::fabs(a)));
+                double e = 0.0, ei = 0.0;
+                for (int64_t i = 0; i < K; ++i) {
+                    e += double(deq[size_t(r * K + i)]) * x[size_t(i)];
+                    ei += double(deq[size_t(r * K + i)]) * xi[size_t(i)];
+                }
+                got.push_back(a), plain.push_back(b), exact.push_back(float(e));
+                got_i.push_back(ai), exact_i.push_back(float(ei));
+            }
+            INFO("q6_K_g K " << K << " scale " << scale);
+            // The same integer sums as the plain layout's, in another float order: the same
+            // rounding error against the exact product (the main loop bounds that one).
+            CHECK(nmse_root(got, plain) <= 1e-5);
+            CHECK(std::fabs(nmse_root(got, exact) - nmse_root(plain, exact)) <= 1e-4);
+            CHECK(nmse_root(got_i, exact_i) <= 1e-6);
+        }
+    }
     // NaN in an activation block reaches the output; unsupported types are declined.
     std::vector<uint8_t> q8(34 * 2, 0);
     q8[0] = 0x00, q8[1] = 0x3c;  // d = 1
@@ -241,7 +316,7 @@ TEST_CASE("cuda quant: the integer block dots, run on the host, match the exact 
 TEST_CASE("cuda quant: get_rows decodes every format exactly", "[cuda][quant]") {
     DS3_REQUIRE_CUDA(gpu);
     for (TypeId t : kQuantTypes)
-        for (int64_t blocks : {1, 3}) {
+        for (int64_t blocks : {1, 2, 3}) {  // 2: Q6_K regrouped on upload (an even block count)
             const int64_t cols = blocks * block_of(t);
             WeightStore s;
             QWeight e = add_qweight(s, "embd", t, {cols, 37}, 1);
@@ -260,7 +335,7 @@ TEST_CASE("cuda quant: get_rows decodes every format exactly", "[cuda][quant]") 
 TEST_CASE("cuda quant: mul_mat and logits, GEMV (1-8 rows) and tiled (> 8) paths", "[cuda][quant]") {
     DS3_REQUIRE_CUDA(gpu);
     for (TypeId t : kQuantTypes)
-        for (auto [kb, out] : {std::pair<int64_t, int64_t>{1, 3}, {3, 33}, {7, 129}})
+        for (auto [kb, out] : {std::pair<int64_t, int64_t>{1, 3}, {2, 40}, {3, 33}, {7, 129}})
             for (int64_t rows : {1, 2, 3, 4, 5, 6, 7, 8, 9, 33}) {
                 const int64_t in = kb * block_of(t);
                 WeightStore s;
@@ -293,7 +368,8 @@ TEST_CASE("cuda quant: shared_ffn (fused gate/up GEMV) and moe_ffn (decode pairs
     DS3_REQUIRE_CUDA(gpu);
     const int E = 5, k = 2;
     for (TypeId t : kQuantTypes) {
-        const int64_t D = block_of(t) * 2, F = block_of(t);  // F is the down matrix's K
+        // Two blocks a row both ways (F is the down matrix's K): Q6_K is regrouped on upload.
+        const int64_t D = block_of(t) * 2, F = block_of(t) * 2;
         WeightStore s;
         QWeight g = add_qweight(s, "g", t, {D, F, E}, 4, 0.3f), u = add_qweight(s, "u", t, {D, F, E}, 5, 0.3f),
                 d = add_qweight(s, "d", t, {F, D, E}, 6, 0.3f);
@@ -332,7 +408,8 @@ TEST_CASE("cuda quant: shared_ffn (fused gate/up GEMV) and moe_ffn (decode pairs
 TEST_CASE("cuda quant: mla_attn with quantized k_b / v_b", "[cuda][quant]") {
     DS3_REQUIRE_CUDA(gpu);
     for (TypeId t : {TypeId::Q8_0, TypeId::Q4_0, TypeId::Q6_K, TypeId::FP8_E4M3_B128}) {
-        const int H = 3, rope = 8, nope = int(block_of(t)), kv_lora = int(block_of(t)), v_head = 7;
+        // v_b's rows are kv_lora long: two blocks, so Q6_K's v_b is regrouped on upload.
+        const int H = 3, rope = 8, nope = int(block_of(t)), kv_lora = 2 * int(block_of(t)), v_head = 7;
         WeightStore s;
         QWeight kb = add_qweight(s, "kb", t, {nope, kv_lora, H}, 11, 0.3f);
         QWeight vb = add_qweight(s, "vb", t, {kv_lora, v_head, H}, 12, 0.3f);
@@ -500,8 +577,8 @@ TEST_CASE("cuda quant: decode GEMV timings at V3 shapes", "[.bench]") {
                             {"shexp gate+up 7168->2048", 1, 2048, 7168}, {"shexp down 2048->7168", 0, 7168, 2048},
                             {"moe 8 experts 7168<->2048", 2, 2048, 7168}, {"output 7168->129280", 0, 129280, 7168}};
     const std::pair<TypeId, cuda::WType> types[] = {{TypeId::Q4_K, cuda::WType::q4_K}, {TypeId::Q5_K, cuda::WType::q5_K},
-                                                    {TypeId::Q6_K, cuda::WType::q6_K}, {TypeId::Q8_0, cuda::WType::q8_0},
-                                                    {TypeId::Q4_0, cuda::WType::q4_0}};
+                                                    {TypeId::Q6_K, cuda::WType::q6_K}, {TypeId::Q6_K, cuda::WType::q6_K_g},
+                                                    {TypeId::Q8_0, cuda::WType::q8_0}, {TypeId::Q4_0, cuda::WType::q4_0}};
     for (auto [t, wt] : types)
         for (const Shape& sh : shapes)
             for (int64_t M : {1, 4}) {
@@ -512,7 +589,8 @@ TEST_CASE("cuda quant: decode GEMV timings at V3 shapes", "[.bench]") {
                 const int iters = bytes > 1e8 ? 20 : 200;
                 const double ti = cuda::time_decode_us(sh.kind, wt, M, sh.N, sh.K, true, iters);
                 const double tf = cuda::time_decode_us(sh.kind, wt, M, sh.N, sh.K, false, iters);
-                std::printf("gemv %-6s M=%lld %-28s int %8.1f us %7.0f GB/s | f32 %8.1f us %7.0f GB/s\n", tname(t),
+                std::printf("gemv %-6s M=%lld %-28s int %8.1f us %7.0f GB/s | f32 %8.1f us %7.0f GB/s\n",
+                            wt == cuda::WType::q6_K_g ? "q6_K_g" : tname(t),
                             static_cast<long long>(M), sh.name, ti, bytes / ti / 1e3, tf, bytes / tf / 1e3);
                 CHECK(ti > 0.0);
             }
