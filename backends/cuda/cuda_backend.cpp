@@ -1,6 +1,7 @@
 // The CUDA backend: buffers from a caching pool, resident weights, and the dispatch of
 // every op to the launchers of kernels.h. Host code only; kernels live in kernels.cu.
 #include "backends/cuda/cuda_backend.h"
+#include "backends/cuda/branches.h"
 
 #include <cuda_runtime.h>
 #include <xxhash.h>
@@ -192,6 +193,7 @@ public:
         DS3_CU(cudaSetDevice(device_));
         DS3_CU(cudaDeviceGetAttribute(&n_sm_, cudaDevAttrMultiProcessorCount, device_));
         DS3_CU(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+        DS3_CU(cudaStreamCreateWithFlags(&side_, cudaStreamNonBlocking));
         DS3_CU(cudaMalloc(&err_, sizeof(cuda::DevError)));
         DS3_CU(cudaMemsetAsync(err_, 0, sizeof(cuda::DevError), stream_));
         DS3_CU(cudaStreamSynchronize(stream_));
@@ -202,6 +204,7 @@ public:
         }
         if (const char* p = std::getenv("DS3_CUDA_GRAPHS")) graphs_ = std::atoi(p) != 0;
         if (const char* p = std::getenv("DS3_CUDA_NORM_Q8")) norm_q8_ = std::atoi(p) != 0;
+        if (const char* p = std::getenv("DS3_CUDA_STREAMS")) streams_ = std::atoi(p) != 0;
     }
 
     ~CudaBackend() override {
@@ -215,6 +218,7 @@ public:
         }
         for (auto& [k, w] : weights_) cudaFree(w.ptr);
         cudaFree(err_);
+        cudaStreamDestroy(side_);
         cudaStreamDestroy(stream_);
     }
 
@@ -502,8 +506,8 @@ private:
 
     // The residual adds of a layer and the RMS norm after them as one kernel: add → rms_norm
     // (attention residual, then ffn_norm), or add → add → rms_norm (shared + routed experts,
-    // residual, next layer's attn_norm). Returns the nodes it covered (0: no match).
-    int fuse_add_norm(const Graph& g, GraphExec& e, int i) {
+    // residual, next layer's attn_norm). Returns the nodes it would cover (0: no match).
+    static int match_add_norm(const Graph& g, int i) {
         auto is = [&](int j, Op op) { return j < g.size() && g.node(j).op == op; };
         const Node& a = g.node(i);
         if (a.op != Op::add) return 0;
@@ -517,12 +521,19 @@ private:
         if (!is(j, Op::rms_norm) || g.node(j).src[0] != last_add) return 0;
         const Node& norm = g.node(j);
         if (norm.rows != a.rows || norm.cols != a.cols || (second && second->cols != a.cols)) return 0;
-        const float* other = second ? e.at(second->src[0] == i ? second->src[1] : second->src[0]) : nullptr;
+        return j - i + 1;
+    }
+    void launch_add_norm(const Graph& g, GraphExec& e, int i, int covered) {
+        const Node& a = g.node(i);
+        const bool second = covered == 3;
+        const int last_add = second ? i + 1 : i, j = i + covered - 1;
+        const Node& norm = g.node(j);
+        const Node* b = second ? &g.node(i + 1) : nullptr;
+        const float* other = b ? e.at(b->src[0] == i ? b->src[1] : b->src[0]) : nullptr;
         cuda::add_rms_norm(e.at(a.src[0]), e.at(a.src[1]), other, second ? e.at(i) : nullptr, e.at(last_add),
                            weight(*norm.w[0]), wtype(norm.w[0]->type), norm.eps, norm.rows, norm.cols, e.at(j), stream_,
                            quantised_copy(e, j, norm));
         launched(norm.name);
-        return j - i + 1;
     }
 
     // The slot of norm node j's quantised output (null: none), registered so that the
@@ -535,27 +546,59 @@ private:
         return q;
     }
 
-    // Enqueues every node of g on the stream (eagerly, or into a capture).
-    void record(const Graph& g, GraphExec& e, KvCache* cache) {
+    // Enqueues every node of g on the stream (eagerly, or into a capture). Captured steps
+    // put independent branches on a second stream (branches.h) unless DS3_CUDA_STREAMS=0.
+    void record(const Graph& g, GraphExec& e, KvCache* cache, bool capturing = false) {
         std::vector<Buffer*> in;
+        std::vector<int> srcs;
         quantised_.clear();
+        const bool two = capturing && streams_;
+        if (two) branches_.begin(stream_, side_, g.size());
+        // The node whose launch makes j's data (a view that aliases its source is no
+        // launch); -1 for graph inputs, which are copied before the step starts.
+        auto producer = [&](int j) {
+            while (e.alias[static_cast<size_t>(j)]) j = g.node(j).src[0];
+            return g.node(j).op == Op::input ? -1 : j;
+        };
+        // Launches nodes [first, last] as one unit, on the stream Branches picks.
+        auto unit = [&](int first, int last, auto&& launch) {
+            if (!two) return launch();
+            srcs.clear();
+            for (int k = first; k <= last; ++k)
+                for (int src : g.node(k).src)
+                    if (const int p = producer(src); p >= 0 && (p < first || p > last)) srcs.push_back(p);
+            const cudaStream_t main = stream_;
+            stream_ = branches_.place(srcs);
+            try {
+                launch();
+            } catch (...) {
+                stream_ = main;
+                throw;
+            }
+            stream_ = main;
+            branches_.done(first, last);
+        };
         for (int i = 0; i < g.size(); ++i) {
             const Node& n = g.node(i);
             if (n.op == Op::input || e.alias[static_cast<size_t>(i)]) continue;
-            if (const int covered = fuse_add_norm(g, e, i)) {
+            if (const int covered = match_add_norm(g, i)) {
+                unit(i, i + covered - 1, [&] { launch_add_norm(g, e, i, covered); });
                 i += covered - 1;
                 continue;
             }
             if (n.op == Op::rms_norm) {  // with its quantised copy
-                rms_norm(n, e.at(n.src[0]), e.at(i), quantised_copy(e, i, n));
-                launched(n.name);
+                unit(i, i, [&] {
+                    rms_norm(n, e.at(n.src[0]), e.at(i), quantised_copy(e, i, n));
+                    launched(n.name);
+                });
                 continue;
             }
             in.clear();
             for (int src : n.src) in.push_back(e.views[static_cast<size_t>(src)].get());
             Buffer* state = n.op == Op::mla_attn ? &cache->layer(n.layer, *this) : nullptr;
-            compute_op(n, in, *e.views[static_cast<size_t>(i)], state);
+            unit(i, i, [&] { compute_op(n, in, *e.views[static_cast<size_t>(i)], state); });
         }
+        if (two) branches_.join();
         quantised_.clear();
     }
 
@@ -565,7 +608,7 @@ private:
         pool_->hold(&e.held);
         cudaGraph_t graph = nullptr;
         try {
-            record(g, e, cache);
+            record(g, e, cache, true);
         } catch (...) {
             pool_->hold(nullptr);
             cudaStreamEndCapture(stream_, &graph);
@@ -1149,6 +1192,9 @@ private:
     std::vector<SubSpan> sub_pending_;
     bool graphs_ = true;
     bool norm_q8_ = true;  // DS3_CUDA_NORM_Q8=0: the norms of a replayed step write no quantised copy
+    bool streams_ = true;  // DS3_CUDA_STREAMS=0: a captured step on one stream
+    cudaStream_t side_ = nullptr;  // the second stream of a captured step
+    cuda::Branches branches_;
     // The quantised norm outputs of the step being recorded (record()).
     struct Quantised {
         const float* x;

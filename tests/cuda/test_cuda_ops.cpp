@@ -10,6 +10,7 @@
 #include <random>
 
 #include "backends/cpu/cpu_backend.h"
+#include "backends/cuda/branches.h"
 #include "backends/cuda/kernels.h"
 #include "cuda_test.h"
 #include "op_inputs.h"
@@ -219,6 +220,52 @@ TEST_CASE("cuda: mla_attn over the latent cache, batches then decode steps", "[c
 // more than that where the context allows (rounding the split count up once put 8 of 272
 // blocks in a second wave on the H200's 132 SMs), and a split never holds more than 512
 // positions (its scores live in shared memory).
+TEST_CASE("cuda: a captured step puts independent branches on the second stream", "[cuda][ops]") {
+    DS3_REQUIRE_CUDA(gpu);
+    // One layer's shape: x → q chain (1, 2) and, from x too, the kv chain (3, 4) → both
+    // meet (5); then a branch from 5 (7) beside a chain on it (6), joined at the end.
+    cudaStream_t s0 = nullptr, s1 = nullptr;
+    REQUIRE(cudaStreamCreateWithFlags(&s0, cudaStreamNonBlocking) == cudaSuccess);
+    REQUIRE(cudaStreamCreateWithFlags(&s1, cudaStreamNonBlocking) == cudaSuccess);
+    void* buf = nullptr;
+    REQUIRE(cudaMalloc(&buf, 8 * 256) == cudaSuccess);
+    const std::vector<std::vector<int>> srcs = {{}, {0}, {1}, {0}, {3}, {2, 4}, {5}, {5}};
+    const int want[] = {0, 0, 0, 1, 1, 0, 0, 1};
+    std::vector<int> got;
+    {
+        cuda::Branches b;
+        REQUIRE(cudaStreamBeginCapture(s0, cudaStreamCaptureModeRelaxed) == cudaSuccess);
+        b.begin(s0, s1, int(srcs.size()));
+        for (int i = 0; i < int(srcs.size()); ++i) {
+            cudaStream_t s = b.place(srcs[size_t(i)]);
+            got.push_back(s == s0 ? 0 : s == s1 ? 1 : -1);
+            // Node i writes its own slot: the replay must run every node.
+            REQUIRE(cudaMemsetAsync(static_cast<uint8_t*>(buf) + 256 * i, i + 1, 256, s) == cudaSuccess);
+            b.done(i, i);
+        }
+        b.join();
+        cudaGraph_t graph = nullptr;
+        // Fails ("unjoined") if stream 1's work were not joined back into stream 0.
+        REQUIRE(cudaStreamEndCapture(s0, &graph) == cudaSuccess);
+        size_t n = 0;
+        REQUIRE(cudaGraphGetNodes(graph, nullptr, &n) == cudaSuccess);
+        CHECK(n >= srcs.size());
+        cudaGraphExec_t exec = nullptr;
+        REQUIRE(cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess);
+        REQUIRE(cudaGraphLaunch(exec, s0) == cudaSuccess);
+        REQUIRE(cudaStreamSynchronize(s0) == cudaSuccess);
+        std::vector<uint8_t> host(8 * 256);
+        REQUIRE(cudaMemcpy(host.data(), buf, host.size(), cudaMemcpyDeviceToHost) == cudaSuccess);
+        for (int i = 0; i < 8; ++i) CHECK(int(host[size_t(256 * i + 255)]) == i + 1);
+        cudaGraphExecDestroy(exec);
+        cudaGraphDestroy(graph);
+    }
+    CHECK(got == std::vector<int>(std::begin(want), std::end(want)));
+    cudaFree(buf);
+    cudaStreamDestroy(s1);
+    cudaStreamDestroy(s0);
+}
+
 TEST_CASE("cuda: MLA plans fill the SMs at most once and bound each split", "[cuda][mla]") {
     for (int n_sm : {1, 80, 114, 132})
         for (int n_head : {3, 16, 128})
