@@ -782,33 +782,38 @@ private:
     const void* weight(const Weight& w) { return resident(w).ptr; }
     cuda::WType dtype(const Weight& w) { return resident(w).wt; }
 
-    // Q6_K rows of an even number of blocks are regrouped on upload (q6_K_g: every lane's
-    // bytes in whole 32-bit words), unless DS3_CUDA_Q6G=0 (read once).
-    static bool q6_grouped_on() {
-        static const bool on = [] {
-            const char* e = std::getenv("DS3_CUDA_Q6G");
-            return !(e && std::atoi(e) == 0);
+    // The layout w is kept in on the device: q4_K, q5_K and (rows of an even block count)
+    // q6_K are regrouped on upload for the kernels (kernels.h). DS3_CUDA_REGROUP=0 keeps
+    // every plain layout; a comma-separated list of type names (q4_K,q6_K) regroups those
+    // only (read once).
+    static cuda::WType layout_of(const Weight& w) {
+        const cuda::WType t = wtype(w.type), g = cuda::gpu_layout(t, w.ne[0]);
+        if (g == t) return t;
+        static const std::string only = [] {
+            const char* e = std::getenv("DS3_CUDA_REGROUP");
+            return e ? "," + std::string(e) + "," : std::string();
         }();
-        return on;
+        if (only.empty() || only == ",1,") return g;
+        return only.find("," + std::string(type_traits(w.type).name) + ",") != std::string::npos ? g : t;
     }
 
-    // Copies w (Q6_K, whole pairs of blocks) to dst regrouped: through a device staging
-    // buffer of at most 64 MiB, a slice at a time. False (nothing written) when the
-    // staging buffer cannot be had; the caller then uploads the plain layout.
-    bool upload_grouped(void* dst, const Weight& w) {
-        constexpr uint64_t kPair = 420;
-        const uint64_t pairs = w.nbytes / kPair, step = std::min<uint64_t>(pairs, (64ull << 20) / kPair);
+    // Copies w to dst in layout g: through a device staging buffer of at most 64 MiB, a
+    // slice of whole units at a time. False (nothing written) when the staging buffer
+    // cannot be had; the caller then uploads the plain layout.
+    bool upload_regrouped(void* dst, const Weight& w, cuda::WType g) {
+        const uint64_t unit = static_cast<uint64_t>(cuda::regroup_unit(g)), units = w.nbytes / unit;
+        const uint64_t step = std::max<uint64_t>(1, std::min<uint64_t>(units, (64ull << 20) / unit));
         void* tmp = nullptr;
-        if (cudaMalloc(&tmp, step * kPair) != cudaSuccess) {
+        if (cudaMalloc(&tmp, step * unit) != cudaSuccess) {
             cudaGetLastError();
             return false;
         }
         cudaError_t e = cudaSuccess;
-        for (uint64_t p = 0; p < pairs && e == cudaSuccess; p += step) {
-            const uint64_t n = std::min(step, pairs - p);
-            e = cudaMemcpyAsync(tmp, w.data + p * kPair, n * kPair, cudaMemcpyHostToDevice, stream_);
+        for (uint64_t p = 0; p < units && e == cudaSuccess; p += step) {
+            const uint64_t n = std::min(step, units - p);
+            e = cudaMemcpyAsync(tmp, w.data + p * unit, n * unit, cudaMemcpyHostToDevice, stream_);
             if (e == cudaSuccess) {
-                cuda::q6k_group(tmp, static_cast<uint8_t*>(dst) + p * kPair, static_cast<int64_t>(n), stream_);
+                cuda::regroup(g, tmp, static_cast<uint8_t*>(dst) + p * unit, static_cast<int64_t>(n), stream_);
                 e = cudaGetLastError();
             }
         }
@@ -842,10 +847,10 @@ private:
         if (e != cudaSuccess)
             throw Error("cuda", w.name + ": cannot keep the weight on the device (" + std::to_string(w.nbytes) +
                                     " bytes): " + cudaGetErrorString(e));
-        if (w.type == TypeId::Q6_K && q6_grouped_on() && cuda::q6k_groupable(w.ne[0])) {
+        if (const cuda::WType g = layout_of(w); g != d.wt && w.nbytes % cuda::regroup_unit(g) == 0) {
             try {
-                if (upload_grouped(d.ptr, w)) {
-                    d.wt = cuda::WType::q6_K_g;
+                if (upload_regrouped(d.ptr, w, g)) {
+                    d.wt = g;
                     return weights_[w.data] = d;
                 }
             } catch (...) {

@@ -248,6 +248,58 @@ DS3_UNROLL
     }
 };
 
+// Q4_K and Q5_K regrouped on upload (quant.cuh's K4G): chunk j is sub-block j, one lane's
+// 16 bytes (plus a word of fifth bits) and one activation block; the levels stay packed
+// in registers until the dot (6-7 registers a chunk, so more warps an SM).
+template <bool kFive>
+struct K4GDot {
+    // 4 chunks a lane in flight: with 8, the MoE products and the output head were 3-5 %
+    // slower on the H200 (more registers, fewer warps; docs/performance.md, slice 7).
+    static constexpr int QK = 256, TS = kFive ? 176 : 144, NC = 8, UNROLL = 4, MAX_RW = 4;
+    struct R {
+        uint32_t q[4];
+        uint32_t h;
+        float dl, ml;
+    };
+    DS3_QHD static void load(const uint8_t* b, int j, R& r) {
+        uint32_t hw[4];
+        q::ld16<16>(b, hw);  // d, dmin, scales[12]
+        q::ld16<16>(b + q::K4G<kFive>::QS + 16 * j, r.q);
+        r.h = 0;
+        if constexpr (kFive) {
+#ifdef __CUDA_ARCH__
+            r.h = __ldg(reinterpret_cast<const unsigned int*>(b + 16 + 4 * j));
+#else
+            __builtin_memcpy(&r.h, b + 16 + 4 * j, 4);
+#endif
+        }
+        int sc, m;
+        QK45<kFive>::scale_min(j, hw, sc, m);
+        r.dl = h2f_bits(hw[0]) * static_cast<float>(sc);
+        r.ml = h2f_bits(hw[0] >> 16) * static_cast<float>(m);
+    }
+    DS3_QHD static float dot(const R& r, int j, const int8_t* xq, const XDs* xd) {
+        int x[8];
+        ld_x32(xq + 32 * j, x);
+        const uint32_t m4 = 0x0f0f0f0fu;
+        int s = 0;
+DS3_UNROLL
+        for (int k = 0; k < 4; ++k) {
+            uint32_t lo = r.q[k] & m4, hi = (r.q[k] >> 4) & m4;
+            if constexpr (kFive) {
+                lo |= ((r.h >> k) & 0x01010101u) << 4;
+                hi |= ((r.h >> (4 + k)) & 0x01010101u) << 4;
+            }
+            s = dp4a(static_cast<int>(lo), x[k], s);
+            s = dp4a(static_cast<int>(hi), x[4 + k], s);
+        }
+        const XDs a = xd[j];
+        return r.dl * a.d * static_cast<float>(s) - r.ml * a.s;
+    }
+};
+using Q4_KG = K4GDot<false>;
+using Q5_KG = K4GDot<true>;
+
 // Q6_K regrouped on upload (quant.cuh's Q6_KG): chunk c of a row is one lane's six words,
 // all 32-bit loads that a warp makes in 64-byte runs, and elements 32c'..32c'+31 of its
 // block (c' = c % 8), so the dot reads one activation block. Row-addressed: load_row

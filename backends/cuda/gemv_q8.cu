@@ -267,6 +267,8 @@ bool with_q8(WType t, F&& f) {
         case WType::q5_K: f(q8::Q5_K{}); return true;
         case WType::q6_K: f(q8::Q6_K{}); return true;
         case WType::q6_K_g: f(q8::Q6_KG{}); return true;
+        case WType::q4_K_g: f(q8::Q4_KG{}); return true;
+        case WType::q5_K_g: f(q8::Q5_KG{}); return true;
         default: return false;
     }
 }

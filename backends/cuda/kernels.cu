@@ -37,6 +37,8 @@ int wtype_block_bytes(WType t) {
         case WType::q4_K: return q::Q4_K::TS;
         case WType::q5_K: return q::Q5_K::TS;
         case WType::q6_K: case WType::q6_K_g: return q::Q6_K::TS;
+        case WType::q4_K_g: return q::Q4_KG::TS;
+        case WType::q5_K_g: return q::Q5_KG::TS;
         case WType::iq4_xs: return q::IQ4_XS::TS;
         case WType::fp8_b128: return q::FP8_B128::TS;
     }
@@ -131,6 +133,8 @@ void with_loader(WType t, F&& f) {
         case WType::q5_K: return f(WQ<q::Q5_K>{});
         case WType::q6_K: return f(WQ<q::Q6_K>{});
         case WType::q6_K_g: return f(WQ6G{});
+        case WType::q4_K_g: return f(WQ<q::Q4_KG>{});
+        case WType::q5_K_g: return f(WQ<q::Q5_KG>{});
         case WType::iq4_xs: return f(WQ<q::IQ4_XS>{});
         case WType::fp8_b128: return f(WQ<q::FP8_B128>{});
     }
@@ -581,10 +585,33 @@ bool decode_row_host(WType t, const void* row, int64_t K, float* out) {
     return true;
 }
 
-void q6k_group_host(const void* src, void* dst, int64_t pairs) {
-    for (int64_t p = 0; p < pairs; ++p)
-        q::Q6_KG::pack_pair(static_cast<const uint8_t*>(src) + p * q::Q6_KG::PAIR,
-                            static_cast<uint8_t*>(dst) + p * q::Q6_KG::PAIR);
+WType gpu_layout(WType t, int64_t K) {
+    switch (t) {
+        case WType::q4_K: return WType::q4_K_g;
+        case WType::q5_K: return WType::q5_K_g;
+        case WType::q6_K: return q6k_groupable(K) ? WType::q6_K_g : t;
+        default: return t;
+    }
+}
+
+int64_t regroup_unit(WType g) {
+    switch (g) {
+        case WType::q4_K_g: return q::Q4_KG::TS;
+        case WType::q5_K_g: return q::Q5_KG::TS;
+        case WType::q6_K_g: return q::Q6_KG::PAIR;
+        default: return 0;
+    }
+}
+
+void regroup_host(WType g, const void* src, void* dst, int64_t units) {
+    const int64_t u = regroup_unit(g);
+    const auto* in = static_cast<const uint8_t*>(src);
+    auto* out = static_cast<uint8_t*>(dst);
+    for (int64_t i = 0; i < units; ++i) {
+        if (g == WType::q6_K_g) q::Q6_KG::pack_pair(in + i * u, out + i * u);
+        else if (g == WType::q4_K_g) q::Q4_KG::pack_block(in + i * u, out + i * u);
+        else if (g == WType::q5_K_g) q::Q5_KG::pack_block(in + i * u, out + i * u);
+    }
 }
 
 namespace {
@@ -603,13 +630,25 @@ __global__ void q6k_group_kernel(const uint8_t* src, uint8_t* dst, int64_t pairs
     reinterpret_cast<uint16_t*>(d + 384)[L] = sc;
     if (L < 2) reinterpret_cast<uint16_t*>(d + 416)[L] = *reinterpret_cast<const uint16_t*>(s + L * q::Q6_KG::TS + 208);
 }
+// A thread per block (their bytes are read many times each, from L1).
+template <typename G>
+__global__ void k4_group_kernel(const uint8_t* src, uint8_t* dst, int64_t blocks) {
+    const int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (b < blocks) G::pack_block(src + b * G::TS, dst + b * G::TS);
+}
 }  // namespace
 
-void q6k_group(const void* src, void* dst, int64_t pairs, cudaStream_t s) {
-    if (pairs <= 0) return;
-    const int64_t threads = pairs * 16;
-    q6k_group_kernel<<<static_cast<unsigned>((threads + 255) / 256), 256, 0, s>>>(
-        static_cast<const uint8_t*>(src), static_cast<uint8_t*>(dst), pairs);
+void regroup(WType g, const void* src, void* dst, int64_t units, cudaStream_t s) {
+    if (units <= 0) return;
+    const auto* in = static_cast<const uint8_t*>(src);
+    auto* out = static_cast<uint8_t*>(dst);
+    if (g == WType::q6_K_g) {
+        q6k_group_kernel<<<static_cast<unsigned>((units * 16 + 255) / 256), 256, 0, s>>>(in, out, units);
+    } else if (g == WType::q4_K_g) {
+        k4_group_kernel<q::Q4_KG><<<static_cast<unsigned>((units + 127) / 128), 128, 0, s>>>(in, out, units);
+    } else if (g == WType::q5_K_g) {
+        k4_group_kernel<q::Q5_KG><<<static_cast<unsigned>((units + 127) / 128), 128, 0, s>>>(in, out, units);
+    }
 }
 
 bool decode_chunk_host(WType t, const void* block, int c, float out[16]) {

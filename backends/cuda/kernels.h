@@ -15,9 +15,12 @@ typedef struct CUstream_st* cudaStream_t;
 
 namespace ds3::cuda {
 
-// q6_K_g: Q6_K regrouped in pairs of blocks on upload (quant.cuh's Q6_KG), for rows of an
-// even number of blocks (q6k_groupable); same bytes per block and per row as q6_K.
-enum class WType : uint8_t { f32, bf16, f16, q8_0, q4_0, q2_K, q3_K, q4_K, q5_K, q6_K, q6_K_g, iq4_xs, fp8_b128 };
+// The *_g types are block formats regrouped on upload for the kernels (quant.cuh): q4_K_g
+// and q5_K_g permute the levels inside each block, q6_K_g regroups pairs of blocks (rows
+// of an even number of blocks). Same bytes per block and per row as the plain types.
+enum class WType : uint8_t {
+    f32, bf16, f16, q8_0, q4_0, q2_K, q3_K, q4_K, q5_K, q6_K, iq4_xs, fp8_b128, q4_K_g, q5_K_g, q6_K_g
+};
 // Elements 16c..16c+15 of one block of a block format, decoded on the host by the same
 // code the kernels run (quant.cuh is host and device): lets tests hold the decoders to
 // the CPU references on machines without a GPU. Plain types: not block formats, false.
@@ -25,13 +28,19 @@ bool decode_chunk_host(WType t, const void* block, int c, float out[16]);
 // One row of K values of any block format (q6_K_g included) decoded on the host by the
 // kernels' row loader; false for the plain types.
 bool decode_row_host(WType t, const void* row, int64_t K, float* out);
-// Q6_K rows of K values regrouped for q6_K_g: K a multiple of 512 (an even number of
-// blocks per row, so pairs never straddle rows and rows stay 4-byte aligned).
+// Q6_K rows of K values can be regrouped for q6_K_g: K a multiple of 512 (an even number
+// of blocks per row, so pairs never straddle rows and rows stay 4-byte aligned).
 inline bool q6k_groupable(int64_t K) { return K > 0 && K % 512 == 0; }
-// `pairs` pairs of Q6_K blocks (420 bytes each) from src to the q6_K_g layout in dst, on
-// the host or on the device (src and dst device memory, not overlapping).
-void q6k_group_host(const void* src, void* dst, int64_t pairs);
-void q6k_group(const void* src, void* dst, int64_t pairs, cudaStream_t s);
+// The layout the upload gives a matrix of type t with rows of K values (q4_K → q4_K_g,
+// q5_K → q5_K_g, q6_K → q6_K_g where q6k_groupable), or t itself.
+WType gpu_layout(WType t, int64_t K);
+// Bytes of one unit of regrouped type g (a block; a pair of blocks for q6_K_g): a matrix
+// of its plain type is a whole number of them.
+int64_t regroup_unit(WType g);
+// `units` units of g's plain type from src to g's layout in dst (not overlapping), on the
+// host, or on the device (src and dst device memory, enqueued on s).
+void regroup_host(WType g, const void* src, void* dst, int64_t units);
+void regroup(WType g, const void* src, void* dst, int64_t units, cudaStream_t s);
 // Σ w·x over one weight row of K values on the host, by the decode GEMV's integer path
 // (x quantised to 8-bit blocks of 32, dp4a emulated): the same block code the kernels
 // run, with the lane split of a row read among `rw` = 1, 2 or 4 rows per lane group. False

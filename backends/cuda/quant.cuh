@@ -192,6 +192,56 @@ DS3_UNROLL
     }
 };
 
+// Q4_K and Q5_K regrouped on upload (WType::q4_K_g, q5_K_g): the same blocks, header (d,
+// dmin, scales[12]) in place, the levels permuted inside the block so that sub-block s
+// (elements 32s..32s+31, one 8-bit activation block of the integer GEMV) is one lane's
+// 16 bytes at QS + 16s: byte j holds the low four bits of element 32s + j (low nibble)
+// and of 32s + 16 + j (high nibble). Q5_K's fifth bits: sub-block s's word at 16 + 4s,
+// whose byte b holds at bit k that of element 32s + 4k + b and at bit 4 + k that of
+// 32s + 16 + 4k + b (k < 4), so one shift and mask give four bytes' bits. Any whole
+// number of blocks: rows, strides and views are unchanged.
+template <bool kFive>
+struct K4G {
+    static constexpr int QK = 256, TS = kFive ? 176 : 144, QS = kFive ? 48 : 16;
+    // GGUF level of element e of a plain block (without the fifth bit).
+    DS3_QHD static int nibble(const uint8_t* b, int e) { return (b[QS + 32 * (e >> 6) + (e & 31)] >> (4 * ((e >> 5) & 1))) & 0xF; }
+    DS3_QHD static int fifth(const uint8_t* b, int e) { return (b[16 + (e & 31)] >> (e >> 5)) & 1; }
+    // One block: plain src to the regrouped dst (not overlapping).
+    DS3_QHD static void pack_block(const uint8_t* src, uint8_t* dst) {
+        for (int i = 0; i < 16; ++i) dst[i] = src[i];
+        for (int sb = 0; sb < 8; ++sb) {
+            for (int j = 0; j < 16; ++j)
+                dst[QS + 16 * sb + j] = static_cast<uint8_t>(nibble(src, 32 * sb + j) | (nibble(src, 32 * sb + 16 + j) << 4));
+            if constexpr (kFive) {
+                uint32_t h = 0;
+                for (int k = 0; k < 4; ++k)
+                    for (int b = 0; b < 4; ++b)
+                        h |= static_cast<uint32_t>(fifth(src, 32 * sb + 4 * k + b)) << (8 * b + k) |
+                             static_cast<uint32_t>(fifth(src, 32 * sb + 16 + 4 * k + b)) << (8 * b + 4 + k);
+                for (int b = 0; b < 4; ++b) dst[16 + 4 * sb + b] = static_cast<uint8_t>(h >> (8 * b));
+            }
+        }
+    }
+    DS3_QHD static void chunk(const uint8_t* b, int c, float (&o)[16]) {
+        const int s = c >> 1, half = c & 1;
+        int sc, mn;
+        k4_scale_min(s, b + 4, sc, mn);
+        const float dl = h2f(b) * static_cast<float>(sc), ml = h2f(b + 2) * static_cast<float>(mn);
+        uint32_t w[4];
+        ld16<16>(b + QS + 16 * s, w);
+        uint32_t h = 0;
+        if constexpr (kFive) h = *reinterpret_cast<const uint32_t*>(b + 16 + 4 * s);
+DS3_UNROLL
+        for (int t = 0; t < 16; ++t) {
+            int v = (byte_of(w, t) >> (4 * half)) & 0xF;
+            if constexpr (kFive) v |= static_cast<int>((h >> (8 * (t & 3) + 4 * half + (t >> 2))) & 1) << 4;
+            o[t] = dl * static_cast<float>(v) - ml;
+        }
+    }
+};
+using Q4_KG = K4G<false>;
+using Q5_KG = K4G<true>;
+
 // Q6_K regrouped on upload (WType::q6_K_g) for rows of an even number of blocks, so that
 // a lane's bytes come in whole, coalesced 32-bit words: the same 210 bytes a block, the
 // same rows, blocks taken in pairs (420 bytes, 4-byte aligned while rows start so). Lane

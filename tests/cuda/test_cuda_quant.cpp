@@ -177,32 +177,47 @@ TEST_CASE("cuda quant: the device decoders, run on the host, equal the CPU refer
     CHECK_FALSE(cuda::decode_chunk_host(cuda::WType::q6_K_g, blk.data(), 0, o));  // row-addressed
 }
 
-TEST_CASE("cuda quant: Q6_K regrouped on upload (q6_K_g) decodes to the same values", "[cuda][quant]") {
-    // No GPU needed: the regrouping and its decoder are host and device code.
-    const TypeTraits& tr = type_traits(TypeId::Q6_K);
-    REQUIRE(cuda::wtype_block(cuda::WType::q6_K_g) == 256);
-    REQUIRE(cuda::wtype_block_bytes(cuda::WType::q6_K_g) == int(tr.type_size));
-    for (int64_t K : {512, 1536, 7168}) {
-        const int64_t rows = 3, rb = K / 256 * int64_t(tr.type_size);
-        for (float scale : {1.0f, 1e-3f, 300.0f}) {
-            auto v = randn(size_t(rows * K), 41, scale);
-            std::vector<uint8_t> bytes(size_t(rows * rb)), grouped(bytes.size(), 0xAB);
-            std::vector<float> ref(v.size()), got(v.size(), -1.0f);
-            for (int64_t r = 0; r < rows; ++r) {
-                quantize_row(TypeId::Q6_K, v.data() + r * K, bytes.data() + r * rb, K);
-                dequantize_row(TypeId::Q6_K, bytes.data() + r * rb, ref.data() + r * K, K);
+TEST_CASE("cuda quant: the layouts regrouped on upload (q4_K_g, q5_K_g, q6_K_g) decode to the same values",
+          "[cuda][quant]") {
+    // No GPU needed: the regrouping and its decoders are host and device code.
+    struct Case {
+        TypeId t;
+        cuda::WType plain, g;
+        std::vector<int64_t> ks;
+    };
+    const Case cases[] = {{TypeId::Q4_K, cuda::WType::q4_K, cuda::WType::q4_K_g, {256, 768, 7168}},
+                          {TypeId::Q5_K, cuda::WType::q5_K, cuda::WType::q5_K_g, {256, 768, 7168}},
+                          {TypeId::Q6_K, cuda::WType::q6_K, cuda::WType::q6_K_g, {512, 1536, 7168}}};
+    for (const Case& c : cases) {
+        const TypeTraits& tr = type_traits(c.t);
+        REQUIRE(cuda::wtype_block(c.g) == 256);
+        REQUIRE(cuda::wtype_block_bytes(c.g) == int(tr.type_size));
+        for (int64_t K : c.ks) {
+            REQUIRE(cuda::gpu_layout(c.plain, K) == c.g);
+            const int64_t rows = 3, rb = K / 256 * int64_t(tr.type_size);
+            for (float scale : {1.0f, 1e-3f, 300.0f}) {
+                auto v = randn(size_t(rows * K), 41, scale);
+                std::vector<uint8_t> bytes(size_t(rows * rb)), grouped(bytes.size(), 0xAB);
+                std::vector<float> ref(v.size()), got(v.size(), -1.0f);
+                for (int64_t r = 0; r < rows; ++r) {
+                    quantize_row(c.t, v.data() + r * K, bytes.data() + r * rb, K);
+                    dequantize_row(c.t, bytes.data() + r * rb, ref.data() + r * K, K);
+                }
+                cuda::regroup_host(c.g, bytes.data(), grouped.data(), rows * rb / cuda::regroup_unit(c.g));
+                CHECK(grouped != bytes);
+                for (int64_t r = 0; r < rows; ++r)
+                    REQUIRE(cuda::decode_row_host(c.g, grouped.data() + r * rb, K, got.data() + r * K));
+                INFO(tname(c.t) << " regrouped, K " << K << " scale " << scale);
+                CHECK(got == ref);
+                // The plain layout through the same row decoder, for comparison.
+                REQUIRE(cuda::decode_row_host(c.plain, bytes.data(), K, got.data()));
+                CHECK(std::equal(got.begin(), got.begin() + K, ref.begin()));
             }
-            cuda::q6k_group_host(bytes.data(), grouped.data(), rows * K / 512);
-            CHECK(grouped != bytes);
-            for (int64_t r = 0; r < rows; ++r)
-                REQUIRE(cuda::decode_row_host(cuda::WType::q6_K_g, grouped.data() + r * rb, K, got.data() + r * K));
-            INFO("K " << K << " scale " << scale);
-            CHECK(got == ref);
-            // The plain layout through the same row decoder, for comparison.
-            REQUIRE(cuda::decode_row_host(cuda::WType::q6_K, bytes.data(), K, got.data()));
-            CHECK(std::equal(got.begin(), got.begin() + K, ref.begin()));
         }
     }
+    CHECK(cuda::gpu_layout(cuda::WType::q6_K, 768) == cuda::WType::q6_K);  // odd block count: kept plain
+    CHECK(cuda::gpu_layout(cuda::WType::q8_0, 4096) == cuda::WType::q8_0);
+    CHECK(cuda::regroup_unit(cuda::WType::q8_0) == 0);
     std::vector<uint8_t> row(210 * 3);
     std::vector<float> out(768);
     CHECK(cuda::q6k_groupable(512));
@@ -262,43 +277,48 @@ TEST_CASE("cuda quant: the integer block dots, run on the host, match the exact 
             }
         }
     }
-    // Q6_K regrouped (q6_K_g): the same bounds, and the plain layout's sum up to order.
-    const TypeTraits& t6 = type_traits(TypeId::Q6_K);
-    for (int64_t kb : {2, 6}) {
-        const int64_t K = kb * 256, rows = 24, rb = kb * int64_t(t6.type_size);
-        for (float scale : {1.0f, 1e-3f, 300.0f}) {
-            auto wv = randn(size_t(rows * K), 53, scale);
-            std::vector<uint8_t> w(size_t(rows * rb)), g(w.size());
-            std::vector<float> deq(wv.size());
-            for (int64_t r = 0; r < rows; ++r) {
-                quantize_row(TypeId::Q6_K, wv.data() + r * K, w.data() + r * rb, K);
-                dequantize_row(TypeId::Q6_K, w.data() + r * rb, deq.data() + r * K, K);
-            }
-            cuda::q6k_group_host(w.data(), g.data(), rows * kb / 2);
-            auto x = randn(size_t(K), 54);
-            auto xi = int_rows(1, K, 55);
-            std::vector<float> got, plain, exact, got_i, exact_i;
-            for (int64_t r = 0; r < rows; ++r) {
-                float a = 0.0f, b = 0.0f, ai = 0.0f, a4 = 0.0f;
-                REQUIRE(cuda::dot_q8_host(cuda::WType::q6_K_g, g.data() + r * rb, K, x.data(), &a));
-                REQUIRE(cuda::dot_q8_host(cuda::WType::q6_K_g, g.data() + r * rb, K, x.data(), &a4, 4));
-                REQUIRE(cuda::dot_q8_host(cuda::WType::q6_K, w.data() + r * rb, K, x.data(), &b));
-                REQUIRE(cuda::dot_q8_host(cuda::WType::q6_K_g, g.data() + r * rb, K, xi.data(), &ai));
-                CHECK(std::fabs(a4 - a) <= 1e-5f * (1.0f + std::fabs(a)));
-                double e = 0.0, ei = 0.0;
-                for (int64_t i = 0; i < K; ++i) {
-                    e += double(deq[size_t(r * K + i)]) * x[size_t(i)];
-                    ei += double(deq[size_t(r * K + i)]) * xi[size_t(i)];
+    // The regrouped layouts: the plain layout's sums up to order, the same bounds.
+    const std::pair<TypeId, cuda::WType> regrouped[] = {
+        {TypeId::Q4_K, cuda::WType::q4_K_g}, {TypeId::Q5_K, cuda::WType::q5_K_g}, {TypeId::Q6_K, cuda::WType::q6_K_g}};
+    for (auto [t, g] : regrouped) {
+        const TypeTraits& tr = type_traits(t);
+        const cuda::WType plain = t == TypeId::Q4_K ? cuda::WType::q4_K : t == TypeId::Q5_K ? cuda::WType::q5_K : cuda::WType::q6_K;
+        for (int64_t kb : {2, 6}) {
+            const int64_t K = kb * 256, rows = 24, rb = kb * int64_t(tr.type_size);
+            for (float scale : {1.0f, 1e-3f, 300.0f}) {
+                auto wv = randn(size_t(rows * K), 53, scale);
+                std::vector<uint8_t> w(size_t(rows * rb)), wg(w.size());
+                std::vector<float> deq(wv.size());
+                for (int64_t r = 0; r < rows; ++r) {
+                    quantize_row(t, wv.data() + r * K, w.data() + r * rb, K);
+                    dequantize_row(t, w.data() + r * rb, deq.data() + r * K, K);
                 }
-                got.push_back(a), plain.push_back(b), exact.push_back(float(e));
-                got_i.push_back(ai), exact_i.push_back(float(ei));
+                cuda::regroup_host(g, w.data(), wg.data(), rows * rb / cuda::regroup_unit(g));
+                auto x = randn(size_t(K), 54);
+                auto xi = int_rows(1, K, 55);
+                std::vector<float> got, base, exact, got_i, exact_i;
+                for (int64_t r = 0; r < rows; ++r) {
+                    float a = 0.0f, b = 0.0f, ai = 0.0f, a4 = 0.0f;
+                    REQUIRE(cuda::dot_q8_host(g, wg.data() + r * rb, K, x.data(), &a));
+                    REQUIRE(cuda::dot_q8_host(g, wg.data() + r * rb, K, x.data(), &a4, 4));
+                    REQUIRE(cuda::dot_q8_host(plain, w.data() + r * rb, K, x.data(), &b));
+                    REQUIRE(cuda::dot_q8_host(g, wg.data() + r * rb, K, xi.data(), &ai));
+                    CHECK(std::fabs(a4 - a) <= 1e-5f * (1.0f + std::fabs(a)));
+                    double e = 0.0, ei = 0.0;
+                    for (int64_t i = 0; i < K; ++i) {
+                        e += double(deq[size_t(r * K + i)]) * x[size_t(i)];
+                        ei += double(deq[size_t(r * K + i)]) * xi[size_t(i)];
+                    }
+                    got.push_back(a), base.push_back(b), exact.push_back(float(e));
+                    got_i.push_back(ai), exact_i.push_back(float(ei));
+                }
+                INFO(tname(t) << " regrouped, K " << K << " scale " << scale);
+                // The same integer sums as the plain layout's, in another float order: the
+                // same rounding error against the exact product (the loop above bounds it).
+                CHECK(nmse_root(got, base) <= 1e-5);
+                CHECK(std::fabs(nmse_root(got, exact) - nmse_root(base, exact)) <= 1e-4);
+                CHECK(nmse_root(got_i, exact_i) <= 1e-6);
             }
-            INFO("q6_K_g K " << K << " scale " << scale);
-            // The same integer sums as the plain layout's, in another float order: the same
-            // rounding error against the exact product (the main loop bounds that one).
-            CHECK(nmse_root(got, plain) <= 1e-5);
-            CHECK(std::fabs(nmse_root(got, exact) - nmse_root(plain, exact)) <= 1e-4);
-            CHECK(nmse_root(got_i, exact_i) <= 1e-6);
         }
     }
     // NaN in an activation block reaches the output; unsupported types are declined.
@@ -576,9 +596,10 @@ TEST_CASE("cuda quant: decode GEMV timings at V3 shapes", "[.bench]") {
                             {"ffn gate+up 7168->18432", 1, 18432, 7168}, {"ffn down 18432->7168", 0, 7168, 18432},
                             {"shexp gate+up 7168->2048", 1, 2048, 7168}, {"shexp down 2048->7168", 0, 7168, 2048},
                             {"moe 8 experts 7168<->2048", 2, 2048, 7168}, {"output 7168->129280", 0, 129280, 7168}};
-    const std::pair<TypeId, cuda::WType> types[] = {{TypeId::Q4_K, cuda::WType::q4_K}, {TypeId::Q5_K, cuda::WType::q5_K},
-                                                    {TypeId::Q6_K, cuda::WType::q6_K}, {TypeId::Q6_K, cuda::WType::q6_K_g},
-                                                    {TypeId::Q8_0, cuda::WType::q8_0}, {TypeId::Q4_0, cuda::WType::q4_0}};
+    const std::pair<TypeId, cuda::WType> types[] = {
+        {TypeId::Q4_K, cuda::WType::q4_K}, {TypeId::Q4_K, cuda::WType::q4_K_g}, {TypeId::Q5_K, cuda::WType::q5_K},
+        {TypeId::Q5_K, cuda::WType::q5_K_g}, {TypeId::Q6_K, cuda::WType::q6_K}, {TypeId::Q6_K, cuda::WType::q6_K_g},
+        {TypeId::Q8_0, cuda::WType::q8_0},   {TypeId::Q4_0, cuda::WType::q4_0}};
     for (auto [t, wt] : types)
         for (const Shape& sh : shapes)
             for (int64_t M : {1, 4}) {
@@ -590,7 +611,10 @@ TEST_CASE("cuda quant: decode GEMV timings at V3 shapes", "[.bench]") {
                 const double ti = cuda::time_decode_us(sh.kind, wt, M, sh.N, sh.K, true, iters);
                 const double tf = cuda::time_decode_us(sh.kind, wt, M, sh.N, sh.K, false, iters);
                 std::printf("gemv %-6s M=%lld %-28s int %8.1f us %7.0f GB/s | f32 %8.1f us %7.0f GB/s\n",
-                            wt == cuda::WType::q6_K_g ? "q6_K_g" : tname(t),
+                            wt == cuda::WType::q6_K_g   ? "q6_K_g"
+                            : wt == cuda::WType::q5_K_g ? "q5_K_g"
+                            : wt == cuda::WType::q4_K_g ? "q4_K_g"
+                                                        : tname(t),
                             static_cast<long long>(M), sh.name, ti, bytes / ti / 1e3, tf, bytes / tf / 1e3);
                 CHECK(ti > 0.0);
             }
