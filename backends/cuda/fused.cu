@@ -2,9 +2,11 @@
 // adds before it, and RoPE with one angle table per row. The fused form gives the same
 // bits as the plain one run after separate adds (same operation order, same reduction
 // tree), so a replayed graph equals a node-by-node run.
+#include <cooperative_groups.h>
 #include <cuda_runtime.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstdint>
 
 #include "backends/cuda/device_util.cuh"
@@ -16,6 +18,10 @@ namespace ds3::cuda {
 namespace {
 
 constexpr int kNormThreads = 1024;  // a decode row is one block: as many loads in flight as possible
+// Or a cluster of kNormCluster blocks of kClusterThreads (sm_90): a quarter of the row each,
+// their sums of squares exchanged through distributed shared memory. One SM issuing the
+// whole row's instructions took ~3.4 µs of a 4.5–6.6 µs norm (Nsight Compute).
+constexpr int kNormCluster = 4, kClusterThreads = 256;
 
 // Sum of v over the block, in double (long rows stay exact enough, as on the CPU).
 __device__ double block_sum(double v) {
@@ -34,6 +40,26 @@ __device__ double block_sum(double v) {
     return part[0];
 }
 
+// The sum of every block's v over a cluster of C blocks (each passes its block total), in
+// rank order, so every block gets the same bits.
+template <int C>
+__device__ double cluster_sum(double v) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if constexpr (C > 1) {
+        __shared__ double mine;
+        namespace cg = cooperative_groups;
+        cg::cluster_group cl = cg::this_cluster();
+        if (threadIdx.x == 0) mine = v;
+        cl.sync();
+        double t = 0.0;
+        for (int r = 0; r < C; ++r) t += *cl.map_shared_rank(&mine, r);
+        cl.sync();  // no block leaves while another still reads its `mine`
+        return t;
+    }
+#endif
+    return v;
+}
+
 // Row r: v = a + b, or with c: mid = a + b and v = c + mid (the order of the two adds of a
 // layer's end); sum = v when sum is given; y = rms_norm(v) · gain. b = null: v = a (a
 // plain RMS norm). Four consecutive columns per thread and step (float4 where the row
@@ -41,11 +67,17 @@ __device__ double block_sum(double v) {
 // q (cols a multiple of 32): y is also quantised there for the integer GEMVs that read it
 // (gemv_q8.h's layout: int8 rows, then the blocks' (d, d·Σq)), the same bytes their own
 // quantise kernel would make, so the product after the norm needs no launch of its own.
-__global__ void __launch_bounds__(kNormThreads)
+// kCluster > 1: blocks r·kCluster .. of a cluster share row r, block `rank` its columns
+// [rank·cols/kCluster, ...) (cols a multiple of 32·kCluster).
+template <int kThreads, int kCluster>
+__global__ void __launch_bounds__(kThreads)
     add_rms_norm_kernel(const float* a, const float* b, const float* c, float* mid, float* sum, const void* gain,
-                        WType wt, float eps, int64_t cols, float* y, int8_t* q, q8::XDs* qd) {
+                        WType wt, float eps, int64_t row_cols, float* y, int8_t* q, q8::XDs* qd) {
     dep_trigger();  // the product after the norm may start loading its weights
-    const int64_t off = static_cast<int64_t>(blockIdx.x) * cols;
+    const int rank = static_cast<int>(blockIdx.x % kCluster);
+    const int64_t cols = row_cols / kCluster, c0 = rank * cols;  // this block's columns
+    const int64_t off = static_cast<int64_t>(blockIdx.x / kCluster) * row_cols + c0;
+    gain = static_cast<const uint8_t*>(gain) + c0 * (wt == WType::f32 ? 4 : 2);
     auto value = [&](int64_t i) {
         float v = a[off + i];
         if (b) v += b[off + i];
@@ -59,7 +91,7 @@ __global__ void __launch_bounds__(kNormThreads)
     // The gains of this thread's first kPre steps are loaded first: they come from DRAM
     // (a decode step streams gigabytes of weights between two uses of a norm), and their
     // latency then overlaps the first pass and the block sum instead of following them.
-    constexpr int kPre = 2;
+    constexpr int kPre = 2048 / kThreads / kCluster > 2 ? 2048 / kThreads / kCluster : 2;
     const int64_t stride = 4 * static_cast<int64_t>(blockDim.x), first = 4 * static_cast<int64_t>(threadIdx.x);
     auto pre = [&](auto&& f) {  // f(step, k, column) over the first kPre steps, unrolled
 #pragma unroll
@@ -80,8 +112,8 @@ __global__ void __launch_bounds__(kNormThreads)
 #pragma unroll
         for (int k = 0; k < 4; ++k) ss += static_cast<double>(v[k]) * v[k];
     }
-    const double total = block_sum(ss);
-    const float inv = static_cast<float>(1.0 / sqrt(total / static_cast<double>(cols) + eps));
+    const double total = cluster_sum<kCluster>(block_sum(ss));
+    const float inv = static_cast<float>(1.0 / sqrt(total / static_cast<double>(row_cols) + eps));
     // Second pass: each thread takes its first steps' values from registers and re-reads
     // the rest (columns it wrote or read itself, so no barrier is needed beyond
     // block_sum's). Steps run while the warp's first column is in the row, so a warp's
@@ -181,8 +213,36 @@ void add_rms_norm(const float* a, const float* b, const float* c, float* mid, fl
         q = static_cast<int8_t*>(yq);
         qd = reinterpret_cast<q8::XDs*>(static_cast<uint8_t*>(yq) + q8::xds_offset(rows, cols));
     }
-    add_rms_norm_kernel<<<static_cast<unsigned>(rows), kNormThreads, 0, s>>>(a, b, c, mid, sum, gain, wt, eps, cols,
-                                                                              y, q, qd);
+    // Whole rows of 32-column blocks per cluster member, on sm_90 (DS3_CUDA_NORM_CLUSTER=0:
+    // one block a row; read once).
+    static const bool cluster = [] {
+        const char* e = std::getenv("DS3_CUDA_NORM_CLUSTER");
+        if (e && std::atoi(e) == 0) return false;
+        int dev = 0, major = 0;
+        if (cudaGetDevice(&dev) != cudaSuccess ||
+            cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
+            cudaGetLastError();
+            return false;
+        }
+        return major >= 9;
+    }();
+    if (cluster && cols % (32 * kNormCluster) == 0 && cols >= 1024) {
+        cudaLaunchAttribute attr[1];
+        attr[0].id = cudaLaunchAttributeClusterDimension;
+        attr[0].val.clusterDim.x = kNormCluster, attr[0].val.clusterDim.y = 1, attr[0].val.clusterDim.z = 1;
+        cudaLaunchConfig_t cfg = {};
+        cfg.gridDim = dim3(static_cast<unsigned>(rows * kNormCluster));
+        cfg.blockDim = dim3(kClusterThreads);
+        cfg.stream = s;
+        cfg.attrs = attr;
+        cfg.numAttrs = 1;
+        if (cudaLaunchKernelEx(&cfg, add_rms_norm_kernel<kClusterThreads, kNormCluster>, a, b, c, mid, sum, gain, wt,
+                               eps, cols, y, q, qd) == cudaSuccess)
+            return;
+        cudaGetLastError();  // no cluster launch here: one block a row
+    }
+    add_rms_norm_kernel<kNormThreads, 1><<<static_cast<unsigned>(rows), kNormThreads, 0, s>>>(
+        a, b, c, mid, sum, gain, wt, eps, cols, y, q, qd);
 }
 
 void rope_rows(const RopeArgs& a, const int32_t* positions, const float* x, float* y, cudaStream_t s) {

@@ -94,7 +94,8 @@ TEST_CASE("cuda: rms_norm, add, swiglu and view", "[cuda][ops]") {
     DS3_REQUIRE_CUDA(gpu);
     for (TypeId t : kTypes)
         for (int64_t rows : {1, 3, 7})
-            for (int64_t cols : {1, 33, 129, 4099}) {
+            // 1536 and 7168: rows a cluster of blocks shares on sm_90 (fused.cu).
+            for (int64_t cols : {1, 33, 129, 1536, 4099, 7168}) {
                 WeightStore s;
                 const Weight& gain = add_weight(s, "gain", t, {cols}, randn(size_t(cols), 2));
                 auto av = randn(size_t(rows * cols), 3), bv = randn(size_t(rows * cols), 4);

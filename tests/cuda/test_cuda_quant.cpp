@@ -515,6 +515,40 @@ TEST_CASE("cuda quant: a replayed decode step (fused quantisation) equals node b
     }
 }
 
+TEST_CASE("cuda quant: a replayed step's fused adds and RMS norm at V3's width match the CPU", "[cuda][quant][graph]") {
+    // add → add → rms_norm, as at a layer's end: one kernel in a replayed step (on sm_90 a
+    // cluster of blocks a row), with its quantised copy feeding the product after it.
+    DS3_REQUIRE_CUDA(gpu);
+    const int64_t D = 7168, N = 64;
+    WeightStore s;
+    const Weight& gain = add_weight(s, "gain", TypeId::F32, {D}, randn(size_t(D), 70, 0.5f));
+    QWeight w = add_qweight(s, "w", TypeId::Q8_0, {D, N}, 71, 0.3f);
+    for (int64_t T : {1, 3}) {
+        Graph g;
+        const int x = g.input("x", DType::f32, T, D), a = g.input("a", DType::f32, T, D), b = g.input("b", DType::f32, T, D);
+        const int h = g.add("h", x, g.add("ab", a, b));
+        const int n = g.rms_norm("n", h, gain, 1e-6f);
+        const int y = g.mul_mat("y", n, *w.q);
+        auto xv = randn(size_t(T * D), 72), av = randn(size_t(T * D), 73), bv = randn(size_t(T * D), 74);
+        const std::vector<GraphInput> ins = {{x, xv.data()}, {a, av.data()}, {b, bv.data()}};
+        auto cpu = create_backend("cpu", {2});
+        Scheduler cs({cpu.get()});
+        const Graph cp = cs.place(g);
+        const int fetch[] = {h, n, y};
+        auto want = cs.run(cp, ins, nullptr, fetch);
+        auto b2 = cuda_with_graphs(true);
+        Scheduler gs({b2.get()});
+        const Graph gp = gs.place(g);
+        for (int run = 0; run < 3; ++run) {  // eager record, capture, replay
+            auto got = gs.run(gp, ins, nullptr, fetch);
+            INFO("T " << T << " run " << run);
+            CHECK(nmse_root(got.at(h), want.at(h)) == 0.0);
+            CHECK(nmse_root(got.at(n), want.at(n)) <= 1e-6);
+            CHECK(nmse_root(got.at(y), want.at(y)) <= 0.05);  // 8-bit activations on both sides
+        }
+    }
+}
+
 TEST_CASE("cuda quant: supports() names exactly the types that run", "[cuda][quant][errors]") {
     DS3_REQUIRE_CUDA(gpu);
     WeightStore s;
