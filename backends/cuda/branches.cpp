@@ -2,17 +2,10 @@
 #include "backends/cuda/branches.h"
 
 #include <algorithm>
-#include <string>
 
-#include "runtime/error.h"
+#include "backends/cuda/check.h"
 
 namespace ds3::cuda {
-
-namespace {
-void ok(cudaError_t e, const char* what) {
-    if (e != cudaSuccess) throw Error("cuda", std::string(what) + ": " + cudaGetErrorString(e));
-}
-}  // namespace
 
 Branches::~Branches() {
     for (cudaEvent_t e : events_) cudaEventDestroy(e);
@@ -22,7 +15,7 @@ void Branches::begin(cudaStream_t main, cudaStream_t side, int n) {
     s_[0] = main, s_[1] = side;
     while (static_cast<int>(events_.size()) < n) {
         cudaEvent_t e = nullptr;
-        ok(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate");
+        DS3_CU(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
         events_.push_back(e);
     }
     where_.assign(static_cast<size_t>(n), -1);
@@ -54,14 +47,14 @@ cudaStream_t Branches::place(std::span<const int> srcs) {
     for (int s : srcs)
         if (s >= 0 && where_[static_cast<size_t>(s)] == other) need = std::max(need, event_of_[static_cast<size_t>(s)]);
     if (need > synced_[pick]) {
-        ok(cudaStreamWaitEvent(s_[pick], events_[static_cast<size_t>(need)], 0), "cudaStreamWaitEvent");
+        DS3_CU(cudaStreamWaitEvent(s_[pick], events_[static_cast<size_t>(need)], 0));
         synced_[pick] = need;
     }
     return s_[pick];
 }
 
 void Branches::done(int first, int last) {
-    ok(cudaEventRecord(events_[static_cast<size_t>(last)], s_[cur_]), "cudaEventRecord");
+    DS3_CU(cudaEventRecord(events_[static_cast<size_t>(last)], s_[cur_]));
     for (int i = first; i <= last; ++i) {
         where_[static_cast<size_t>(i)] = cur_;
         event_of_[static_cast<size_t>(i)] = last;
@@ -71,7 +64,7 @@ void Branches::done(int first, int last) {
 
 void Branches::join() {
     if (last_[1] >= 0 && synced_[0] < last_[1]) {
-        ok(cudaStreamWaitEvent(s_[0], events_[static_cast<size_t>(last_[1])], 0), "cudaStreamWaitEvent");
+        DS3_CU(cudaStreamWaitEvent(s_[0], events_[static_cast<size_t>(last_[1])], 0));
         synced_[0] = last_[1];
     }
 }

@@ -16,8 +16,11 @@
 #include <unordered_map>
 #include <vector>
 
+#include "backends/cuda/check.h"
 #include "backends/cuda/gemv_q8.h"
 #include "backends/cuda/kernels.h"
+#include "backends/cuda/pool.h"
+#include "backends/cuda/resident.h"
 #include "runtime/error.h"
 #include "runtime/kv_cache.h"
 
@@ -25,156 +28,27 @@ namespace ds3 {
 
 namespace {
 
-void cu_check(cudaError_t e, const char* what) {
-    if (e != cudaSuccess) throw Error("cuda", std::string(what) + " failed: " + cudaGetErrorString(e));
-}
-#define DS3_CU(call) cu_check((call), #call)
+using cuda::CudaBuffer;
+using cuda::Pool;
+using cuda::Scratch;
+using cuda::wtype;
+using cuda::wtype_of;
+
 // Launch errors (bad configuration) surface here; faults inside kernels at the next sync.
 void launched(const std::string& what) {
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) throw Error("cuda", what + ": kernel launch failed: " + cudaGetErrorString(e));
 }
 
-// Device memory is recycled by size class: the scheduler allocates and frees one buffer
-// per node per step, and cudaMalloc/cudaFree would synchronise the device each time.
-// All work runs on one stream, so a block freed after enqueuing kernels that use it can
-// be handed to later work on the same stream without waiting.
-class Pool {
-public:
-    ~Pool() {
-        for (auto& [size, list] : free_)
-            for (void* p : list) cudaFree(p);
-    }
-    static size_t size_class(size_t n) {
-        if (n <= 4096) return (n + 255) / 256 * 256;
-        // Eight classes per power of two: ≤ 12.5% waste, good reuse across steps.
-        size_t p = 1;
-        while (p * 2 <= n) p *= 2;
-        const size_t step = p / 8;
-        return (n + step - 1) / step * step;
-    }
-    void* get(size_t n, size_t& cap) {
-        cap = size_class(std::max<size_t>(n, 1));
-        auto it = free_.find(cap);
-        if (it != free_.end() && !it->second.empty()) {
-            void* p = it->second.back();
-            it->second.pop_back();
-            return p;
-        }
-        void* p = nullptr;
-        cudaError_t e = cudaMalloc(&p, cap);
-        if (e != cudaSuccess) {
-            // Give cached blocks back and try once more before failing.
-            cudaGetLastError();
-            trim();
-            e = cudaMalloc(&p, cap);
-        }
-        if (e != cudaSuccess)
-            throw Error("cuda", "out of device memory: " + std::to_string(cap) + " bytes requested (" +
-                                    cudaGetErrorString(e) + ")");
-        return p;
-    }
-    void put(void* p, size_t cap) {
-        if (hold_)
-            hold_->push_back({p, cap});
-        else
-            free_[cap].push_back(p);
-    }
-    // While a CUDA graph is captured, blocks given back are kept for that graph (its
-    // replays use their addresses) instead of going back to the free lists.
-    using Held = std::vector<std::pair<void*, size_t>>;
-    void hold(Held* h) { hold_ = h; }
-    void trim() {
-        cudaDeviceSynchronize();
-        for (auto& [size, list] : free_) {
-            for (void* p : list) cudaFree(p);
-            list.clear();
-        }
-    }
-
-private:
-    std::map<size_t, std::vector<void*>> free_;
-    Held* hold_ = nullptr;
-};
-
-class CudaBuffer final : public Buffer {
-public:
-    CudaBuffer(std::shared_ptr<Pool> pool, size_t bytes) : pool_(std::move(pool)), bytes_(bytes) {
-        ptr_ = pool_->get(bytes, cap_);
-    }
-    // A view on memory owned elsewhere (a replayable graph's activation arena).
-    CudaBuffer(void* ptr, size_t bytes) : bytes_(bytes), ptr_(ptr) {}
-    ~CudaBuffer() override {
-        if (pool_) pool_->put(ptr_, cap_);
-    }
-    CudaBuffer(const CudaBuffer&) = delete;
-    CudaBuffer& operator=(const CudaBuffer&) = delete;
-    size_t size() const override { return bytes_; }
-    void* dev() const { return ptr_; }
-
-private:
-    std::shared_ptr<Pool> pool_;
-    size_t bytes_;
-    size_t cap_ = 0;
-    void* ptr_ = nullptr;
-};
-
-// Temporary device memory for one compute(): back to the pool at scope exit, which is
-// safe because later users are ordered after this op on the same stream.
-class Scratch {
-public:
-    Scratch(Pool& pool, size_t bytes) : pool_(pool) { ptr_ = pool_.get(bytes, cap_); }
-    ~Scratch() { pool_.put(ptr_, cap_); }
-    Scratch(const Scratch&) = delete;
-    Scratch& operator=(const Scratch&) = delete;
-    float* f() const { return static_cast<float*>(ptr_); }
-    int* i() const { return static_cast<int*>(ptr_); }
-
-private:
-    Pool& pool_;
-    size_t cap_ = 0;
-    void* ptr_ = nullptr;
-};
-
 float* f32(Buffer* b) { return static_cast<float*>(static_cast<CudaBuffer*>(b)->dev()); }
 const int32_t* i32(Buffer* b) { return static_cast<const int32_t*>(static_cast<CudaBuffer*>(b)->dev()); }
 
-// The weight types the kernels decode (quant.cuh), or nullopt.
-std::optional<cuda::WType> wtype_of(TypeId t) {
-    switch (t) {
-        case TypeId::F32: return cuda::WType::f32;
-        case TypeId::BF16: return cuda::WType::bf16;
-        case TypeId::F16: return cuda::WType::f16;
-        case TypeId::Q8_0: return cuda::WType::q8_0;
-        case TypeId::Q4_0: return cuda::WType::q4_0;
-        case TypeId::Q2_K: return cuda::WType::q2_K;
-        case TypeId::Q3_K: return cuda::WType::q3_K;
-        case TypeId::Q4_K: return cuda::WType::q4_K;
-        case TypeId::Q5_K: return cuda::WType::q5_K;
-        case TypeId::Q6_K: return cuda::WType::q6_K;
-        case TypeId::IQ4_XS: return cuda::WType::iq4_xs;
-        case TypeId::FP8_E4M3_B128: return cuda::WType::fp8_b128;
-        default: return std::nullopt;
-    }
-}
 bool plain_float(TypeId t) { return t == TypeId::F32 || t == TypeId::BF16 || t == TypeId::F16; }
 
 // A matrix the GEMV/GEMM/get_rows kernels can read: a known type and whole blocks per row.
 bool matrix_ok(const Weight& w) {
     auto t = wtype_of(w.type);
     return t && w.ne[0] % cuda::wtype_block(*t) == 0;
-}
-
-cuda::WType wtype(TypeId t) { return wtype_of(t).value_or(cuda::WType::f32); }
-
-// A sample of a weight's bytes: a later Weight at the same address with other contents
-// (a model unloaded and another mapped in its place) is uploaded afresh.
-uint64_t fingerprint(const Weight& w) {
-    const size_t n = static_cast<size_t>(w.nbytes), k = std::min<size_t>(n, 256);
-    uint64_t h = XXH3_64bits(w.data, k);
-    if (n > k) h ^= XXH3_64bits(w.data + n - k, k) * 0x9E3779B97F4A7C15ull;
-    if (n > 2 * k) h ^= XXH3_64bits(w.data + n / 2, k) * 0xC2B2AE3D27D4EB4Full;
-    return h;
 }
 
 class CudaBackend final : public Backend {
@@ -198,6 +72,7 @@ public:
         DS3_CU(cudaMemsetAsync(err_, 0, sizeof(cuda::DevError), stream_));
         DS3_CU(cudaStreamSynchronize(stream_));
         pool_ = std::make_shared<Pool>();
+        weights_ = std::make_unique<cuda::Resident>(*pool_, stream_);
         if (const char* p = std::getenv("DS3_CUDA_PROFILE")) {
             prof_level_ = std::atoi(p);
             prof_ = prof_level_ != 0;
@@ -216,7 +91,7 @@ public:
             for (auto& [a, b] : prof_events_) cudaEventDestroy(a), cudaEventDestroy(b);
             for (cudaEvent_t ev : sub_events_) cudaEventDestroy(ev);
         }
-        for (auto& [k, w] : weights_) cudaFree(w.ptr);
+        weights_.reset();
         cudaFree(err_);
         cudaStreamDestroy(side_);
         cudaStreamDestroy(stream_);
@@ -770,102 +645,14 @@ private:
         std::fprintf(stderr, "cuda profile: %-24s %8s %10.3f %10.3f\n", "total", "", g, h);
     }
 
-    struct DevWeight {
-        void* ptr = nullptr;
-        uint64_t nbytes = 0;
-        TypeId type = TypeId::F32;
-        uint64_t print = 0;
-        cuda::WType wt = cuda::WType::f32;  // the device layout (q6_K_g for regrouped Q6_K)
-    };
-
     // The resident copy of w and the type its kernels read it as.
     const void* weight(const Weight& w) { return resident(w).ptr; }
     cuda::WType dtype(const Weight& w) { return resident(w).wt; }
-
-    // The layout w is kept in on the device: q4_K, q5_K and (rows of an even block count)
-    // q6_K are regrouped on upload for the kernels (kernels.h). DS3_CUDA_REGROUP=0 keeps
-    // every plain layout; a comma-separated list of type names (q4_K,q6_K) regroups those
-    // only (read once).
-    static cuda::WType layout_of(const Weight& w) {
-        const cuda::WType t = wtype(w.type), g = cuda::gpu_layout(t, w.ne[0]);
-        if (g == t) return t;
-        static const std::string only = [] {
-            const char* e = std::getenv("DS3_CUDA_REGROUP");
-            return e ? "," + std::string(e) + "," : std::string();
-        }();
-        if (only.empty() || only == ",1,") return g;
-        return only.find("," + std::string(type_traits(w.type).name) + ",") != std::string::npos ? g : t;
-    }
-
-    // Copies w to dst in layout g: through a device staging buffer of at most 64 MiB, a
-    // slice of whole units at a time. False (nothing written) when the staging buffer
-    // cannot be had; the caller then uploads the plain layout.
-    bool upload_regrouped(void* dst, const Weight& w, cuda::WType g) {
-        const uint64_t unit = static_cast<uint64_t>(cuda::regroup_unit(g)), units = w.nbytes / unit;
-        const uint64_t step = std::max<uint64_t>(1, std::min<uint64_t>(units, (64ull << 20) / unit));
-        void* tmp = nullptr;
-        if (cudaMalloc(&tmp, step * unit) != cudaSuccess) {
-            cudaGetLastError();
-            return false;
-        }
-        cudaError_t e = cudaSuccess;
-        for (uint64_t p = 0; p < units && e == cudaSuccess; p += step) {
-            const uint64_t n = std::min(step, units - p);
-            e = cudaMemcpyAsync(tmp, w.data + p * unit, n * unit, cudaMemcpyHostToDevice, stream_);
-            if (e == cudaSuccess) {
-                cuda::regroup(g, tmp, static_cast<uint8_t*>(dst) + p * unit, static_cast<int64_t>(n), stream_);
-                e = cudaGetLastError();
-            }
-        }
-        if (e == cudaSuccess) e = cudaStreamSynchronize(stream_);  // tmp is freed next
-        cudaFree(tmp);
-        if (e != cudaSuccess) throw Error("cuda", w.name + ": weight upload failed: " + cudaGetErrorString(e));
-        return true;
-    }
-
-    // The resident copy of w, uploaded on first use.
-    const DevWeight& resident(const Weight& w) {
-        check(wtype_of(w.type).has_value(), "cuda",
-              w.name + ": weight type " + std::string(type_traits(w.type).name) + " is not supported by the CUDA backend");
-        const uint64_t print = fingerprint(w);
-        auto it = weights_.find(w.data);
-        if (it != weights_.end()) {
-            if (it->second.nbytes == w.nbytes && it->second.type == w.type && it->second.print == print)
-                return it->second;
-            DS3_CU(cudaStreamSynchronize(stream_));  // the old copy may still be read
-            stale_graphs_ = true;                    // captured graphs may read it
-            cudaFree(it->second.ptr);
-            weights_.erase(it);
-        }
-        DevWeight d{nullptr, w.nbytes, w.type, print, wtype(w.type)};
-        cudaError_t e = cudaMalloc(&d.ptr, std::max<uint64_t>(w.nbytes, 1));
-        if (e != cudaSuccess) {
-            cudaGetLastError();
-            pool_->trim();
-            e = cudaMalloc(&d.ptr, std::max<uint64_t>(w.nbytes, 1));
-        }
-        if (e != cudaSuccess)
-            throw Error("cuda", w.name + ": cannot keep the weight on the device (" + std::to_string(w.nbytes) +
-                                    " bytes): " + cudaGetErrorString(e));
-        if (const cuda::WType g = layout_of(w); g != d.wt && w.nbytes % cuda::regroup_unit(g) == 0) {
-            try {
-                if (upload_regrouped(d.ptr, w, g)) {
-                    d.wt = g;
-                    return weights_[w.data] = d;
-                }
-            } catch (...) {
-                cudaFree(d.ptr);
-                throw;
-            }
-        }
-        // On our stream: kernels run on a non-blocking stream, which does not wait for
-        // the legacy stream, and a pageable cudaMemcpy may return before its DMA ends.
-        e = cudaMemcpyAsync(d.ptr, w.data, w.nbytes, cudaMemcpyHostToDevice, stream_);
-        if (e != cudaSuccess) {
-            cudaFree(d.ptr);
-            throw Error("cuda", w.name + ": weight upload failed: " + cudaGetErrorString(e));
-        }
-        return weights_[w.data] = d;
+    const cuda::Resident::Entry& resident(const Weight& w) {
+        bool replaced = false;
+        const cuda::Resident::Entry& e = weights_->get(w, replaced);
+        if (replaced) stale_graphs_ = true;
+        return e;
     }
 
     // yq: also y quantised there for the integer GEMVs (add_rms_norm).
@@ -1187,7 +974,7 @@ private:
     cudaStream_t stream_ = nullptr;
     cuda::DevError* err_ = nullptr;
     std::shared_ptr<Pool> pool_;
-    std::unordered_map<const uint8_t*, DevWeight> weights_;
+    std::unique_ptr<cuda::Resident> weights_;
     bool prof_ = false;
     int prof_level_ = 0;
     std::vector<cudaEvent_t> sub_events_;
