@@ -341,6 +341,7 @@ __global__ void __launch_bounds__(256, 3) gemm_kernel(GemmArgs a) {
         int64_t xr = a.groups ? (a.x_rows ? a.x_rows[x_off + xm] : x_off + xm) : xm;
         xrow = xb + xr * a.ldx;
     }
+    const bool xvec = xrow && (reinterpret_cast<uintptr_t>(xrow) & 15) == 0;  // kc is a multiple of 16
     const int64_t wn = n0 + lr;
     const uint8_t* wrow = wn < a.N ? w + wn * row_bytes : nullptr;
 
@@ -352,8 +353,17 @@ __global__ void __launch_bounds__(256, 3) gemm_kernel(GemmArgs a) {
     float acc[2][2][4] = {};
     for (int64_t k0 = 0; k0 < a.K; k0 += BK) {
         const int64_t kc = k0 + c16;  // this thread's first k
+        if (xvec && kc + 16 <= a.K) {  // four 16-byte loads where the row allows
 #pragma unroll
-        for (int i = 0; i < 16; ++i) As[c16 + i][lr] = (xrow && kc + i < a.K) ? xrow[kc + i] : 0.0f;
+            for (int q = 0; q < 4; ++q) {
+                const float4 v = __ldg(reinterpret_cast<const float4*>(xrow + kc) + q);
+                As[c16 + 4 * q][lr] = v.x, As[c16 + 4 * q + 1][lr] = v.y;
+                As[c16 + 4 * q + 2][lr] = v.z, As[c16 + 4 * q + 3][lr] = v.w;
+            }
+        } else {
+#pragma unroll
+            for (int i = 0; i < 16; ++i) As[c16 + i][lr] = (xrow && kc + i < a.K) ? xrow[kc + i] : 0.0f;
+        }
         if constexpr (L::kQuant) {
             // K is a whole number of blocks (of 32 or 256) and kc a multiple of 16: one chunk.
             float wv[16];
@@ -361,6 +371,14 @@ __global__ void __launch_bounds__(256, 3) gemm_kernel(GemmArgs a) {
             if (in) L::chunk(wrow, kc / 16, wv);
 #pragma unroll
             for (int j = 0; j < 16; ++j) Bs[c16 + j][lr] = in ? wv[j] : 0.0f;
+        } else if (wrow && kc + 16 <= a.K &&
+                   (reinterpret_cast<uintptr_t>(wrow + L::row_bytes(kc)) & 15) == 0) {  // 16-byte loads
+            float wv[16];
+            const uint4* p = reinterpret_cast<const uint4*>(wrow + L::row_bytes(kc));
+#pragma unroll
+            for (int q = 0; q < 16 / L::kPerVec; ++q) L::vec(__ldg(p + q), wv + q * L::kPerVec);
+#pragma unroll
+            for (int j = 0; j < 16; ++j) Bs[c16 + j][lr] = wv[j];
         } else {
 #pragma unroll
             for (int i = 0; i < 16; ++i) Bs[c16 + i][lr] = (wrow && kc + i < a.K) ? L::get(wrow, kc + i) : 0.0f;
