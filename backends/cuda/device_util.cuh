@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 
 #include "backends/cuda/kernels.h"
 
@@ -48,6 +49,26 @@ __device__ inline void set_error(DevError* e, int code, int value, int limit) {
         e->value = value;
         e->limit = limit;
     }
+}
+
+// A switch that is on unless the environment sets it to 0 (before/after timings with one
+// binary); callers read it once.
+inline bool env_on(const char* name) {
+    const char* e = std::getenv(name);
+    return !(e && std::atoi(e) == 0);
+}
+
+// env_on(name), and the current device of compute capability 9.0 or later (programmatic
+// dependent launch, thread-block clusters).
+inline bool env_on_sm90(const char* name) {
+    if (!env_on(name)) return false;
+    int dev = 0, major = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
+        cudaGetLastError();
+        return false;
+    }
+    return major >= 9;
 }
 
 inline unsigned grid_for(int64_t n, int threads) {

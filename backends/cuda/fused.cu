@@ -6,7 +6,6 @@
 #include <cuda_runtime.h>
 
 #include <cmath>
-#include <cstdlib>
 #include <cstdint>
 
 #include "backends/cuda/device_util.cuh"
@@ -215,17 +214,7 @@ void add_rms_norm(const float* a, const float* b, const float* c, float* mid, fl
     }
     // Whole rows of 32-column blocks per cluster member, on sm_90 (DS3_CUDA_NORM_CLUSTER=0:
     // one block a row; read once).
-    static const bool cluster = [] {
-        const char* e = std::getenv("DS3_CUDA_NORM_CLUSTER");
-        if (e && std::atoi(e) == 0) return false;
-        int dev = 0, major = 0;
-        if (cudaGetDevice(&dev) != cudaSuccess ||
-            cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
-            cudaGetLastError();
-            return false;
-        }
-        return major >= 9;
-    }();
+    static const bool cluster = env_on_sm90("DS3_CUDA_NORM_CLUSTER");
     if (cluster && cols % (32 * kNormCluster) == 0 && cols >= 1024) {
         cudaLaunchAttribute attr[1];
         attr[0].id = cudaLaunchAttributeClusterDimension;

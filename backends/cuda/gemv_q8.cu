@@ -49,13 +49,6 @@ DS3_QHD void dep_wait() {
 #endif
 }
 
-// A switch that is on unless the environment sets it to 0 (for before/after timings with
-// one binary); callers read it once.
-bool env_on(const char* name) {
-    const char* e = std::getenv(name);
-    return !(e && std::atoi(e) == 0);
-}
-
 // DS3_CUDA_Q8_PARTS=0: every row on one warp.
 bool parts_on() {
     static const bool on = env_on("DS3_CUDA_Q8_PARTS");
@@ -70,16 +63,7 @@ bool batched_on() {
 
 // Whether launches use it: sm_90 and later, unless DS3_CUDA_PDL=0 (read once).
 bool pdl_enabled() {
-    static const bool on = [] {
-        if (!env_on("DS3_CUDA_PDL")) return false;
-        int dev = 0, major = 0;
-        if (cudaGetDevice(&dev) != cudaSuccess ||
-            cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
-            cudaGetLastError();
-            return false;
-        }
-        return major >= 9;
-    }();
+    static const bool on = env_on_sm90("DS3_CUDA_PDL");
     return on;
 }
 
