@@ -29,7 +29,8 @@ cudaStream_t Branches::place(std::span<const int> srcs) {
     bool tail[2] = {false, false};
     for (int s : srcs) {
         newest = std::max(newest, s);
-        for (int k = 0; k < 2; ++k) tail[k] = tail[k] || (last_[k] >= 0 && event_of_[static_cast<size_t>(s)] == last_[k]);
+        for (int k = 0; k < 2; ++k)
+            tail[k] = tail[k] || (last_[k] >= 0 && event_of_[static_cast<size_t>(s)] == last_[k]);
     }
     int pick = 0;
     if (tail[0]) pick = 0;  // a chain goes on where it is, the main one first

@@ -204,14 +204,17 @@ template <bool kFive>
 struct K4G {
     static constexpr int QK = 256, TS = kFive ? 176 : 144, QS = kFive ? 48 : 16;
     // GGUF level of element e of a plain block (without the fifth bit).
-    DS3_QHD static int nibble(const uint8_t* b, int e) { return (b[QS + 32 * (e >> 6) + (e & 31)] >> (4 * ((e >> 5) & 1))) & 0xF; }
+    DS3_QHD static int nibble(const uint8_t* b, int e) {
+        return (b[QS + 32 * (e >> 6) + (e & 31)] >> (4 * ((e >> 5) & 1))) & 0xF;
+    }
     DS3_QHD static int fifth(const uint8_t* b, int e) { return (b[16 + (e & 31)] >> (e >> 5)) & 1; }
     // One block: plain src to the regrouped dst (not overlapping).
     DS3_QHD static void pack_block(const uint8_t* src, uint8_t* dst) {
         for (int i = 0; i < 16; ++i) dst[i] = src[i];
         for (int sb = 0; sb < 8; ++sb) {
             for (int j = 0; j < 16; ++j)
-                dst[QS + 16 * sb + j] = static_cast<uint8_t>(nibble(src, 32 * sb + j) | (nibble(src, 32 * sb + 16 + j) << 4));
+                dst[QS + 16 * sb + j] =
+                    static_cast<uint8_t>(nibble(src, 32 * sb + j) | (nibble(src, 32 * sb + 16 + j) << 4));
             if constexpr (kFive) {
                 uint32_t h = 0;
                 for (int k = 0; k < 4; ++k)

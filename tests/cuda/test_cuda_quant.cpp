@@ -282,7 +282,9 @@ TEST_CASE("cuda quant: the integer block dots, run on the host, match the exact 
         {TypeId::Q4_K, cuda::WType::q4_K_g}, {TypeId::Q5_K, cuda::WType::q5_K_g}, {TypeId::Q6_K, cuda::WType::q6_K_g}};
     for (auto [t, g] : regrouped) {
         const TypeTraits& tr = type_traits(t);
-        const cuda::WType plain = t == TypeId::Q4_K ? cuda::WType::q4_K : t == TypeId::Q5_K ? cuda::WType::q5_K : cuda::WType::q6_K;
+        const cuda::WType plain = t == TypeId::Q4_K   ? cuda::WType::q4_K
+                                  : t == TypeId::Q5_K ? cuda::WType::q5_K
+                                                      : cuda::WType::q6_K;
         for (int64_t kb : {2, 6}) {
             const int64_t K = kb * 256, rows = 24, rb = kb * int64_t(tr.type_size);
             for (float scale : {1.0f, 1e-3f, 300.0f}) {
@@ -525,7 +527,8 @@ TEST_CASE("cuda quant: a replayed step's fused adds and RMS norm at V3's width m
     QWeight w = add_qweight(s, "w", TypeId::Q8_0, {D, N}, 71, 0.3f);
     for (int64_t T : {1, 3}) {
         Graph g;
-        const int x = g.input("x", DType::f32, T, D), a = g.input("a", DType::f32, T, D), b = g.input("b", DType::f32, T, D);
+        const int x = g.input("x", DType::f32, T, D), a = g.input("a", DType::f32, T, D);
+        const int b = g.input("b", DType::f32, T, D);
         const int h = g.add("h", x, g.add("ab", a, b));
         const int n = g.rms_norm("n", h, gain, 1e-6f);
         const int y = g.mul_mat("y", n, *w.q);
