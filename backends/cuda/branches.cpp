@@ -7,24 +7,15 @@
 
 namespace ds3::cuda {
 
-Branches::~Branches() {
-    for (cudaEvent_t e : events_) cudaEventDestroy(e);
-}
-
-void Branches::begin(cudaStream_t main, cudaStream_t side, int n) {
-    s_[0] = main, s_[1] = side;
-    while (static_cast<int>(events_.size()) < n) {
-        cudaEvent_t e = nullptr;
-        DS3_CU(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
-        events_.push_back(e);
-    }
+void BranchPlan::begin(int n) {
     where_.assign(static_cast<size_t>(n), -1);
     event_of_.assign(static_cast<size_t>(n), -1);
     last_[0] = last_[1] = -1;
     synced_[0] = synced_[1] = -1;
+    cur_ = 0;
 }
 
-cudaStream_t Branches::place(std::span<const int> srcs) {
+BranchPlan::Step BranchPlan::place(std::span<const int> srcs) {
     int newest = -1;
     bool tail[2] = {false, false};
     for (int s : srcs) {
@@ -47,15 +38,16 @@ cudaStream_t Branches::place(std::span<const int> srcs) {
     int need = -1;
     for (int s : srcs)
         if (s >= 0 && where_[static_cast<size_t>(s)] == other) need = std::max(need, event_of_[static_cast<size_t>(s)]);
+    Step st;
+    st.stream = pick;
     if (need > synced_[pick]) {
-        DS3_CU(cudaStreamWaitEvent(s_[pick], events_[static_cast<size_t>(need)], 0));
+        st.wait = need;
         synced_[pick] = need;
     }
-    return s_[pick];
+    return st;
 }
 
-void Branches::done(int first, int last) {
-    DS3_CU(cudaEventRecord(events_[static_cast<size_t>(last)], s_[cur_]));
+void BranchPlan::done(int first, int last) {
     for (int i = first; i <= last; ++i) {
         where_[static_cast<size_t>(i)] = cur_;
         event_of_[static_cast<size_t>(i)] = last;
@@ -63,11 +55,40 @@ void Branches::done(int first, int last) {
     last_[cur_] = last;
 }
 
-void Branches::join() {
-    if (last_[1] >= 0 && synced_[0] < last_[1]) {
-        DS3_CU(cudaStreamWaitEvent(s_[0], events_[static_cast<size_t>(last_[1])], 0));
-        synced_[0] = last_[1];
+int BranchPlan::join() {
+    if (last_[1] < 0 || synced_[0] >= last_[1]) return -1;
+    synced_[0] = last_[1];
+    return last_[1];
+}
+
+Branches::~Branches() {
+    for (cudaEvent_t e : events_) cudaEventDestroy(e);
+}
+
+void Branches::begin(cudaStream_t main, cudaStream_t side, int n) {
+    s_[0] = main, s_[1] = side;
+    while (static_cast<int>(events_.size()) < n) {
+        cudaEvent_t e = nullptr;
+        DS3_CU(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+        events_.push_back(e);
     }
+    plan_.begin(n);
+}
+
+cudaStream_t Branches::place(std::span<const int> srcs) {
+    const BranchPlan::Step st = plan_.place(srcs);
+    cur_ = st.stream;
+    if (st.wait >= 0) DS3_CU(cudaStreamWaitEvent(s_[cur_], events_[static_cast<size_t>(st.wait)], 0));
+    return s_[cur_];
+}
+
+void Branches::done(int first, int last) {
+    DS3_CU(cudaEventRecord(events_[static_cast<size_t>(last)], s_[cur_]));
+    plan_.done(first, last);
+}
+
+void Branches::join() {
+    if (const int n = plan_.join(); n >= 0) DS3_CU(cudaStreamWaitEvent(s_[0], events_[static_cast<size_t>(n)], 0));
 }
 
 }  // namespace ds3::cuda

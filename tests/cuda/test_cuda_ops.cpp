@@ -221,6 +221,51 @@ TEST_CASE("cuda: mla_attn over the latent cache, batches then decode steps", "[c
 // more than that where the context allows (rounding the split count up once put 8 of 272
 // blocks in a second wave on the H200's 132 SMs), and a split never holds more than 512
 // positions (its scores live in shared memory).
+TEST_CASE("cuda: two-stream placement of a decode step's units (host only)", "[cuda][graph]") {
+    // No GPU needed: BranchPlan is the decisions Branches carries out with events.
+    struct Unit {
+        std::vector<int> srcs;
+        int stream, wait;
+    };
+    auto run = [](const std::vector<Unit>& units, int want_join) {
+        cuda::BranchPlan plan;
+        plan.begin(int(units.size()));
+        for (int i = 0; i < int(units.size()); ++i) {
+            const cuda::BranchPlan::Step st = plan.place(units[size_t(i)].srcs);
+            INFO("unit " << i);
+            CHECK(st.stream == units[size_t(i)].stream);
+            CHECK(st.wait == units[size_t(i)].wait);
+            plan.done(i, i);
+        }
+        CHECK(plan.join() == want_join);
+        CHECK(plan.join() == -1);  // joined once
+    };
+    // A V3 MoE layer and the next layer's start: 0 attn_norm, 1 q_a, 2 q_norm, 3 q_b,
+    // 4 RoPE(q), 5 kv_a, 6 kv_norm, 7 RoPE(k_pe), 8 mla_attn, 9 wo, 10 add + ffn_norm,
+    // 11 route, 12 moe_ffn, 13 shared_ffn, 14 adds + attn_norm, 15 q_a, 16 kv_a.
+    run({{{}, 0, -1},
+         {{0}, 0, -1},
+         {{1}, 0, -1},
+         {{2}, 0, -1},
+         {{3}, 0, -1},
+         {{0}, 1, 0},  // the latent-KV path forks from attn_norm
+         {{5}, 1, -1},
+         {{5}, 1, -1},
+         {{4, 6, 7}, 0, 7},  // attention waits for the KV path
+         {{8}, 0, -1},
+         {{9}, 0, -1},
+         {{10}, 0, -1},
+         {{10, 11}, 0, -1},
+         {{10}, 1, 10},  // the shared experts beside routing and the routed experts
+         {{12, 13, 9}, 0, 13},
+         {{14}, 0, -1},
+         {{14}, 1, 14}},  // the next layer forks again: stream 1 was waited for
+        16);
+    // A branch while the other stream is busy stays home; no branch, no join.
+    run({{{}, 0, -1}, {{0}, 0, -1}, {{0}, 1, 0}, {{0}, 0, -1}, {{2, 3}, 0, 2}}, -1);
+    run({{{}, 0, -1}, {{0}, 0, -1}, {{1}, 0, -1}}, -1);
+}
+
 TEST_CASE("cuda: a captured step puts independent branches on the second stream", "[cuda][ops]") {
     DS3_REQUIRE_CUDA(gpu);
     // One layer's shape: x → q chain (1, 2) and, from x too, the kv chain (3, 4) → both
