@@ -511,7 +511,8 @@ private:
                 return;
             case Op::get_rows: {
                 const Weight& w = *n.w[0];
-                cuda::get_rows(weight(w), dtype(w), w.ne[0], w.ne[1], i32(in[0]), n.rows, out, err_, stream_);
+                const cuda::Resident::Entry& r = resident(w);
+                cuda::get_rows(r.ptr, r.wt, w.ne[0], w.ne[1], i32(in[0]), n.rows, out, err_, stream_);
                 break;
             }
             case Op::rms_norm:
@@ -645,9 +646,9 @@ private:
         std::fprintf(stderr, "cuda profile: %-24s %8s %10.3f %10.3f\n", "total", "", g, h);
     }
 
-    // The resident copy of w and the type its kernels read it as.
+    // The resident copy of w, and (resident) with the type its kernels read it as: one
+    // lookup (a fingerprint of the host bytes) per weight and use.
     const void* weight(const Weight& w) { return resident(w).ptr; }
-    cuda::WType dtype(const Weight& w) { return resident(w).wt; }
     const cuda::Resident::Entry& resident(const Weight& w) {
         bool replaced = false;
         const cuda::Resident::Entry& e = weights_->get(w, replaced);
@@ -665,8 +666,9 @@ private:
         cuda::GemmArgs a;
         a.x = x;
         a.ldx = w.ne[0];
-        a.w = weight(w);
-        a.wt = dtype(w);
+        const cuda::Resident::Entry& r = resident(w);
+        a.w = r.ptr;
+        a.wt = r.wt;
         a.y = y;
         a.ldy = w.ne[1];
         a.M = rows;
@@ -739,8 +741,9 @@ private:
         a.x = q;
         a.ldx = H * qdim;
         a.x_bstride = qdim;
-        a.w = weight(k_b);
-        a.wt = dtype(k_b);
+        const cuda::Resident::Entry& kb = resident(k_b);
+        a.w = kb.ptr;
+        a.wt = kb.wt;
         a.w_bstride = static_cast<int64_t>(k_b.row_bytes()) * p.kv_lora;
         a.y = q_abs.f();
         a.ldy = H * p.kv_lora;
@@ -761,9 +764,10 @@ private:
         Scratch ctx(*pool_, static_cast<size_t>(T * H * p.kv_lora) * 4);
         Scratch part(*pool_, static_cast<size_t>(cuda::mla_scratch_floats(plan, static_cast<int>(H), p.kv_lora)) * 4);
         // One query: the merge also quantises ctx for v_b's integer GEMV (no launch of its own).
+        const cuda::Resident::Entry& vb = resident(v_b);
         const size_t vq_bytes =
             T == 1 && p.kv_lora % 32 == 0
-                ? cuda::gemv_scratch_bytes(dtype(*n.w[1]), 1, p.kv_lora, static_cast<int>(H))
+                ? cuda::gemv_scratch_bytes(vb.wt, 1, p.kv_lora, static_cast<int>(H))
                 : 0;
         std::optional<Scratch> vq;
         if (vq_bytes) vq.emplace(*pool_, vq_bytes);
@@ -776,8 +780,8 @@ private:
         b.x = ctx.f();
         b.ldx = H * p.kv_lora;
         b.x_bstride = p.kv_lora;
-        b.w = weight(v_b);
-        b.wt = dtype(v_b);
+        b.w = vb.ptr;
+        b.wt = vb.wt;
         b.w_bstride = static_cast<int64_t>(v_b.row_bytes()) * p.v_head;
         b.y = out;
         b.ldy = H * p.v_head;
@@ -823,15 +827,16 @@ private:
         a.F = n.w[0]->ne[1];
         a.n_used = n.route.n_used;
         a.n_expert = n.route.n_expert;
-        a.gate = weight(*n.w[0]);
+        const cuda::Resident::Entry &gate = resident(*n.w[0]), &down = resident(*n.w[2]);
+        a.gate = gate.ptr;
         a.up = weight(*n.w[1]);
-        a.down = weight(*n.w[2]);
+        a.down = down.ptr;
         check(n.w[0]->type == n.w[1]->type, "cuda",
               n.name + ": gate and up experts of different types are not supported (" +
                   std::string(type_traits(n.w[0]->type).name) + " vs " + std::string(type_traits(n.w[1]->type).name) +
                   ")");
-        a.wt = dtype(*n.w[0]);
-        a.wt_down = dtype(*n.w[2]);
+        a.wt = gate.wt;
+        a.wt_down = down.wt;
         for (int e = 0; e < n.route.n_expert; ++e)
             if (n.experts.empty() || n.experts[static_cast<size_t>(e)]) a.mask.bits[e / 32] |= 1u << (e % 32);
         return a;
@@ -947,8 +952,9 @@ private:
             cuda::GemmArgs a;
             a.x = x;
             a.ldx = n.w[0]->ne[0];
-            a.w = weight(*n.w[0]);
-            a.wt = dtype(*n.w[0]);
+            const cuda::Resident::Entry& gate = resident(*n.w[0]);
+            a.w = gate.ptr;
+            a.wt = gate.wt;
             a.y = act.f();
             a.ldy = F;
             a.M = T;
