@@ -1,5 +1,5 @@
 // Small device helpers shared by the CUDA kernel files (warp reductions, SwiGLU's SiLU,
-// the in-kernel error record, grid sizing).
+// the in-kernel error record, grid sizing, programmatic dependent launch).
 #pragma once
 
 #include <cuda_fp16.h>
@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <utility>
 
 #include "backends/cuda/kernels.h"
 
@@ -35,10 +36,20 @@ __device__ inline float warp_max(float v) {
 
 __device__ inline float silu(float x) { return x / (1.0f + expf(-x)); }
 
-// Programmatic dependent launch (sm_90): lets the next kernel on the stream, when it was
-// launched with the attribute (the integer GEMVs), start now and issue its weight loads;
-// it waits for this grid to finish (griddepcontrol.wait) before reading what it wrote.
-__device__ __forceinline__ void dep_trigger() {
+// Programmatic dependent launch (sm_90). Every kernel of a step is launched with
+// launch_pdl (below; MLA's in mla.cu), so the next kernel on the stream is already resident,
+// waiting, when this one ends. Such a kernel may load weights (never written during a step)
+// first; it calls dep_wait() (griddepcontrol.wait: every earlier grid complete, its memory
+// visible) before its first read of anything an earlier kernel wrote and before its first
+// global write, then dep_trigger() (griddepcontrol.launch_dependents), which lets the next
+// kernel launch: at most two grids are in flight, the running one and the next, waiting.
+// Host and device (no-ops on the host): the integer GEMV's lane loop also runs on the host.
+__host__ __device__ __forceinline__ void dep_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__host__ __device__ __forceinline__ void dep_trigger() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
@@ -69,6 +80,31 @@ inline bool env_on_sm90(const char* name) {
         return false;
     }
     return major >= 9;
+}
+
+// Whether launches use programmatic dependent launch: sm_90 and later, unless DS3_CUDA_PDL=0
+// (no PDL anywhere: before/after timings with one binary). Read once.
+inline bool pdl_enabled() {
+    static const bool on = env_on_sm90("DS3_CUDA_PDL");
+    return on;
+}
+
+// kernel<<<grid, block, smem, s>>>(args...), launched with programmatic dependent launch where pdl_enabled()
+// (the kernel must follow dep_wait's rule above). Errors are left for cudaGetLastError, as
+// with <<<>>>.
+template <typename... P, typename... A>
+void launch_pdl(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, A&&... args) {
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = s;
+    cfg.attrs = attr;
+    cfg.numAttrs = pdl_enabled() ? 1 : 0;
+    (void)cudaLaunchKernelEx(&cfg, kernel, std::forward<A>(args)...);
 }
 
 inline unsigned grid_for(int64_t n, int threads) {

@@ -72,7 +72,6 @@ template <int kThreads, int kCluster>
 __global__ void __launch_bounds__(kThreads)
     add_rms_norm_kernel(const float* a, const float* b, const float* c, float* mid, float* sum, const void* gain,
                         WType wt, float eps, int64_t row_cols, float* y, int8_t* q, q8::XDs* qd) {
-    dep_trigger();  // the product after the norm may start loading its weights
     const int rank = static_cast<int>(blockIdx.x % kCluster);
     const int64_t cols = row_cols / kCluster, c0 = rank * cols;  // this block's columns
     const int64_t off = static_cast<int64_t>(blockIdx.x / kCluster) * row_cols + c0;
@@ -89,7 +88,8 @@ __global__ void __launch_bounds__(kThreads)
     };
     // The gains of this thread's first kPre steps are loaded first: they come from DRAM
     // (a decode step streams gigabytes of weights between two uses of a norm), and their
-    // latency then overlaps the first pass and the block sum instead of following them.
+    // latency then overlaps the first pass and the block sum (and the wait for the kernel
+    // before) instead of following them.
     constexpr int kPre = 2048 / kThreads / kCluster > 2 ? 2048 / kThreads / kCluster : 2;
     const int64_t stride = 4 * static_cast<int64_t>(blockDim.x), first = 4 * static_cast<int64_t>(threadIdx.x);
     auto pre = [&](auto&& f) {  // f(step, k, column) over the first kPre steps, unrolled
@@ -100,6 +100,8 @@ __global__ void __launch_bounds__(kThreads)
     };
     float g[kPre][4], keep[kPre][4];
     pre([&](int p, int k, int64_t i) { g[p][k] = i < cols ? load_w(wt, gain, i) : 0.0f; });
+    dep_wait();  // a, b, c come from earlier kernels, and mid, sum, y, q may still be read by them
+    dep_trigger();  // the product after the norm may start loading its weights
     // The first kPre steps' values stay in registers for the second pass.
     pre([&](int p, int k, int64_t i) { keep[p][k] = i < cols ? value(i) : 0.0f; });
     double ss = 0.0;
@@ -172,6 +174,8 @@ constexpr int kRopeThreads = 256, kRopePairs = 1024;
 __global__ void __launch_bounds__(kRopeThreads) rope_rows_kernel(RopeArgs a, const int32_t* positions, const float* x,
                                                                 float* y) {
     __shared__ float cs[kMaxRopeHalf], sn[kMaxRopeHalf];
+    dep_wait();  // positions and x come from earlier kernels, which may still read y
+    dep_trigger();
     const int64_t r = blockIdx.x;
     const int half = a.rope_dim / 2;
     for (int i = threadIdx.x; i < half; i += blockDim.x) {
@@ -213,31 +217,34 @@ void add_rms_norm(const float* a, const float* b, const float* c, float* mid, fl
         qd = reinterpret_cast<q8::XDs*>(static_cast<uint8_t*>(yq) + q8::xds_offset(rows, cols));
     }
     // Whole rows of 32-column blocks per cluster member, on sm_90 (DS3_CUDA_NORM_CLUSTER=0:
-    // one block a row; read once).
+    // one block a row; read once). Both launched with programmatic dependent launch
+    // (device_util.cuh) where it is on.
     static const bool cluster = env_on_sm90("DS3_CUDA_NORM_CLUSTER");
     if (cluster && cols % (32 * kNormCluster) == 0 && cols >= 1024) {
-        cudaLaunchAttribute attr[1];
+        cudaLaunchAttribute attr[2];
         attr[0].id = cudaLaunchAttributeClusterDimension;
         attr[0].val.clusterDim.x = kNormCluster, attr[0].val.clusterDim.y = 1, attr[0].val.clusterDim.z = 1;
+        attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attr[1].val.programmaticStreamSerializationAllowed = 1;
         cudaLaunchConfig_t cfg = {};
         cfg.gridDim = dim3(static_cast<unsigned>(rows * kNormCluster));
         cfg.blockDim = dim3(kClusterThreads);
         cfg.stream = s;
         cfg.attrs = attr;
-        cfg.numAttrs = 1;
+        cfg.numAttrs = pdl_enabled() ? 2 : 1;
         if (cudaLaunchKernelEx(&cfg, add_rms_norm_kernel<kClusterThreads, kNormCluster>, a, b, c, mid, sum, gain, wt,
                                eps, cols, y, q, qd) == cudaSuccess)
             return;
         cudaGetLastError();  // no cluster launch here: one block a row
     }
-    add_rms_norm_kernel<kNormThreads, 1><<<static_cast<unsigned>(rows), kNormThreads, 0, s>>>(
-        a, b, c, mid, sum, gain, wt, eps, cols, y, q, qd);
+    launch_pdl(add_rms_norm_kernel<kNormThreads, 1>, dim3(static_cast<unsigned>(rows)), dim3(kNormThreads), 0, s, a,
+               b, c, mid, sum, gain, wt, eps, cols, y, q, qd);
 }
 
 void rope_rows(const RopeArgs& a, const int32_t* positions, const float* x, float* y, cudaStream_t s) {
     if (a.rows <= 0) return;
     const dim3 grid(static_cast<unsigned>(a.rows), static_cast<unsigned>(((a.cols + 1) / 2 + kRopePairs - 1) / kRopePairs));
-    rope_rows_kernel<<<grid, kRopeThreads, 0, s>>>(a, positions, x, y);
+    launch_pdl(rope_rows_kernel, grid, dim3(kRopeThreads), 0, s, a, positions, x, y);
 }
 
 }  // namespace ds3::cuda

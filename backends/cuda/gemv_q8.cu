@@ -4,7 +4,10 @@
 // long rows, fewer when a row has fewer chunks than a warp has lanes, so short rows do not
 // idle most of the warp); each lane loads a chunk's bytes once (16-byte loads for Q4_K /
 // Q5_K, realigned 32-bit loads for the 2-byte-aligned formats) and dots them with every
-// activation row, which the CTA's warps share through L1.
+// activation row, which the CTA's warps share through L1. Both are launched with
+// programmatic dependent launch (device_util.cuh); the dense GEMVs issue their first weight
+// loads before they wait for the activations, the MoE ones wait first (the route picks
+// their rows).
 #include "backends/cuda/device_util.cuh"
 #include "backends/cuda/dot_q8.cuh"
 #include "backends/cuda/gemv_q8.h"
@@ -39,16 +42,6 @@ Act act_at(const void* base, int64_t rows, int64_t K) {
     return a;
 }
 
-// Programmatic dependent launch (sm_90): the GEMV after a quantize_q8_kernel or an RMS
-// norm (dep_trigger, device_util.cuh) may start while it runs, issue its first weight
-// loads (weights never change), and wait for the activations at dep_wait(). Those kernels
-// are launched normally, so all earlier work is complete before either starts.
-DS3_QHD void dep_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-
 // DS3_CUDA_Q8_PARTS=0: every row on one warp.
 bool parts_on() {
     static const bool on = env_on("DS3_CUDA_Q8_PARTS");
@@ -61,13 +54,8 @@ bool batched_on() {
     return on;
 }
 
-// Whether launches use it: sm_90 and later, unless DS3_CUDA_PDL=0 (read once).
-bool pdl_enabled() {
-    static const bool on = env_on_sm90("DS3_CUDA_PDL");
-    return on;
-}
-
 __global__ void quantize_q8_kernel(const float* x, int64_t ldx, int64_t rows, int64_t K, int8_t* q, q8::XDs* d) {
+    dep_wait();  // x is the previous kernel's output, and q, d may still be read by it
     dep_trigger();
     const int lane = threadIdx.x & 31;
     const int64_t kb = K / 32, nb = rows * kb;
@@ -82,7 +70,8 @@ void quantize_rows(const float* x, int64_t ldx, int64_t rows, int64_t K, void* s
     const Act a = act_at(scratch, rows, K);
     const int64_t nb = rows * (K / 32);
     const unsigned grid = static_cast<unsigned>(std::min<int64_t>((nb + 7) / 8, 4096));
-    quantize_q8_kernel<<<grid, 256, 0, s>>>(x, ldx, rows, K, const_cast<int8_t*>(a.q), const_cast<q8::XDs*>(a.d));
+    launch_pdl(quantize_q8_kernel, dim3(grid), dim3(256), 0, s, x, ldx, rows, K, const_cast<int8_t*>(a.q),
+               const_cast<q8::XDs*>(a.d));
 }
 
 __device__ inline float group_sum(float v, int lpr) {
@@ -127,7 +116,8 @@ struct QArgs {
 // sub, sub + lpr, ... of the nc in a row, U per round. Every load of a round is issued
 // (past the row's end, the last chunk again) before any arithmetic, so a lane has U
 // chunks' bytes in flight at once; the first round is issued before the wait for the
-// quantize kernel. Host and device: the host check runs it lane by lane.
+// kernel that wrote the activations (dep_wait). A lane with no chunk (sub ≥ nc) does not
+// wait, and reads nothing. Host and device: the host check runs it lane by lane.
 template <typename Q, int MR, int NW, int U>
 DS3_QHD void lane_dots(const uint8_t* const (&rows)[NW], int nc, int sub, int lpr, const int8_t* xq0,
                        const q8::XDs* xd0, int64_t xstride, int M, float (&acc)[NW][MR]) {
@@ -142,7 +132,10 @@ DS3_UNROLL
                 else Q::load(rows[i] + static_cast<int64_t>(blk) * Q::TS, j, r[u][i]);
             }
         }
-        if (c0 == sub) dep_wait();  // the activations are read from here on
+        if (c0 == sub) {  // the activations are read from here on
+            dep_wait();
+            dep_trigger();
+        }
 DS3_UNROLL
         for (int u = 0; u < U; ++u) {
             const int c = c0 + u * lpr, blk = c / Q::NC, j = c % Q::NC;
@@ -177,6 +170,11 @@ __global__ void __launch_bounds__(kThreads) gemv_q8_kernel(QArgs a) {
     Act x = a.x;
     int64_t yoff = 0;
     if constexpr (Mode == kMoeGateUp || Mode == kMoeDown) {
+        // The route, like the activations, comes from an earlier kernel. (lane_dots waits
+        // again: a no-op now, but without it ptxas schedules these kernels differently, with
+        // up to 13 more registers: Q6_KG's down product with RW 4 took 93 instead of 80.)
+        dep_wait();
+        dep_trigger();
         const int64_t pair = blockIdx.y, t = pair / a.n_used, j = pair % a.n_used;
         const int e = static_cast<int>(a.route[t * 2 * a.n_used + a.n_used + j]);
         if (e < 0 || e >= a.n_expert) {
@@ -209,6 +207,10 @@ __global__ void __launch_bounds__(kThreads) gemv_q8_kernel(QArgs a) {
 #pragma unroll
             for (int r = 0; r < RW; ++r) rows[i * RW + r] = w[i] + (n + r < a.N ? n + r : a.N - 1) * rb;
         // With parts warps on a row, warp p takes chunks sub + p·32, then every parts·32th.
+        // Dense modes: a lane waits for the activations' kernel in lane_dots, after its first
+        // loads; lanes with no row or no chunk never wait, but read nothing and write no y
+        // (the writing lane has chunk 0: gemv_applies asks for whole blocks, so nc ≥ 1), and
+        // lane 0 of every CTA waits, so the grid ends only after the kernels before it.
         lane_dots<Q, MR, R, unroll_of<Q, R>()>(rows, static_cast<int>(a.K / Q::QK) * Q::NC, sub + part * lpr,
                                                lpr * parts, x.q, x.d, xstride, a.M, acc);
     }
@@ -295,24 +297,16 @@ void launch_u(QArgs a, unsigned pairs, cudaStream_t s) {
                   : 1;
     const int64_t per_cta = kWarps / a.parts * (32 / a.lpr) * RW;
     const dim3 grid(static_cast<unsigned>((a.N + per_cta - 1) / per_cta), pairs);
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = grid;
-    cfg.blockDim = dim3(kThreads);
-    cfg.stream = s;
-    cfg.attrs = attr;
-    cfg.numAttrs = pdl_enabled() ? 1 : 0;
+    const dim3 block(kThreads);
     if constexpr (Mode == kMoeGateUp || Mode == kMoeDown) {
-        cudaLaunchKernelEx(&cfg, gemv_q8_kernel<Q, 1, Mode, RW>, a);
+        launch_pdl(gemv_q8_kernel<Q, 1, Mode, RW>, grid, block, 0, s, a);
     } else {
         // pick_rw gives RW = 4 only for M ≤ 2 and RW = 2 for M ≤ 4: no other kernels are made.
-        if (a.M == 1) cudaLaunchKernelEx(&cfg, gemv_q8_kernel<Q, 1, Mode, RW>, a);
-        else if (a.M == 2) cudaLaunchKernelEx(&cfg, gemv_q8_kernel<Q, 2, Mode, RW>, a);
+        if (a.M == 1) launch_pdl(gemv_q8_kernel<Q, 1, Mode, RW>, grid, block, 0, s, a);
+        else if (a.M == 2) launch_pdl(gemv_q8_kernel<Q, 2, Mode, RW>, grid, block, 0, s, a);
         else if constexpr (RW <= 2) {
-            if (a.M <= 4) cudaLaunchKernelEx(&cfg, gemv_q8_kernel<Q, 4, Mode, RW>, a);
-            else if constexpr (RW == 1) cudaLaunchKernelEx(&cfg, gemv_q8_kernel<Q, 8, Mode, RW>, a);
+            if (a.M <= 4) launch_pdl(gemv_q8_kernel<Q, 4, Mode, RW>, grid, block, 0, s, a);
+            else if constexpr (RW == 1) launch_pdl(gemv_q8_kernel<Q, 8, Mode, RW>, grid, block, 0, s, a);
         }
     }
 }
@@ -333,7 +327,8 @@ void launch(QArgs a, unsigned pairs, cudaStream_t s) {
 // A batch of matrices only for single rows (decode's per-head products of MLA).
 bool gemv_applies(const GemmArgs& a) {
     return (a.scratch || a.xq) && !a.groups && (a.batch == 1 || (a.M == 1 && batched_on())) && a.batch >= 1 &&
-           a.M >= 1 && a.M <= 8 && a.K > 0 && a.K % 32 == 0 && q8_supported(a.wt);
+           a.M >= 1 && a.M <= 8 && a.K > 0 && a.K % 32 == 0 && q8_supported(a.wt) &&
+           a.K % wtype_block(a.wt) == 0;
 }
 
 }  // namespace

@@ -223,6 +223,8 @@ __device__ inline void warp_dot(const uint8_t* wrow, int64_t K, const float* x, 
 template <typename L, int MR>
 __global__ void __launch_bounds__(256) gemv_kernel(GemmArgs a, int parts) {
     __shared__ float red[8][MR];
+    dep_wait();  // x comes from an earlier kernel, which may still read y
+    dep_trigger();
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int64_t n = static_cast<int64_t>(blockIdx.x) * (8 / parts) + warp / parts;
     const int part = warp % parts;
@@ -261,6 +263,8 @@ __global__ void __launch_bounds__(256) gemv_kernel(GemmArgs a, int parts) {
 // Gate and up rows n of a SwiGLU MLP against the same ≤ 8 activation rows.
 template <typename L, int MR>
 __global__ void gemv_swiglu_kernel(GemmArgs a, const void* up) {
+    dep_wait();  // as in gemv_kernel
+    dep_trigger();
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int64_t n = static_cast<int64_t>(blockIdx.x) * 8 + warp;
     if (n >= a.N) return;
@@ -311,6 +315,8 @@ template <typename L>
 __global__ void __launch_bounds__(256, 3) gemm_kernel(GemmArgs a) {
     __shared__ float As[BK][BM + kPad];
     __shared__ float Bs[BK][BN + kPad];
+    dep_wait();  // x, groups and x_rows come from earlier work, which may still read y
+    dep_trigger();
     const int tid = threadIdx.x;
     const int64_t n0 = static_cast<int64_t>(blockIdx.x) * BN;
     const int64_t m0 = static_cast<int64_t>(blockIdx.y) * BM;
@@ -448,10 +454,10 @@ template <typename L>
 void launch_gemv_swiglu(const GemmArgs& a, const void* up, cudaStream_t s) {
     const dim3 grid(static_cast<unsigned>((a.N + 7) / 8));
     switch (a.M) {
-        case 1: gemv_swiglu_kernel<L, 1><<<grid, 256, 0, s>>>(a, up); return;
-        case 2: gemv_swiglu_kernel<L, 2><<<grid, 256, 0, s>>>(a, up); return;
-        case 3: case 4: gemv_swiglu_kernel<L, 4><<<grid, 256, 0, s>>>(a, up); return;
-        default: gemv_swiglu_kernel<L, 8><<<grid, 256, 0, s>>>(a, up); return;
+        case 1: return launch_pdl(gemv_swiglu_kernel<L, 1>, grid, dim3(256), 0, s, a, up);
+        case 2: return launch_pdl(gemv_swiglu_kernel<L, 2>, grid, dim3(256), 0, s, a, up);
+        case 3: case 4: return launch_pdl(gemv_swiglu_kernel<L, 4>, grid, dim3(256), 0, s, a, up);
+        default: return launch_pdl(gemv_swiglu_kernel<L, 8>, grid, dim3(256), 0, s, a, up);
     }
 }
 
@@ -464,16 +470,16 @@ void launch_gemm(const GemmArgs& a, cudaStream_t s) {
         const int64_t rows_per_block = 8 / parts;
         dim3 grid(static_cast<unsigned>((a.N + rows_per_block - 1) / rows_per_block), static_cast<unsigned>(a.batch));
         switch (a.M) {
-            case 1: gemv_kernel<L, 1><<<grid, 256, 0, s>>>(a, parts); return;
-            case 2: gemv_kernel<L, 2><<<grid, 256, 0, s>>>(a, parts); return;
-            case 3: gemv_kernel<L, 3><<<grid, 256, 0, s>>>(a, parts); return;
-            case 4: gemv_kernel<L, 4><<<grid, 256, 0, s>>>(a, parts); return;
-            default: gemv_kernel<L, 8><<<grid, 256, 0, s>>>(a, parts); return;
+            case 1: return launch_pdl(gemv_kernel<L, 1>, grid, dim3(256), 0, s, a, parts);
+            case 2: return launch_pdl(gemv_kernel<L, 2>, grid, dim3(256), 0, s, a, parts);
+            case 3: return launch_pdl(gemv_kernel<L, 3>, grid, dim3(256), 0, s, a, parts);
+            case 4: return launch_pdl(gemv_kernel<L, 4>, grid, dim3(256), 0, s, a, parts);
+            default: return launch_pdl(gemv_kernel<L, 8>, grid, dim3(256), 0, s, a, parts);
         }
     }
     dim3 grid(static_cast<unsigned>((a.N + BN - 1) / BN), static_cast<unsigned>((a.M + BM - 1) / BM),
               static_cast<unsigned>(a.batch));
-    gemm_kernel<L><<<grid, 256, 0, s>>>(a);
+    launch_pdl(gemm_kernel<L>, grid, dim3(256), 0, s, a);
 }
 
 // ---- element-wise and small ops ------------------------------------------------------
@@ -481,6 +487,8 @@ void launch_gemm(const GemmArgs& a, cudaStream_t s) {
 template <typename L>
 __global__ void get_rows_kernel(const void* w, int64_t cols, int64_t n_vocab, const int32_t* ids, float* y,
                                 DevError* err) {
+    dep_wait();  // ids come from earlier work, which may still read y
+    dep_trigger();
     const int64_t r = blockIdx.x;
     const int32_t id = ids[r];
     if (id < 0 || id >= n_vocab) {
@@ -502,18 +510,24 @@ __global__ void get_rows_kernel(const void* w, int64_t cols, int64_t n_vocab, co
 }
 
 __global__ void add_kernel(const float* a, const float* b, int64_t n, float* y) {
+    dep_wait();
+    dep_trigger();
     for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
          i += static_cast<int64_t>(gridDim.x) * blockDim.x)
         y[i] = a[i] + b[i];
 }
 
 __global__ void swiglu_kernel(const float* g, const float* u, int64_t n, float* y) {
+    dep_wait();
+    dep_trigger();
     for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
          i += static_cast<int64_t>(gridDim.x) * blockDim.x)
         y[i] = silu(g[i]) * u[i];
 }
 
 __global__ void copy2d_kernel(const float* src, int64_t lds, float* dst, int64_t ldd, int64_t rows, int64_t cols) {
+    dep_wait();
+    dep_trigger();
     const int64_t n = rows * cols;
     for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
          i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -528,6 +542,8 @@ __device__ inline bool in_mask(const ExpertMask& m, int e) { return (m.bits[e >>
 
 template <typename L>
 __global__ void moe_gate_up_kernel(MoeArgs a, const float* x, const float* route, float* act, DevError* err) {
+    dep_wait();  // x and route come from earlier kernels, which may still read act
+    dep_trigger();
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int64_t f = static_cast<int64_t>(blockIdx.x) * 8 + warp;
     const int64_t pair = blockIdx.y, t = pair / a.n_used, j = pair % a.n_used;
@@ -551,6 +567,8 @@ __global__ void moe_gate_up_kernel(MoeArgs a, const float* x, const float* route
 
 template <typename L>
 __global__ void moe_down_kernel(MoeArgs a, const float* act, const float* route, float* y) {
+    dep_wait();
+    dep_trigger();
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int64_t d = static_cast<int64_t>(blockIdx.x) * 8 + warp;
     const int64_t pair = blockIdx.y, t = pair / a.n_used, j = pair % a.n_used;
@@ -567,6 +585,8 @@ __global__ void moe_down_kernel(MoeArgs a, const float* act, const float* route,
 }
 
 __global__ void moe_combine_kernel(MoeArgs a, const float* y, const float* route, const int* pair_row, float* out) {
+    dep_wait();
+    dep_trigger();
     const int64_t t = blockIdx.y;
     const int k = a.n_used;
     const float* r = route + t * 2 * k;
@@ -697,20 +717,22 @@ void get_rows(const void* w, WType wt, int64_t cols, int64_t n_vocab, const int3
               DevError* err, cudaStream_t s) {
     if (n <= 0) return;
     with_loader(wt, [&](auto l) {
-        get_rows_kernel<decltype(l)><<<static_cast<unsigned>(n), 256, 0, s>>>(w, cols, n_vocab, ids, y, err);
+        launch_pdl(get_rows_kernel<decltype(l)>, dim3(static_cast<unsigned>(n)), dim3(256), 0, s, w, cols, n_vocab,
+                   ids, y, err);
     });
 }
 
 void add(const float* a, const float* b, int64_t n, float* y, cudaStream_t s) {
-    if (n > 0) add_kernel<<<grid_for(n, 256), 256, 0, s>>>(a, b, n, y);
+    if (n > 0) launch_pdl(add_kernel, dim3(grid_for(n, 256)), dim3(256), 0, s, a, b, n, y);
 }
 
 void swiglu(const float* g, const float* u, int64_t n, float* y, cudaStream_t s) {
-    if (n > 0) swiglu_kernel<<<grid_for(n, 256), 256, 0, s>>>(g, u, n, y);
+    if (n > 0) launch_pdl(swiglu_kernel, dim3(grid_for(n, 256)), dim3(256), 0, s, g, u, n, y);
 }
 
 void copy2d(const float* src, int64_t lds, float* dst, int64_t ldd, int64_t rows, int64_t cols, cudaStream_t s) {
-    if (rows > 0 && cols > 0) copy2d_kernel<<<grid_for(rows * cols, 256), 256, 0, s>>>(src, lds, dst, ldd, rows, cols);
+    if (rows > 0 && cols > 0)
+        launch_pdl(copy2d_kernel, dim3(grid_for(rows * cols, 256)), dim3(256), 0, s, src, lds, dst, ldd, rows, cols);
 }
 
 void moe_pairs_gate_up(const MoeArgs& a, const float* x, const float* route, float* act, DevError* err,
@@ -718,21 +740,24 @@ void moe_pairs_gate_up(const MoeArgs& a, const float* x, const float* route, flo
     if (a.T <= 0) return;
     if (moe_gate_up_q8(a, x, route, act, err, s)) return;
     dim3 grid(static_cast<unsigned>((a.F + 7) / 8), static_cast<unsigned>(a.T * a.n_used));
-    with_loader(a.wt, [&](auto l) { moe_gate_up_kernel<decltype(l)><<<grid, 256, 0, s>>>(a, x, route, act, err); });
+    with_loader(a.wt, [&](auto l) {
+        launch_pdl(moe_gate_up_kernel<decltype(l)>, grid, dim3(256), 0, s, a, x, route, act, err);
+    });
 }
 
 void moe_pairs_down(const MoeArgs& a, const float* act, const float* route, float* y, cudaStream_t s) {
     if (a.T <= 0) return;
     if (moe_down_q8(a, act, route, y, s)) return;
     dim3 grid(static_cast<unsigned>((a.D + 7) / 8), static_cast<unsigned>(a.T * a.n_used));
-    with_loader(a.wt_down, [&](auto l) { moe_down_kernel<decltype(l)><<<grid, 256, 0, s>>>(a, act, route, y); });
+    with_loader(a.wt_down,
+                [&](auto l) { launch_pdl(moe_down_kernel<decltype(l)>, grid, dim3(256), 0, s, a, act, route, y); });
 }
 
 void moe_combine(const MoeArgs& a, const float* y, const float* route, const int* pair_row, float* out,
                  cudaStream_t s) {
     if (a.T <= 0) return;
     dim3 grid(static_cast<unsigned>(std::min<int64_t>((a.D + 255) / 256, 64)), static_cast<unsigned>(a.T));
-    moe_combine_kernel<<<grid, 256, 0, s>>>(a, y, route, pair_row, out);
+    launch_pdl(moe_combine_kernel, grid, dim3(256), 0, s, a, y, route, pair_row, out);
 }
 
 }  // namespace ds3::cuda

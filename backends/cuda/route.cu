@@ -35,6 +35,11 @@ __global__ void __launch_bounds__(kRouteThreads) route_kernel(RouteArgs a, const
     const int tid = threadIdx.x;
     const int E = a.n_expert, k = a.n_used, G = a.n_group, per_group = E / G;
     const float* lg = logits + t * E;
+    // The correction bias is a weight: this thread's first value is loaded before the wait
+    // for the router product that wrote the logits.
+    const float bias0 = a.bias && tid < E ? load_w(a.bias_t, a.bias, tid) : 0.0f;
+    dep_wait();  // the logits come from an earlier kernel, which may still read out
+    dep_trigger();
 
     if (tid < k) sel_w[tid] = 0.0f, sel_id[tid] = -1;  // slots no expert reaches
     if (a.sigmoid) {
@@ -60,7 +65,8 @@ __global__ void __launch_bounds__(kRouteThreads) route_kernel(RouteArgs a, const
     }
     __syncthreads();
     // The correction bias steers which experts are chosen, never their weights.
-    for (int e = tid; e < E; e += blockDim.x) choice_s[e] = score_s[e] + (a.bias ? load_w(a.bias_t, a.bias, e) : 0.0f);
+    for (int e = tid; e < E; e += blockDim.x)
+        choice_s[e] = score_s[e] + (!a.bias ? 0.0f : e == tid ? bias0 : load_w(a.bias_t, a.bias, e));
     __syncthreads();
 
     const bool limited = a.method != 0 && a.topk_group < G;
@@ -119,7 +125,7 @@ __global__ void __launch_bounds__(kRouteThreads) route_kernel(RouteArgs a, const
 }  // namespace
 
 void moe_route(const RouteArgs& a, const float* logits, float* out, cudaStream_t s) {
-    if (a.T > 0) route_kernel<<<static_cast<unsigned>(a.T), kRouteThreads, 0, s>>>(a, logits, out);
+    if (a.T > 0) launch_pdl(route_kernel, dim3(static_cast<unsigned>(a.T)), dim3(kRouteThreads), 0, s, a, logits, out);
 }
 
 }  // namespace ds3::cuda
