@@ -18,6 +18,8 @@ namespace {
 
 __global__ void mla_store_kernel(float* cache, int64_t width, int64_t n_ctx, const float* latent, const float* k_pe,
                                  int kv_lora, int qk_rope, const int32_t* positions, DevError* err) {
+    dep_wait();
+    dep_trigger();
     const int64_t t = blockIdx.x;
     const int32_t pos = positions[t];
     if (pos < 0 || pos >= n_ctx) {
@@ -58,6 +60,8 @@ __global__ void __launch_bounds__(kMlaThreads, 2) mla_split_kernel(const float* 
                                                               const int32_t* positions, int64_t n_ctx, float scale,
                                                               int chunk, int n_split, float* part, float* stats) {
     extern __shared__ __align__(16) float smem[];
+    dep_wait();
+    dep_trigger();
     float* q_s = smem;                                     // [kMlaHeads][width]
     float* p_s = smem + mla_scores_offset(width);          // [kMlaHeads][pst]
     const int split = blockIdx.x;
@@ -192,6 +196,8 @@ __global__ void __launch_bounds__(kMergeThreads) mla_merge_kernel(const float* p
                                                                  int8_t* q, q8::XDs* qd) {
     extern __shared__ float w_s[];  // [n_split]
     __shared__ float red[kMergeThreads / 32];
+    dep_wait();
+    dep_trigger();
     const int h = blockIdx.x;
     const int64_t tl = blockIdx.y, t = t0 + tl;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -244,8 +250,8 @@ __global__ void __launch_bounds__(kMergeThreads) mla_merge_kernel(const float* p
 void mla_store(float* cache, int64_t width, int64_t n_ctx, const float* latent, const float* k_pe, int kv_lora,
                int qk_rope, const int32_t* positions, int64_t T, DevError* err, cudaStream_t s) {
     if (T > 0)
-        mla_store_kernel<<<static_cast<unsigned>(T), 128, 0, s>>>(cache, width, n_ctx, latent, k_pe, kv_lora, qk_rope,
-                                                                   positions, err);
+        launch_pdl(mla_store_kernel, dim3(static_cast<unsigned>(T)), dim3(128), 0, s, cache, width, n_ctx, latent, k_pe,
+                   kv_lora, qk_rope, positions, err);
 }
 
 MlaPlan mla_plan(int n_head, int64_t T, int64_t n_kv, int kv_lora, int n_sm) {
@@ -317,11 +323,12 @@ void mla_attend(const MlaPlan& p, const float* q_abs, const float* q_pe, int64_t
         float* part = scratch;
         float* stats = scratch + nt * p.n_split * static_cast<int64_t>(n_head) * kv_lora;
         dim3 grid(static_cast<unsigned>(p.n_split), static_cast<unsigned>(head_groups), static_cast<unsigned>(nt));
-        split_kernel<<<grid, kMlaThreads, smem, s>>>(q_abs, q_pe, pe_ld, cache, width, kv_lora, n_head, t0,
-                                                         positions, n_ctx, scale, p.chunk, p.n_split, part, stats);
+        launch_pdl(split_kernel, grid, dim3(kMlaThreads), smem, s, q_abs, q_pe, pe_ld, cache, width, kv_lora, n_head, t0,
+                   positions, n_ctx, scale, p.chunk, p.n_split, part, stats);
         dim3 mgrid(static_cast<unsigned>(n_head), static_cast<unsigned>(nt));
-        mla_merge_kernel<<<mgrid, kMergeThreads, static_cast<size_t>(p.n_split) * sizeof(float), s>>>(
-            part, stats, kv_lora, n_head, p.n_split, t0, ctx, cq, cd);
+        launch_pdl(mla_merge_kernel, mgrid, dim3(kMergeThreads), static_cast<size_t>(p.n_split) * sizeof(float), s,
+                   static_cast<const float*>(part), static_cast<const float*>(stats), kv_lora, n_head, p.n_split, t0, ctx,
+                   cq, cd);
     }
 }
 

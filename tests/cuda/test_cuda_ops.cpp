@@ -183,6 +183,8 @@ TEST_CASE("cuda: mla_attn over the latent cache, batches then decode steps", "[c
         {3, 16, 8, 16, 64, {1, 1, 5}, TypeId::BF16},
         {9, 12, 4, 7, 129, {5, 1, 1}, TypeId::F16},
         {16, 32, 16, 32, 128, {600, 1, 9}, TypeId::BF16},  // long: several splits per query
+        // DeepSeek-V3's shape (128 heads, 512 + 64): decode steps over a context of 300+.
+        {128, 128, 64, 128, 512, {300, 1, 1, 3}, TypeId::BF16},
     };
     for (const Case& c : cases) {
         WeightStore s;
@@ -217,10 +219,6 @@ TEST_CASE("cuda: mla_attn over the latent cache, batches then decode steps", "[c
     }
 }
 
-// Host-only (CI too): the split kernel holds two blocks an SM, so a plan must not ask for
-// more than that where the context allows (rounding the split count up once put 8 of 272
-// blocks in a second wave on the H200's 132 SMs), and a split never holds more than 512
-// positions (its scores live in shared memory).
 TEST_CASE("cuda: two-stream placement of a decode step's units (host only)", "[cuda][graph]") {
     // No GPU needed: BranchPlan is the decisions Branches carries out with events.
     struct Unit {
@@ -312,6 +310,10 @@ TEST_CASE("cuda: a captured step puts independent branches on the second stream"
     cudaStreamDestroy(s0);
 }
 
+// Host-only (CI too): the split kernel holds two blocks an SM, so a plan must not ask for
+// more than that where the context allows (rounding the split count up once put 8 of 272
+// blocks in a second wave on the H200's 132 SMs), and a split never holds more than 512
+// positions (its scores live in shared memory).
 TEST_CASE("cuda: MLA plans fill the SMs at most once and bound each split", "[cuda][mla]") {
     for (int n_sm : {1, 80, 114, 132})
         for (int n_head : {3, 16, 128})

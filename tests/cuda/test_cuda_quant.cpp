@@ -470,17 +470,27 @@ TEST_CASE("cuda quant: mla_attn with quantized k_b / v_b", "[cuda][quant]") {
 // In a replayed decode step the RMS norms quantise their outputs for the integer GEMVs
 // that read them, and MLA's merge quantises the attended latent for v_b: the products
 // must see the very bytes their own quantise kernels make node by node.
+// The replayed step quantises the norm's output in the norm and MLA's output (wo's input)
+// in v_b's epilogue; node by node, the products quantise their own inputs.
 TEST_CASE("cuda quant: a replayed decode step (fused quantisation) equals node by node bit for bit",
           "[cuda][quant][graph]") {
     DS3_REQUIRE_CUDA(gpu);
-    for (TypeId t : {TypeId::Q8_0, TypeId::Q4_0}) {
-        const int64_t D = 96, H = 3, rope = 8, nope = 32, kv_lora = 64, v_head = 16;
+    struct Case {
+        TypeId t, t_out;  // t_out: v_b and wo
+        int64_t H, kv_lora, v_head;
+    };
+    // The last: v_b in regrouped Q6_K (kv_lora 512) with V3's 128 rows a head.
+    for (const Case& c : {Case{TypeId::Q8_0, TypeId::Q8_0, 3, 64, 32}, Case{TypeId::Q4_0, TypeId::Q4_0, 3, 64, 32},
+                          Case{TypeId::Q8_0, TypeId::Q6_K, 4, 512, 128}}) {
+        const TypeId t = c.t;
+        const int64_t D = 96, H = c.H, rope = 8, nope = 32, kv_lora = c.kv_lora, v_head = c.v_head;
         WeightStore s;
         const Weight& gain = add_weight(s, "gain", TypeId::F32, {D}, randn(size_t(D), 60, 0.5f));
         QWeight w1 = add_qweight(s, "w1", t, {D, 4099}, 61, 0.3f);
         QWeight w2 = add_qweight(s, "w2", t, {D, 40}, 62, 0.3f);
         QWeight kb = add_qweight(s, "kb", t, {nope, kv_lora, H}, 63, 0.3f);
-        QWeight vb = add_qweight(s, "vb", t, {kv_lora, v_head, H}, 64, 0.3f);
+        QWeight vb = add_qweight(s, "vb", c.t_out, {kv_lora, v_head, H}, 64, 0.3f);
+        QWeight wo = add_qweight(s, "wo", c.t_out, {H * v_head, 40}, 65, 0.3f);
         std::vector<float> outs[2];
         for (int on = 0; on < 2; ++on) {
             auto b = cuda_with_graphs(on == 1);
@@ -496,6 +506,7 @@ TEST_CASE("cuda quant: a replayed decode step (fused quantisation) equals node b
                 const int n = g.rms_norm("norm", g.add("sum", x, r), gain, 1e-6f);
                 const int y1 = g.mul_mat("y1", n, *w1.q), y2 = g.mul_mat("y2", n, *w2.q);
                 const int o = g.mla_attn("o", qn, lat, kpe, *kb.q, *vb.q, p, 0, ps);
+                const int y3 = g.mul_mat("wo", o, *wo.q);
                 auto xv = randn(size_t(D), seed++), rv = randn(size_t(D), seed++);
                 auto qv = randn(size_t(H * (nope + rope)), seed++), lv = randn(size_t(kv_lora), seed++);
                 auto kv = randn(size_t(rope), seed++);
@@ -504,13 +515,13 @@ TEST_CASE("cuda quant: a replayed decode step (fused quantisation) equals node b
                                                      {lat, lv.data()}, {kpe, kv.data()}, {ps, &pv}};
                 Scheduler sch({b.get()});
                 const Graph placed = sch.place(g);
-                const int fetch[] = {y1, y2, o};
+                const int fetch[] = {y1, y2, o, y3};
                 auto res = sch.run(placed, ins, &cache, fetch);
                 for (int id : fetch) outs[on].insert(outs[on].end(), res.at(id).begin(), res.at(id).end());
                 cache.advance(1);
             }
         }
-        INFO(tname(t));
+        INFO(tname(t) << " / " << tname(c.t_out));
         REQUIRE(outs[0].size() == outs[1].size());
         CHECK(all_finite(outs[1]));
         CHECK(outs[0] == outs[1]);
