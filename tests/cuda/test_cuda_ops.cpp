@@ -412,6 +412,36 @@ TEST_CASE("cuda: moe_ffn (decode pairs and grouped prefill), expert subsets, sha
             }
 }
 
+// Many slots a token (70 of 80 experts, more than any release uses), one expert masked out:
+// the decode pairs (one token) and the grouped prefill (nine) against the CPU.
+TEST_CASE("cuda: moe_ffn with 70 slots a token and a masked expert", "[cuda][ops]") {
+    DS3_REQUIRE_CUDA(gpu);
+    const int E = 80, k = 70;
+    const int64_t D = 33, F = 17;
+    WeightStore s;
+    const Weight& gate = add_weight(s, "g", TypeId::F32, {D, F, E}, randn(size_t(D * F * E), 23, 0.3f));
+    const Weight& up = add_weight(s, "u", TypeId::F32, {D, F, E}, randn(size_t(D * F * E), 24, 0.3f));
+    const Weight& down = add_weight(s, "d", TypeId::F32, {F, D, E}, randn(size_t(F * D * E), 25, 0.3f));
+    RouteParams p{E, k, 1, 1, ScoringFunc::softmax, TopkMethod::greedy, false, 1.0f};
+    for (int64_t T : {1, 9}) {
+        std::vector<float> route(size_t(T * 2 * k));
+        for (int64_t i = 0; i < T; ++i)
+            for (int j = 0; j < k; ++j) {
+                route[size_t(i * 2 * k + j)] = 0.01f * float(j + 1) + 0.001f * float(i);
+                route[size_t(i * 2 * k + k + j)] = float((i * 7 + j) % E);
+            }
+        auto xv = randn(size_t(T * D), 26);
+        Graph g;
+        int x = g.input("x", DType::f32, T, D);
+        int r = g.input("r", DType::f32, T, 2 * k);
+        int m = g.moe_ffn("m", x, r, gate, up, down, p);
+        g.node(m).experts.assign(size_t(E), 1);
+        g.node(m).experts[3] = 0;
+        INFO("T " << T);
+        compare(*gpu, g, {{x, xv.data()}, {r, route.data()}}, m, 1e-5);
+    }
+}
+
 TEST_CASE("cuda: bad ids are reported, unsupported weights fall back to the CPU", "[cuda][errors]") {
     DS3_REQUIRE_CUDA(gpu);
     WeightStore s;
