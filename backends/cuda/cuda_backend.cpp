@@ -80,6 +80,7 @@ public:
         if (const char* p = std::getenv("DS3_CUDA_GRAPHS")) graphs_ = std::atoi(p) != 0;
         if (const char* p = std::getenv("DS3_CUDA_NORM_Q8")) norm_q8_ = std::atoi(p) != 0;
         if (const char* p = std::getenv("DS3_CUDA_STREAMS")) streams_ = std::atoi(p) != 0;
+        if (const char* p = std::getenv("DS3_CUDA_PDL_BATCH")) pdl_batch_off_ = std::atoi(p) == 0;
     }
 
     ~CudaBackend() override {
@@ -161,6 +162,11 @@ public:
         use_device();
         const auto t0 = std::chrono::steady_clock::now();
         if (prof_) prof_begin();
+        // A batch's ops launch without dependent launch (kernels.h), decode-sized ones with.
+        struct Suspend {
+            explicit Suspend(bool on) { cuda::set_pdl_suspended(on); }
+            ~Suspend() { cuda::set_pdl_suspended(false); }
+        } suspend(n.rows > 8 && pdl_batch_off_);
         compute_op(n, in, out_buf, state);
         if (prof_) prof_end(n, t0);
     }
@@ -991,6 +997,7 @@ private:
     bool graphs_ = true;
     bool norm_q8_ = true;  // DS3_CUDA_NORM_Q8=0: the norms of a replayed step write no quantised copy
     bool streams_ = true;  // DS3_CUDA_STREAMS=0: a captured step on one stream
+    bool pdl_batch_off_ = true;  // DS3_CUDA_PDL_BATCH=1: a batch's ops with dependent launch too
     cudaStream_t side_ = nullptr;  // the second stream of a captured step
     cuda::Branches branches_;
     // The quantised norm outputs of the step being recorded (record()).

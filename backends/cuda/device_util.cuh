@@ -103,7 +103,7 @@ void launch_pdl(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaSt
     cfg.dynamicSmemBytes = smem;
     cfg.stream = s;
     cfg.attrs = attr;
-    cfg.numAttrs = pdl_enabled() ? 1 : 0;
+    cfg.numAttrs = pdl_enabled() && !pdl_suspended() ? 1 : 0;
     (void)cudaLaunchKernelEx(&cfg, kernel, std::forward<A>(args)...);
 }
 

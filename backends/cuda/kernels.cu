@@ -701,6 +701,12 @@ bool decode_chunk_host(WType t, const void* block, int c, float out[16]) {
     return true;
 }
 
+namespace {
+thread_local bool g_pdl_suspended = false;
+}  // namespace
+void set_pdl_suspended(bool on) { g_pdl_suspended = on; }
+bool pdl_suspended() { return g_pdl_suspended; }
+
 void gemm(const GemmArgs& a, cudaStream_t s) {
     if (a.M <= 0 || a.N <= 0 || a.batch <= 0) return;
     if (gemv_q8(a, s)) return;

@@ -145,6 +145,12 @@ void mla_attend(const MlaPlan& p, const float* q_abs, const float* q_pe, int64_t
                 int64_t width, int64_t n_ctx, int kv_lora, int n_head, int64_t T, const int32_t* positions,
                 float scale, float* ctx, float* scratch, cudaStream_t s, void* ctx_q8 = nullptr);
 
+// Launches from this host thread skip programmatic dependent launch while set: the
+// backend sets it around a batch's (prefill's) ops, multi-wave GEMMs for which an early
+// launch buys nothing and which it made slower (pp512 −1.5 %; docs/performance.md, slice 8).
+void set_pdl_suspended(bool on);
+bool pdl_suspended();
+
 // Routing: logits [T][E] (already x · W_gateᵀ) → [T][2k] (k weights, then k ids as
 // floats), with scores, bias, group limits, top-k, normalisation and scale fused.
 constexpr int kMaxExperts = 512;
