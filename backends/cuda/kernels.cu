@@ -5,6 +5,7 @@
 // runs on tensor cores (mma.sync, in f32 precision).
 #include "backends/cuda/kernels.h"
 #include "backends/cuda/device_util.cuh"
+#include "backends/cuda/gemv_fp8.h"
 #include "backends/cuda/gemv_q8.h"
 #include "backends/cuda/quant.cuh"
 
@@ -709,13 +710,13 @@ bool pdl_suspended() { return g_pdl_suspended; }
 
 void gemm(const GemmArgs& a, cudaStream_t s) {
     if (a.M <= 0 || a.N <= 0 || a.batch <= 0) return;
-    if (gemv_q8(a, s)) return;
+    if (gemv_q8(a, s) || gemv_fp8(a, nullptr, s)) return;
     with_loader(a.wt, [&](auto l) { launch_gemm<decltype(l)>(a, s); });
 }
 
 void gemv_swiglu(const GemmArgs& a, const void* up, cudaStream_t s) {
     if (a.M <= 0 || a.N <= 0) return;
-    if (gemv_swiglu_q8(a, up, s)) return;
+    if (gemv_swiglu_q8(a, up, s) || gemv_fp8(a, up, s)) return;
     with_loader(a.wt, [&](auto l) { launch_gemv_swiglu<decltype(l)>(a, up, s); });
 }
 
@@ -744,7 +745,7 @@ void copy2d(const float* src, int64_t lds, float* dst, int64_t ldd, int64_t rows
 void moe_pairs_gate_up(const MoeArgs& a, const float* x, const float* route, float* act, DevError* err,
                        cudaStream_t s) {
     if (a.T <= 0) return;
-    if (moe_gate_up_q8(a, x, route, act, err, s)) return;
+    if (moe_gate_up_q8(a, x, route, act, err, s) || moe_gate_up_fp8(a, x, route, act, err, s)) return;
     dim3 grid(static_cast<unsigned>((a.F + 7) / 8), static_cast<unsigned>(a.T * a.n_used));
     with_loader(a.wt, [&](auto l) {
         launch_pdl(moe_gate_up_kernel<decltype(l)>, grid, dim3(256), 0, s, a, x, route, act, err);
@@ -753,7 +754,7 @@ void moe_pairs_gate_up(const MoeArgs& a, const float* x, const float* route, flo
 
 void moe_pairs_down(const MoeArgs& a, const float* act, const float* route, float* y, cudaStream_t s) {
     if (a.T <= 0) return;
-    if (moe_down_q8(a, act, route, y, s)) return;
+    if (moe_down_q8(a, act, route, y, s) || moe_down_fp8(a, act, route, y, s)) return;
     dim3 grid(static_cast<unsigned>((a.D + 7) / 8), static_cast<unsigned>(a.T * a.n_used));
     with_loader(a.wt_down,
                 [&](auto l) { launch_pdl(moe_down_kernel<decltype(l)>, grid, dim3(256), 0, s, a, act, route, y); });
