@@ -62,6 +62,23 @@ __device__ inline void set_error(DevError* e, int code, int value, int limit) {
     }
 }
 
+// Whether expert e is one of those a moe_ffn node computes (its mask).
+__device__ inline bool expert_in(const ExpertMask& m, int e) { return (m.bits[e >> 5] >> (e & 31)) & 1u; }
+
+// The expert of (token, slot) pair `pair` of a route ([T][2k]: k weights, then k ids as
+// floats), or −1 when the block has nothing to do: an id out of range (recorded as
+// DevError code 2 by thread 0 when `report`) or an expert outside the mask.
+__device__ inline int pair_expert(const float* route, int64_t pair, int k, int n_expert, const ExpertMask& mask,
+                                  DevError* err, bool report) {
+    const int64_t t = pair / k, j = pair % k;
+    const int e = static_cast<int>(route[t * 2 * k + k + j]);
+    if (e < 0 || e >= n_expert) {
+        if (report && threadIdx.x == 0) set_error(err, 2, e, n_expert);
+        return -1;
+    }
+    return expert_in(mask, e) ? e : -1;
+}
+
 // A switch that is on unless the environment sets it to 0 (before/after timings with one
 // binary); callers read it once.
 inline bool env_on(const char* name) {

@@ -71,7 +71,6 @@ __device__ __forceinline__ void mma_f16(float (&d)[4], const uint32_t (&a)[4], c
 }
 #endif
 
-__device__ inline bool expert_on(const ExpertMask& m, int e) { return (m.bits[e >> 5] >> (e & 31)) & 1u; }
 
 template <int Mode>
 __global__ void __launch_bounds__(kThreads) gemv_fp8_kernel(F8Args a) {
@@ -86,13 +85,9 @@ __global__ void __launch_bounds__(kThreads) gemv_fp8_kernel(F8Args a) {
     int M = a.M;
     int64_t yoff = 0;
     if constexpr (Mode == kMoeGateUp || Mode == kMoeDown) {
-        const int64_t pair = blockIdx.y, tok = pair / a.n_used, j = pair % a.n_used;
-        const int e = static_cast<int>(a.route[tok * 2 * a.n_used + a.n_used + j]);
-        if (e < 0 || e >= a.n_expert) {
-            if (Mode == kMoeGateUp && threadIdx.x == 0) set_error(a.err, 2, e, a.n_expert);
-            return;
-        }
-        if (!expert_on(a.mask, e)) return;
+        const int64_t pair = blockIdx.y, tok = pair / a.n_used;
+        const int e = pair_expert(a.route, pair, a.n_used, a.n_expert, a.mask, a.err, Mode == kMoeGateUp);
+        if (e < 0) return;
 #pragma unroll
         for (int i = 0; i < NW; ++i) w[i] += static_cast<int64_t>(e) * a.N * rb;
         x += (Mode == kMoeGateUp ? tok : pair) * a.ldx;

@@ -79,7 +79,6 @@ __device__ inline float group_sum(float v, int lpr) {
     return v;
 }
 
-__device__ inline bool expert_in(const ExpertMask& m, int e) { return (m.bits[e >> 5] >> (e & 31)) & 1u; }
 
 enum Mode { kPlain, kSwiglu, kMoeGateUp, kMoeDown };
 template <int Mode>
@@ -175,13 +174,9 @@ __global__ void __launch_bounds__(kThreads) gemv_q8_kernel(QArgs a) {
         // up to 13 more registers: Q6_KG's down product with RW 4 took 93 instead of 80.)
         dep_wait();
         dep_trigger();
-        const int64_t pair = blockIdx.y, t = pair / a.n_used, j = pair % a.n_used;
-        const int e = static_cast<int>(a.route[t * 2 * a.n_used + a.n_used + j]);
-        if (e < 0 || e >= a.n_expert) {
-            if (Mode == kMoeGateUp && threadIdx.x == 0) set_error(a.err, 2, e, a.n_expert);
-            return;
-        }
-        if (!expert_in(a.mask, e)) return;
+        const int64_t pair = blockIdx.y, t = pair / a.n_used;
+        const int e = pair_expert(a.route, pair, a.n_used, a.n_expert, a.mask, a.err, Mode == kMoeGateUp);
+        if (e < 0) return;
 #pragma unroll
         for (int i = 0; i < NW; ++i) w[i] += static_cast<int64_t>(e) * a.N * rb;
         const int64_t xr = Mode == kMoeGateUp ? t : pair;

@@ -539,7 +539,6 @@ __global__ void copy2d_kernel(const float* src, int64_t lds, float* dst, int64_t
 
 // ---- MoE, decode path -----------------------------------------------------------------
 
-__device__ inline bool in_mask(const ExpertMask& m, int e) { return (m.bits[e >> 5] >> (e & 31)) & 1u; }
 
 template <typename L>
 __global__ void moe_gate_up_kernel(MoeArgs a, const float* x, const float* route, float* act, DevError* err) {
@@ -554,7 +553,7 @@ __global__ void moe_gate_up_kernel(MoeArgs a, const float* x, const float* route
         if (lane == 0) set_error(err, 2, e, a.n_expert);
         return;
     }
-    if (!in_mask(a.mask, e)) return;
+    if (!expert_in(a.mask, e)) return;
     const int64_t rb = L::row_bytes(a.D);
     const uint8_t* g = static_cast<const uint8_t*>(a.gate) + (e * a.F + f) * rb;
     const uint8_t* u = static_cast<const uint8_t*>(a.up) + (e * a.F + f) * rb;
@@ -575,7 +574,7 @@ __global__ void moe_down_kernel(MoeArgs a, const float* act, const float* route,
     const int64_t pair = blockIdx.y, t = pair / a.n_used, j = pair % a.n_used;
     if (d >= a.D) return;
     const int e = static_cast<int>(route[t * 2 * a.n_used + a.n_used + j]);
-    if (e < 0 || e >= a.n_expert || !in_mask(a.mask, e)) return;
+    if (e < 0 || e >= a.n_expert || !expert_in(a.mask, e)) return;
     const int64_t rb = L::row_bytes(a.F);
     const uint8_t* w = static_cast<const uint8_t*>(a.down) + (e * a.D + d) * rb;
     const float* xr = act + pair * a.F;
@@ -596,7 +595,7 @@ __global__ void moe_combine_kernel(MoeArgs a, const float* y, const float* route
         float acc = 0.0f;
         for (int j = 0; j < k; ++j) {
             const int e = static_cast<int>(r[k + j]);
-            if (e < 0 || e >= a.n_expert || !in_mask(a.mask, e)) continue;
+            if (e < 0 || e >= a.n_expert || !expert_in(a.mask, e)) continue;
             const int64_t row = pair_row ? pair_row[t * k + j] : t * k + j;
             if (row < 0) continue;
             acc += r[j] * y[row * a.D + d];
