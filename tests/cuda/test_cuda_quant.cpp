@@ -470,8 +470,7 @@ TEST_CASE("cuda quant: mla_attn with quantized k_b / v_b", "[cuda][quant]") {
 // In a replayed decode step the RMS norms quantise their outputs for the integer GEMVs
 // that read them, and MLA's merge quantises the attended latent for v_b: the products
 // must see the very bytes their own quantise kernels make node by node.
-// The replayed step quantises the norm's output in the norm and MLA's output (wo's input)
-// in v_b's epilogue; node by node, the products quantise their own inputs.
+// With a product (wo) reading MLA's output, and v_b in regrouped Q6_K at V3's 128 rows a head.
 TEST_CASE("cuda quant: a replayed decode step (fused quantisation) equals node by node bit for bit",
           "[cuda][quant][graph]") {
     DS3_REQUIRE_CUDA(gpu);
