@@ -86,6 +86,12 @@ inline bool env_on(const char* name) {
     return !(e && std::atoi(e) == 0);
 }
 
+// An integer switch (0 when unset): DS3_CUDA_Q8_RW, DS3_CUDA_MLA_SPLITS; callers read it once.
+inline int env_int(const char* name) {
+    const char* e = std::getenv(name);
+    return e ? std::atoi(e) : 0;
+}
+
 // env_on(name), and the current device of compute capability 9.0 or later (programmatic
 // dependent launch, thread-block clusters).
 inline bool env_on_sm90(const char* name) {
@@ -106,7 +112,11 @@ inline bool pdl_enabled() {
     return on;
 }
 
-// kernel<<<grid, block, smem, s>>>(args...), launched with programmatic dependent launch where pdl_enabled()
+// Whether a launch from this thread now uses it: enabled, and not inside a batch's op
+// (set_pdl_suspended, kernels.h).
+inline bool pdl_now() { return pdl_enabled() && !pdl_suspended(); }
+
+// kernel<<<grid, block, smem, s>>>(args...), launched with programmatic dependent launch where pdl_now()
 // (the kernel must follow dep_wait's rule above). Errors are left for cudaGetLastError, as
 // with <<<>>>.
 template <typename... P, typename... A>
@@ -120,7 +130,7 @@ void launch_pdl(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaSt
     cfg.dynamicSmemBytes = smem;
     cfg.stream = s;
     cfg.attrs = attr;
-    cfg.numAttrs = pdl_enabled() && !pdl_suspended() ? 1 : 0;
+    cfg.numAttrs = pdl_now() ? 1 : 0;
     (void)cudaLaunchKernelEx(&cfg, kernel, std::forward<A>(args)...);
 }
 

@@ -231,7 +231,7 @@ void add_rms_norm(const float* a, const float* b, const float* c, float* mid, fl
         cfg.blockDim = dim3(kClusterThreads);
         cfg.stream = s;
         cfg.attrs = attr;
-        cfg.numAttrs = pdl_enabled() && !pdl_suspended() ? 2 : 1;
+        cfg.numAttrs = pdl_now() ? 2 : 1;
         if (cudaLaunchKernelEx(&cfg, add_rms_norm_kernel<kClusterThreads, kNormCluster>, a, b, c, mid, sum, gain, wt,
                                eps, cols, y, q, qd) == cudaSuccess)
             return;

@@ -270,8 +270,7 @@ int pick_lpr(int64_t chunks, int U) {
 // DS3_CUDA_Q8_RW=1|2|4 forces it for every single-matrix product (read once).
 int pick_rw(int64_t rows, int M, int matrices, int max_rw) {
     static const int forced = [] {
-        const char* e = std::getenv("DS3_CUDA_Q8_RW");
-        const int d = e ? std::atoi(e) : 0;
+        const int d = env_int("DS3_CUDA_Q8_RW");
         return d == 1 || d == 2 || d == 4 ? d : 0;
     }();
     // ≤ 4 weight rows per lane at once, and the format's own limit (registers).

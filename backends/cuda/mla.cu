@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
 
 #include "backends/cuda/device_util.cuh"
 #include "backends/cuda/dot_q8.cuh"
@@ -282,10 +281,7 @@ MlaPlan mla_plan_decode(int n_head, int64_t T, int64_t n_ctx, int kv_lora, int n
     // all of them.
     int64_t want = std::max<int64_t>(1, 2 * static_cast<int64_t>(n_sm) / std::max<int64_t>(1, head_groups * T));
     // DS3_CUDA_MLA_SPLITS=N: N splits instead (measurements; read once).
-    static const int forced = [] {
-        const char* e = std::getenv("DS3_CUDA_MLA_SPLITS");
-        return e ? std::max(0, std::atoi(e)) : 0;
-    }();
+    static const int forced = std::max(0, env_int("DS3_CUDA_MLA_SPLITS"));
     if (forced) want = forced;
     want = std::max<int64_t>(want, (n_ctx + kMlaMaxChunk - 1) / kMlaMaxChunk);
     want = std::max<int64_t>(1, std::min<int64_t>(want, n_ctx));
