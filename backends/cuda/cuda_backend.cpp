@@ -69,6 +69,7 @@ public:
         DS3_CU(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
         DS3_CU(cudaStreamCreateWithFlags(&side_, cudaStreamNonBlocking));
         DS3_CU(cudaMalloc(&err_, sizeof(cuda::DevError)));
+        DS3_CU(cudaMallocHost(&err_host_, sizeof(cuda::DevError)));
         DS3_CU(cudaMemsetAsync(err_, 0, sizeof(cuda::DevError), stream_));
         DS3_CU(cudaStreamSynchronize(stream_));
         pool_ = std::make_shared<Pool>();
@@ -78,6 +79,7 @@ public:
             prof_ = prof_level_ != 0;
         }
         if (const char* p = std::getenv("DS3_CUDA_GRAPHS")) graphs_ = std::atoi(p) != 0;
+        if (const char* p = std::getenv("DS3_CUDA_STEP_TIMES")) step_times_ = std::atoi(p) != 0;
         if (const char* p = std::getenv("DS3_CUDA_NORM_Q8")) norm_q8_ = std::atoi(p) != 0;
         if (const char* p = std::getenv("DS3_CUDA_STREAMS")) streams_ = std::atoi(p) != 0;
         if (const char* p = std::getenv("DS3_CUDA_PDL_BATCH")) pdl_batch_off_ = std::atoi(p) == 0;
@@ -92,8 +94,17 @@ public:
             for (auto& [a, b] : prof_events_) cudaEventDestroy(a), cudaEventDestroy(b);
             for (cudaEvent_t ev : sub_events_) cudaEventDestroy(ev);
         }
+        if (step_times_ && steps_.n > 1) {
+            const double n = static_cast<double>(steps_.n);
+            std::fprintf(stderr,
+                         "cuda: %lld replayed steps, host µs per step: before the launch %.1f, launch %.1f, "
+                         "wait %.1f, after %.1f, between steps (the caller) %.1f\n",
+                         static_cast<long long>(steps_.n), steps_.before / n, steps_.launch / n, steps_.wait / n,
+                         steps_.after / n, steps_.between / (n - 1));
+        }
         weights_.reset();
         cudaFree(err_);
+        cudaFreeHost(err_host_);
         cudaStreamDestroy(side_);
         cudaStreamDestroy(stream_);
     }
@@ -141,12 +152,13 @@ public:
         synchronize();
     }
 
+    // One wait: the error word comes back in it, through pinned memory (a second copy
+    // and wait after the step cost ~10 µs of every decode step).
     void synchronize() override {
+        DS3_CU(cudaMemcpyAsync(err_host_, err_, sizeof *err_host_, cudaMemcpyDeviceToHost, stream_));
         DS3_CU(cudaStreamSynchronize(stream_));
         if (prof_) prof_collect();
-        cuda::DevError e;
-        DS3_CU(cudaMemcpyAsync(&e, err_, sizeof e, cudaMemcpyDeviceToHost, stream_));
-        DS3_CU(cudaStreamSynchronize(stream_));
+        const cuda::DevError e = *err_host_;
         if (e.code == 0) return;
         DS3_CU(cudaMemsetAsync(err_, 0, sizeof e, stream_));
         DS3_CU(cudaStreamSynchronize(stream_));
@@ -186,20 +198,29 @@ public:
             if (n.op == Op::mla_attn && (n.src.size() < 4 || !cache)) return false;
         }
         use_device();
+        const auto t_enter = std::chrono::steady_clock::now();
         if (stale_graphs_) {
             DS3_CU(cudaStreamSynchronize(stream_));
             execs_.clear();
             stale_graphs_ = false;
         }
+        for (int id : fetch) check(id >= 0 && id < g.size(), "cuda", "run_graph: fetch of an unknown node");
         GraphExec& e = exec_for(g, cache, fetch);
+        // The inputs go to the step's pinned slots; a captured step copies them from there
+        // itself (its first nodes), so a replay is one launch.
         for (const GraphInput& in : inputs) {
             check(in.node >= 0 && in.node < g.size() && in.data, "cuda", "run_graph: an input has no data");
-            const Node& n = g.node(in.node);
-            DS3_CU(cudaMemcpyAsync(e.at(in.node), in.data, n.nbytes(), cudaMemcpyHostToDevice, stream_));
+            std::memcpy(e.input_slot(in.node), in.data, g.node(in.node).nbytes());
         }
+        for (const auto& slot : e.inputs)
+            check(std::any_of(inputs.begin(), inputs.end(), [&](const GraphInput& in) { return in.node == slot.first; }),
+                  "cuda", "run_graph: input node " + g.node(slot.first).name + " has no data");
+        const bool timed = step_times_ && e.exec;
+        const auto t_launch = std::chrono::steady_clock::now();
         if (e.exec) {
             DS3_CU(cudaGraphLaunch(e.exec, stream_));
         } else if (e.runs == 0 || e.eager_only) {
+            copy_inputs(g, e);
             record(g, e, cache);
         } else {
             capture(g, e, cache);
@@ -208,24 +229,32 @@ public:
         ++e.runs;
         // Results come back through pinned memory (a pageable copy of the logits costs tens
         // of µs per step) in the same wait as the step itself.
-        size_t bytes = 0;
-        for (int id : fetch) {
-            check(id >= 0 && id < g.size(), "cuda", "run_graph: fetch of an unknown node");
-            bytes += g.node(id).nbytes();
-        }
-        float* pinned = e.pinned(bytes);
         size_t at = 0;
         for (int id : fetch) {
             const Node& n = g.node(id);
-            DS3_CU(cudaMemcpyAsync(pinned + at / 4, e.at(id), n.nbytes(), cudaMemcpyDeviceToHost, stream_));
+            DS3_CU(cudaMemcpyAsync(e.output_slot(at), e.at(id), n.nbytes(), cudaMemcpyDeviceToHost, stream_));
             at += n.nbytes();
         }
+        const auto t_launched = std::chrono::steady_clock::now();
         synchronize();
+        const auto t_synced = std::chrono::steady_clock::now();
         at = 0;
         for (int id : fetch) {
             const Node& n = g.node(id);
-            results[id].assign(pinned + at / 4, pinned + at / 4 + n.n_elements());
+            const float* p = e.output_slot(at);
+            results[id].assign(p, p + n.n_elements());
             at += n.nbytes();
+        }
+        if (timed) {
+            const auto t_exit = std::chrono::steady_clock::now();
+            auto us = [](auto a, auto b) { return std::chrono::duration<double, std::micro>(b - a).count(); };
+            if (steps_.n > 0) steps_.between += us(steps_.last_exit, t_enter);
+            steps_.before += us(t_enter, t_launch);
+            steps_.launch += us(t_launch, t_launched);
+            steps_.wait += us(t_launched, t_synced);
+            steps_.after += us(t_synced, t_exit);
+            steps_.last_exit = t_exit;
+            ++steps_.n;
         }
         return true;
     }
@@ -256,18 +285,17 @@ private:
         bool eager_only = false;  // the capture failed once: run node by node
 
         float* at(int i) const { return static_cast<float*>(views[static_cast<size_t>(i)]->dev()); }
-        void* host = nullptr;  // pinned staging of the fetched results
-        size_t host_bytes = 0;
-        float* pinned(size_t bytes) {
-            if (bytes > host_bytes) {
-                if (host) cudaFreeHost(host);
-                host = nullptr;
-                host_bytes = 0;
-                DS3_CU(cudaMallocHost(&host, bytes));
-                host_bytes = bytes;
-            }
-            return static_cast<float*>(host);
+        // Pinned host memory: the input nodes' data (where a captured step copies it from),
+        // then the fetched results, in fetch order.
+        uint8_t* host = nullptr;
+        std::vector<std::pair<int, size_t>> inputs;  // (input node, offset in host)
+        size_t out_offset = 0;
+        void* input_slot(int node) const {
+            for (const auto& [id, off] : inputs)
+                if (id == node) return host + off;
+            throw Error("cuda", "run_graph: node " + std::to_string(node) + " is not an input of the step");
         }
+        float* output_slot(size_t at) const { return reinterpret_cast<float*>(host + out_offset + at); }
         ~GraphExec() {
             if (host) cudaFreeHost(host);
             if (exec) cudaGraphExecDestroy(exec);
@@ -381,8 +409,23 @@ private:
             }
             e->views.push_back(std::make_unique<CudaBuffer>(p, n.nbytes()));
         }
+        size_t host_bytes = 0;
+        for (int i = 0; i < g.size(); ++i)
+            if (g.node(i).op == Op::input) {
+                e->inputs.emplace_back(i, host_bytes);
+                host_bytes += (g.node(i).nbytes() + 15) / 16 * 16;
+            }
+        e->out_offset = host_bytes;
+        for (int id : fetch) host_bytes += g.node(id).nbytes();
+        DS3_CU(cudaMallocHost(reinterpret_cast<void**>(&e->host), std::max<size_t>(host_bytes, 16)));
         execs_.insert(execs_.begin(), std::move(e));
         return *execs_.front();
+    }
+
+    // The inputs from their pinned slots to the arena (captured: the step's first nodes).
+    void copy_inputs(const Graph& g, const GraphExec& e) {
+        for (const auto& [id, off] : e.inputs)
+            DS3_CU(cudaMemcpyAsync(e.at(id), e.host + off, g.node(id).nbytes(), cudaMemcpyHostToDevice, stream_));
     }
 
     // The residual adds of a layer and the RMS norm after them as one kernel: add → rms_norm
@@ -489,6 +532,7 @@ private:
         pool_->hold(&e.held);
         cudaGraph_t graph = nullptr;
         try {
+            copy_inputs(g, e);
             record(g, e, cache, true);
         } catch (...) {
             pool_->hold(nullptr);
@@ -506,6 +550,7 @@ private:
             cudaGetLastError();
             e.exec = nullptr;
             e.eager_only = true;
+            copy_inputs(g, e);
             record(g, e, cache);
         }
     }
@@ -985,6 +1030,7 @@ private:
     int n_sm_ = 1;
     cudaStream_t stream_ = nullptr;
     cuda::DevError* err_ = nullptr;
+    cuda::DevError* err_host_ = nullptr;  // pinned: synchronize() reads the error word here
     std::shared_ptr<Pool> pool_;
     std::unique_ptr<cuda::Resident> weights_;
     bool prof_ = false;
@@ -995,6 +1041,13 @@ private:
     bool sub_small_ = false;
     std::vector<SubSpan> sub_pending_;
     bool graphs_ = true;
+    // DS3_CUDA_STEP_TIMES=1: the host's time around each replayed step, printed at exit.
+    bool step_times_ = false;
+    struct {
+        int64_t n = 0;
+        double before = 0, launch = 0, wait = 0, after = 0, between = 0;
+        std::chrono::steady_clock::time_point last_exit;
+    } steps_;
     bool norm_q8_ = true;  // DS3_CUDA_NORM_Q8=0: the norms of a replayed step write no quantised copy
     bool streams_ = true;  // DS3_CUDA_STREAMS=0: a captured step on one stream
     bool pdl_batch_off_ = true;  // DS3_CUDA_PDL_BATCH=1: a batch's ops with dependent launch too

@@ -442,6 +442,31 @@ TEST_CASE("cuda: moe_ffn with 70 slots a token and a masked expert", "[cuda][ops
     }
 }
 
+// A decode-sized step is run node by node, then captured, then replayed: its inputs reach
+// the replay through the step's pinned slots (copied by the graph itself), and an error a
+// replayed kernel records comes back in the step's one wait.
+TEST_CASE("cuda: a replayed step reads new inputs and reports a bad id", "[cuda][errors][graph]") {
+    DS3_REQUIRE_CUDA(gpu);
+    WeightStore s;
+    auto ev = randn(45, 23);
+    const Weight& e = add_weight(s, "embd", TypeId::F32, {5, 9}, ev);
+    Graph g;
+    int ids = g.input("ids", DType::i32, 1, 1);
+    int y = g.get_rows("y", e, ids);
+    auto row = [&](int i) { return std::vector<float>(ev.begin() + 5 * i, ev.begin() + 5 * i + 5); };
+    for (int32_t id : {1, 4, 7, 2, 8})  // the first run records, the second captures, then replays
+        CHECK(run_on(*gpu, g, {{ids, &id}}, y) == row(id));
+    const int32_t bad = 9;
+    try {
+        run_on(*gpu, g, {{ids, &bad}}, y);
+        FAIL("no error for token id 9 in a replayed step");
+    } catch (const Error& err) {
+        CHECK(std::string(err.what()).find("token id 9 outside [0, 9)") != std::string::npos);
+    }
+    const int32_t good = 6;
+    CHECK(run_on(*gpu, g, {{ids, &good}}, y) == row(good));
+}
+
 TEST_CASE("cuda: bad ids are reported, unsupported weights fall back to the CPU", "[cuda][errors]") {
     DS3_REQUIRE_CUDA(gpu);
     WeightStore s;
