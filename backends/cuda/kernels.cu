@@ -221,17 +221,24 @@ __device__ inline void warp_dot(const uint8_t* wrow, int64_t K, const float* x, 
 // p-th run of the row (runs of a multiple of 512 elements, so every run starts on a pair
 // of blocks and a 16-byte boundary) and the first warp of the row adds the runs. Few-row products
 // such as the MoE router (256 rows of 7168) then still spread over the whole chip.
+// l2_ahead (small matrices, such as the f32 MoE router): each warp first asks L2 for its
+// run of the row, while the kernel before it is still running (dependent launch).
 template <typename L, int MR>
-__global__ void __launch_bounds__(256) gemv_kernel(GemmArgs a, int parts) {
+__global__ void __launch_bounds__(256) gemv_kernel(GemmArgs a, int parts, bool l2_ahead) {
     __shared__ float red[8][MR];
-    dep_wait();  // x comes from an earlier kernel, which may still read y
-    dep_trigger();
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int64_t n = static_cast<int64_t>(blockIdx.x) * (8 / parts) + warp / parts;
     const int part = warp % parts;
     const int b = blockIdx.y;
     const int64_t run = (a.K + parts - 1) / parts + 511 & ~int64_t(511);
     const int64_t k0 = part * run, left = a.K > k0 ? a.K - k0 : 0, kn = left < run ? left : run;
+    if (l2_ahead && n < a.N && kn > 0) {
+        const char* p = static_cast<const char*>(a.w) + b * a.w_bstride + n * L::row_bytes(a.K) + L::row_bytes(k0);
+        for (int64_t o = 128 * lane; o < L::row_bytes(kn); o += 32 * 128)
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(p + o));
+    }
+    dep_wait();  // x comes from an earlier kernel, which may still read y
+    dep_trigger();
     float acc[MR];
 #pragma unroll
     for (int m = 0; m < MR; ++m) acc[m] = 0.0f;
@@ -470,12 +477,16 @@ void launch_gemm(const GemmArgs& a, cudaStream_t s) {
         while (parts < 8 && a.N * a.batch * parts < 4096 && a.K >= 512 * parts) parts *= 2;
         const int64_t rows_per_block = 8 / parts;
         dim3 grid(static_cast<unsigned>((a.N + rows_per_block - 1) / rows_per_block), static_cast<unsigned>(a.batch));
+        // Up to 8 MB of weights (a sixth of L2) are asked for ahead; more would evict itself
+        // (DS3_CUDA_L2_AHEAD=0: never; read once).
+        static const bool ahead_on = env_on("DS3_CUDA_L2_AHEAD");
+        const bool ahead = ahead_on && a.N * a.batch * L::row_bytes(a.K) <= (int64_t{8} << 20);
         switch (a.M) {
-            case 1: return launch_pdl(gemv_kernel<L, 1>, grid, dim3(256), 0, s, a, parts);
-            case 2: return launch_pdl(gemv_kernel<L, 2>, grid, dim3(256), 0, s, a, parts);
-            case 3: return launch_pdl(gemv_kernel<L, 3>, grid, dim3(256), 0, s, a, parts);
-            case 4: return launch_pdl(gemv_kernel<L, 4>, grid, dim3(256), 0, s, a, parts);
-            default: return launch_pdl(gemv_kernel<L, 8>, grid, dim3(256), 0, s, a, parts);
+            case 1: return launch_pdl(gemv_kernel<L, 1>, grid, dim3(256), 0, s, a, parts, ahead);
+            case 2: return launch_pdl(gemv_kernel<L, 2>, grid, dim3(256), 0, s, a, parts, ahead);
+            case 3: return launch_pdl(gemv_kernel<L, 3>, grid, dim3(256), 0, s, a, parts, ahead);
+            case 4: return launch_pdl(gemv_kernel<L, 4>, grid, dim3(256), 0, s, a, parts, ahead);
+            default: return launch_pdl(gemv_kernel<L, 8>, grid, dim3(256), 0, s, a, parts, ahead);
         }
     }
     dim3 grid(static_cast<unsigned>((a.N + BN - 1) / BN), static_cast<unsigned>((a.M + BM - 1) / BM),
