@@ -385,6 +385,32 @@ TEST_CASE("cuda quant: mul_mat and logits, GEMV (1-8 rows) and tiled (> 8) paths
             }
 }
 
+// Long rows (V3's wo is 16384 long) and few of them, one token: many rounds of chunks a
+// lane (the shapes above give each lane one or two), and rows past N in the last block.
+TEST_CASE("cuda quant: single-token GEMV over long rows", "[cuda][quant]") {
+    DS3_REQUIRE_CUDA(gpu);
+    for (TypeId t : kQuantTypes) {
+        if (!int_path(t)) continue;
+        // 512 chunks of 32 values a row at least.
+        const int64_t in = std::max<int64_t>(16384, 64 * block_of(t));
+        for (int64_t out : {40, 129}) {
+            WeightStore s;
+            QWeight w = add_qweight(s, "w", t, {in, out}, 5);
+            auto xv = randn(size_t(in), 6);
+            INFO(tname(t) << " in " << in << " out " << out);
+            check_op(*gpu, t, {{0, xv.data()}}, [&](Graph& g, bool q) {
+                int x = g.input("x", DType::f32, 1, in);
+                return g.mul_mat("y", x, q ? *w.q : *w.f);
+            }, 0.05, 1e-5, true);
+            auto xi = int_rows(1, in, 7);
+            check_op(*gpu, t, {{0, xi.data()}}, [&](Graph& g, bool q) {
+                int x = g.input("x", DType::f32, 1, in);
+                return g.mul_mat("y", x, q ? *w.q : *w.f);
+            }, 0.05);
+        }
+    }
+}
+
 TEST_CASE("cuda quant: shared_ffn (fused gate/up GEMV) and moe_ffn (decode pairs, grouped prefill)",
           "[cuda][quant]") {
     DS3_REQUIRE_CUDA(gpu);
