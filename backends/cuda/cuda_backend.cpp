@@ -94,13 +94,13 @@ public:
             for (auto& [a, b] : prof_events_) cudaEventDestroy(a), cudaEventDestroy(b);
             for (cudaEvent_t ev : sub_events_) cudaEventDestroy(ev);
         }
-        if (step_times_ && steps_.n > 1) {
+        if (step_times_ && steps_.n > 0) {
             const double n = static_cast<double>(steps_.n);
             std::fprintf(stderr,
                          "cuda: %lld replayed steps, host µs per step: before the launch %.1f, launch %.1f, "
-                         "wait %.1f, after %.1f, between steps (the caller) %.1f\n",
+                         "wait %.1f, after %.1f\n",
                          static_cast<long long>(steps_.n), steps_.before / n, steps_.launch / n, steps_.wait / n,
-                         steps_.after / n, steps_.between / (n - 1));
+                         steps_.after / n);
         }
         weights_.reset();
         cudaFree(err_);
@@ -248,12 +248,10 @@ public:
         if (timed) {
             const auto t_exit = std::chrono::steady_clock::now();
             auto us = [](auto a, auto b) { return std::chrono::duration<double, std::micro>(b - a).count(); };
-            if (steps_.n > 0) steps_.between += us(steps_.last_exit, t_enter);
             steps_.before += us(t_enter, t_launch);
             steps_.launch += us(t_launch, t_launched);
             steps_.wait += us(t_launched, t_synced);
             steps_.after += us(t_synced, t_exit);
-            steps_.last_exit = t_exit;
             ++steps_.n;
         }
         return true;
@@ -1045,8 +1043,7 @@ private:
     bool step_times_ = false;
     struct {
         int64_t n = 0;
-        double before = 0, launch = 0, wait = 0, after = 0, between = 0;
-        std::chrono::steady_clock::time_point last_exit;
+        double before = 0, launch = 0, wait = 0, after = 0;
     } steps_;
     bool norm_q8_ = true;  // DS3_CUDA_NORM_Q8=0: the norms of a replayed step write no quantised copy
     bool streams_ = true;  // DS3_CUDA_STREAMS=0: a captured step on one stream
