@@ -411,6 +411,55 @@ TEST_CASE("cuda quant: single-token GEMV over long rows", "[cuda][quant]") {
     }
 }
 
+// The decode GEMV's modes at V3-like row lengths, 1 and 2 tokens: plain, gate+up
+// (shared experts), the MoE pairs' gate/up and down, with rows of 14 and 6 blocks (a lane's
+// last round partly past the row), q6_K_g rows that start 4, 8 or 12 bytes past a 16-byte
+// boundary (7 and 3 block pairs a row), 1, 2 and 4 rows a lane group (N of 131, 2100 and
+// 4100) and rows past N in the last block.
+TEST_CASE("cuda quant: decode GEMVs of every mode at V3-like row lengths", "[cuda][quant]") {
+    DS3_REQUIRE_CUDA(gpu);
+    const int E = 5, k = 2;
+    const int64_t D = 3584, F = 1536;
+    for (TypeId t : {TypeId::Q4_K, TypeId::Q5_K, TypeId::Q6_K}) {
+        WeightStore s;
+        QWeight g = add_qweight(s, "g", t, {D, F, E}, 40, 0.3f), u = add_qweight(s, "u", t, {D, F, E}, 41, 0.3f),
+                d = add_qweight(s, "d", t, {F, D, E}, 42, 0.3f);
+        QWeight sg = add_qweight(s, "sg", t, {D, F}, 43, 0.3f), su = add_qweight(s, "su", t, {D, F}, 44, 0.3f),
+                sd = add_qweight(s, "sd", t, {F, D}, 45, 0.3f);
+        RouteParams p{E, k, 1, 1, ScoringFunc::softmax, TopkMethod::greedy, false, 1.0f};
+        for (int64_t T : {1, 2}) {
+            std::vector<float> route(size_t(T * 2 * k));
+            for (int64_t i = 0; i < T; ++i)
+                for (int j = 0; j < k; ++j) {
+                    route[size_t(i * 2 * k + j)] = 0.4f + 0.3f * float(j);
+                    route[size_t(i * 2 * k + k + j)] = float((i * 2 + j * 3) % E);
+                }
+            auto xv = randn(size_t(T * D), 46);
+            const std::vector<GraphInput> ins = {{0, xv.data()}, {1, route.data()}};
+            INFO(tname(t) << " T " << T);
+            check_op(*gpu, t, ins, [&](Graph& gr, bool q) {
+                int x = gr.input("x", DType::f32, T, D);
+                int r = gr.input("r", DType::f32, T, 2 * k);
+                return gr.moe_ffn("m", x, r, q ? *g.q : *g.f, q ? *u.q : *u.f, q ? *d.q : *d.f, p);
+            }, 0.05, 1e-5, true);
+            check_op(*gpu, t, ins, [&](Graph& gr, bool q) {
+                int x = gr.input("x", DType::f32, T, D);
+                gr.input("r", DType::f32, T, 2 * k);
+                return gr.shared_ffn("sh", x, q ? *sg.q : *sg.f, q ? *su.q : *su.f, q ? *sd.q : *sd.f);
+            }, 0.05, 1e-5, true);
+            for (int64_t out : {131, 2100, 4100}) {
+                INFO("mul_mat out " << out);
+                QWeight w = add_qweight(s, "w" + std::to_string(out), t, {F, out}, 47, 0.3f);
+                auto xf = randn(size_t(T * F), 48);
+                check_op(*gpu, t, {{0, xf.data()}}, [&](Graph& gr, bool q) {
+                    int x = gr.input("x", DType::f32, T, F);
+                    return gr.mul_mat("y", x, q ? *w.q : *w.f);
+                }, 0.05, 1e-5, true);
+            }
+        }
+    }
+}
+
 TEST_CASE("cuda quant: shared_ffn (fused gate/up GEMV) and moe_ffn (decode pairs, grouped prefill)",
           "[cuda][quant]") {
     DS3_REQUIRE_CUDA(gpu);
