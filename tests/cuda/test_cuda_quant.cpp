@@ -97,6 +97,22 @@ std::vector<float> run_on(Backend& b, const Graph& g, const std::vector<GraphInp
 // Builds the graph twice (quantized weights, then their F32 twins) with `build`, which
 // returns the output node; checks the GPU against both CPU references.
 // Types whose decode GEMVs take the integer path (activations rounded to 8 bits).
+// The routed experts' gate, up and down stacks (E matrices each) and a shared expert's
+// three matrices, all of type t, seeds seed .. seed + 5.
+struct FfnWeights {
+    QWeight g, u, d, sg, su, sd;
+};
+FfnWeights add_ffn_weights(WeightStore& s, TypeId t, int64_t D, int64_t F, int64_t E, uint32_t seed) {
+    FfnWeights w;
+    w.g = add_qweight(s, "g", t, {D, F, E}, seed, 0.3f);
+    w.u = add_qweight(s, "u", t, {D, F, E}, seed + 1, 0.3f);
+    w.d = add_qweight(s, "d", t, {F, D, E}, seed + 2, 0.3f);
+    w.sg = add_qweight(s, "sg", t, {D, F}, seed + 3, 0.3f);
+    w.su = add_qweight(s, "su", t, {D, F}, seed + 4, 0.3f);
+    w.sd = add_qweight(s, "sd", t, {F, D}, seed + 5, 0.3f);
+    return w;
+}
+
 bool int_path(TypeId t) {
     return t == TypeId::Q8_0 || t == TypeId::Q4_0 || t == TypeId::Q4_K || t == TypeId::Q5_K || t == TypeId::Q6_K;
 }
@@ -422,10 +438,8 @@ TEST_CASE("cuda quant: decode GEMVs of every mode at V3-like row lengths", "[cud
     const int64_t D = 3584, F = 1536;
     for (TypeId t : {TypeId::Q4_K, TypeId::Q5_K, TypeId::Q6_K}) {
         WeightStore s;
-        QWeight g = add_qweight(s, "g", t, {D, F, E}, 40, 0.3f), u = add_qweight(s, "u", t, {D, F, E}, 41, 0.3f),
-                d = add_qweight(s, "d", t, {F, D, E}, 42, 0.3f);
-        QWeight sg = add_qweight(s, "sg", t, {D, F}, 43, 0.3f), su = add_qweight(s, "su", t, {D, F}, 44, 0.3f),
-                sd = add_qweight(s, "sd", t, {F, D}, 45, 0.3f);
+        const FfnWeights fw = add_ffn_weights(s, t, D, F, E, 40);
+        const QWeight &g = fw.g, &u = fw.u, &d = fw.d, &sg = fw.sg, &su = fw.su, &sd = fw.sd;
         RouteParams p{E, k, 1, 1, ScoringFunc::softmax, TopkMethod::greedy, false, 1.0f};
         for (int64_t T : {1, 2}) {
             std::vector<float> route(size_t(T * 2 * k));
@@ -449,7 +463,9 @@ TEST_CASE("cuda quant: decode GEMVs of every mode at V3-like row lengths", "[cud
             }, 0.05, 1e-5, true);
             for (int64_t out : {131, 2100, 4100}) {
                 INFO("mul_mat out " << out);
-                QWeight w = add_qweight(s, "w" + std::to_string(out), t, {F, out}, 47, 0.3f);
+                std::string name = "w";  // (not "w" + to_string: GCC 12 warns falsely, -Wrestrict)
+                name += std::to_string(out);
+                QWeight w = add_qweight(s, name, t, {F, out}, 47, 0.3f);
                 auto xf = randn(size_t(T * F), 48);
                 check_op(*gpu, t, {{0, xf.data()}}, [&](Graph& gr, bool q) {
                     int x = gr.input("x", DType::f32, T, F);
@@ -468,10 +484,8 @@ TEST_CASE("cuda quant: shared_ffn (fused gate/up GEMV) and moe_ffn (decode pairs
         // Two blocks a row both ways (F is the down matrix's K): Q6_K is regrouped on upload.
         const int64_t D = block_of(t) * 2, F = block_of(t) * 2;
         WeightStore s;
-        QWeight g = add_qweight(s, "g", t, {D, F, E}, 4, 0.3f), u = add_qweight(s, "u", t, {D, F, E}, 5, 0.3f),
-                d = add_qweight(s, "d", t, {F, D, E}, 6, 0.3f);
-        QWeight sg = add_qweight(s, "sg", t, {D, F}, 7, 0.3f), su = add_qweight(s, "su", t, {D, F}, 8, 0.3f),
-                sd = add_qweight(s, "sd", t, {F, D}, 9, 0.3f);
+        const FfnWeights fw = add_ffn_weights(s, t, D, F, E, 4);
+        const QWeight &g = fw.g, &u = fw.u, &d = fw.d, &sg = fw.sg, &su = fw.su, &sd = fw.sd;
         RouteParams p{E, k, 1, 1, ScoringFunc::softmax, TopkMethod::greedy, false, 1.0f};
         for (int64_t T : {1, 3, 8, 9, 21}) {
             std::vector<float> route(size_t(T * 2 * k));
