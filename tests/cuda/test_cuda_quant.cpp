@@ -755,3 +755,23 @@ TEST_CASE("cuda quant: decode GEMV timings at V3 shapes", "[.bench]") {
                 CHECK(ti > 0.0);
             }
 }
+
+// Hidden (run it by name on the device): one integer GEMV kernel across grid sizes and row
+// lengths, M = 1. The output head (129,280 rows) streams at ~84 % of DRAM peak and `wo`
+// (7168 rows of 16384) at ~57 % with the same kernel and format (docs/performance.md,
+// slice 10): this separates the rows a product has (blocks to fill the SMs) from how long
+// they are (rounds a lane makes).
+TEST_CASE("cuda quant: decode GEMV bandwidth by rows and row length", "[.bench]") {
+    DS3_REQUIRE_CUDA(gpu);
+    for (cuda::WType wt : {cuda::WType::q6_K_g, cuda::WType::q4_K_g})
+        for (int64_t K : {2048, 7168, 16384})
+            for (int64_t N : {1792, 3584, 7168, 14336, 28672, 57344, 129280}) {
+                const TypeTraits& tr = type_traits(wt == cuda::WType::q6_K_g ? TypeId::Q6_K : TypeId::Q4_K);
+                const double bytes = double(N) * double(K) / double(tr.block_size) * double(tr.type_size);
+                const double us = cuda::time_decode_us(0, wt, 1, N, K, true, bytes > 1e8 ? 20 : 200);
+                std::printf("gemv %-6s K=%-6lld N=%-7lld %8.1f us %7.0f GB/s\n",
+                            wt == cuda::WType::q6_K_g ? "q6_K_g" : "q4_K_g", static_cast<long long>(K),
+                            static_cast<long long>(N), us, bytes / us / 1e3);
+                CHECK(us > 0.0);
+            }
+}
