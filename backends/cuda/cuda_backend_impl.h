@@ -1,0 +1,183 @@
+// The CUDA backend's class, shared by its three files: cuda_backend.cpp (the device,
+// buffers, synchronisation and each op's launches), cuda_step.cpp (decode steps captured
+// into CUDA graphs and replayed) and cuda_profile.cpp (DS3_CUDA_PROFILE). Host code only;
+// the kernels live in the .cu files behind kernels.h. Not part of the library's interface:
+// cuda_backend.h is.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "backends/backend.h"
+#include "backends/cuda/branches.h"
+#include "backends/cuda/kernels.h"
+#include "backends/cuda/pool.h"
+#include "backends/cuda/resident.h"
+#include "runtime/error.h"
+
+namespace ds3::cuda {
+
+// Launch errors (bad configuration) surface here; faults inside kernels at the next sync.
+inline void launched(const std::string& what) {
+    cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) throw Error("cuda", what + ": kernel launch failed: " + cudaGetErrorString(e));
+}
+
+inline float* f32(Buffer* b) { return static_cast<float*>(static_cast<CudaBuffer*>(b)->dev()); }
+inline const int32_t* i32(Buffer* b) { return static_cast<const int32_t*>(static_cast<CudaBuffer*>(b)->dev()); }
+
+class CudaBackend final : public Backend {
+public:
+    CudaBackend(const BackendOptions&, std::string name);
+    ~CudaBackend() override;
+    const std::string& name() const override { return name_; }
+    bool supports(const Node& n) const override;
+    std::unique_ptr<Buffer> alloc(size_t bytes) override { return std::make_unique<CudaBuffer>(pool_, bytes); }
+    void upload(Buffer& dst, size_t offset, const void* src, size_t n) override;
+    void download(const Buffer& src, size_t offset, void* dst, size_t n) override;
+    void synchronize() override;
+    void compute(const Node& n, std::span<Buffer* const> in, Buffer& out_buf, Buffer* state) override;
+
+    // cuda_step.cpp: decode steps captured into CUDA graphs and replayed.
+    bool run_graph(const Graph& g, std::span<const GraphInput> inputs, KvCache* cache, std::span<const int> fetch,
+                   std::map<int, std::vector<float>>& results) override;
+
+private:
+    void use_device();  // this thread on the backend's device
+
+    // A replayable decode step: one arena holding every node's output, the scratch blocks
+    // its kernels were captured with, and the instantiated graph.
+    struct GraphExec {
+        uint64_t key = 0;
+        std::shared_ptr<Pool> pool;
+        void* arena = nullptr;
+        std::vector<size_t> offset;                    // per node, into the arena
+        std::vector<uint8_t> alias;                    // per node: a view on its source's slot
+        std::vector<size_t> q8;                        // per RMS norm: its quantised copy's offset (0: none)
+        std::vector<std::unique_ptr<CudaBuffer>> views;  // per node, on the arena
+        Pool::Held held;                               // scratch the capture used
+        cudaGraphExec_t exec = nullptr;
+        int runs = 0;
+        bool eager_only = false;  // the capture failed once: run node by node
+
+        float* at(int i) const { return static_cast<float*>(views[static_cast<size_t>(i)]->dev()); }
+        // Pinned host memory: the input nodes' data (where a captured step copies it from),
+        // then the fetched results, in fetch order.
+        uint8_t* host = nullptr;
+        std::vector<std::pair<int, size_t>> inputs;  // (input node, offset in host)
+        size_t out_offset = 0;
+        void* input_slot(int node) const {
+            for (const auto& [id, off] : inputs)
+                if (id == node) return host + off;
+            throw Error("cuda", "run_graph: node " + std::to_string(node) + " is not an input of the step");
+        }
+        float* output_slot(size_t at) const { return reinterpret_cast<float*>(host + out_offset + at); }
+        ~GraphExec() {
+            if (host) cudaFreeHost(host);
+            if (exec) cudaGraphExecDestroy(exec);
+            for (auto& [p, cap] : held) pool->put(p, cap);
+            views.clear();
+            if (arena) cudaFree(arena);
+        }
+    };
+    uint64_t graph_key(const Graph& g, KvCache* cache, std::span<const int> fetch);
+    GraphExec& exec_for(const Graph& g, KvCache* cache, std::span<const int> fetch);
+    void copy_inputs(const Graph& g, const GraphExec& e);
+    static int match_add_norm(const Graph& g, int i);
+    void launch_add_norm(const Graph& g, GraphExec& e, int i, int covered);
+    void* quantised_copy(GraphExec& e, int j, const Node& norm);
+    void record(const Graph& g, GraphExec& e, KvCache* cache, bool capturing = false);
+    void capture(const Graph& g, GraphExec& e, KvCache* cache);
+
+    // cuda_backend.cpp: each op's launches.
+    void compute_op(const Node& n, std::span<Buffer* const> in, Buffer& out_buf, Buffer* state);
+
+    // cuda_profile.cpp. DS3_CUDA_PROFILE=1: GPU time (events around each node) and host
+    // time (inside compute) per op kind, summed over the backend's life and printed to
+    // stderr at its end. The events are read back when the backend next synchronises.
+    struct ProfRow {
+        int64_t calls = 0;
+        double gpu_ms = 0, host_ms = 0;
+    };
+    void prof_begin();
+    void prof_end(const Node& n, std::chrono::steady_clock::time_point t0);
+    cudaEvent_t sub_event();
+    void sub_start(int64_t rows);
+    void sub_mark(const char* label);
+    struct SubSpan {
+        cudaEvent_t a, b;
+        const char* label;
+        bool small;
+    };
+    void prof_collect();
+    void prof_print();
+
+    // cuda_backend.cpp, the ops' pieces. The resident copy of w, and (resident) with the
+    // type its kernels read it as: one lookup (a fingerprint of the host bytes) per weight
+    // and use.
+    const void* weight(const Weight& w) { return resident(w).ptr; }
+    const cuda::Resident::Entry& resident(const Weight& w);
+    void rms_norm(const Node& n, const float* x, float* y, void* yq = nullptr);
+    void matmul(const Weight& w, const float* x, int64_t rows, float* y);
+    void gemv_scratch(cuda::GemmArgs& a, std::optional<Scratch>& slot);
+    const void* quantised(const float* x, int64_t rows, int64_t cols) const;
+    void rope(const Node& n, const float* x, const int32_t* pos, float* y);
+    void mla_attn(const Node& n, const float* q, const float* latent, const float* k_pe, const int32_t* positions,
+                  Buffer& cache_buf, float* out);
+    void moe_route(const Node& n, const float* x, float* out);
+    cuda::MoeArgs moe_args(const Node& n);
+    void moe_ffn(const Node& n, const float* x, const float* route, float* out);
+    void shared_ffn(const Node& n, const float* x, float* out);
+
+    std::string name_;
+    int device_ = 0;
+    int n_sm_ = 1;
+    cudaStream_t stream_ = nullptr;
+    cuda::DevError* err_ = nullptr;
+    cuda::DevError* err_host_ = nullptr;  // pinned: synchronize() reads the error word here
+    std::shared_ptr<Pool> pool_;
+    std::unique_ptr<cuda::Resident> weights_;
+    bool prof_ = false;
+    int prof_level_ = 0;
+    std::vector<cudaEvent_t> sub_events_;
+    size_t sub_used_ = 0;
+    cudaEvent_t sub_prev_ = nullptr;
+    bool sub_small_ = false;
+    std::vector<SubSpan> sub_pending_;
+    bool graphs_ = true;
+    // DS3_CUDA_STEP_TIMES=1: the host's time around each replayed step, printed at exit.
+    bool step_times_ = false;
+    struct {
+        int64_t n = 0;
+        double before = 0, launch = 0, wait = 0, after = 0;
+    } steps_;
+    bool norm_q8_ = true;  // DS3_CUDA_NORM_Q8=0: the norms of a replayed step write no quantised copy
+    bool streams_ = true;  // DS3_CUDA_STREAMS=0: a captured step on one stream
+    bool pdl_batch_off_ = true;  // DS3_CUDA_PDL_BATCH=1: a batch's ops with dependent launch too
+    cudaStream_t side_ = nullptr;  // the second stream of a captured step
+    cuda::Branches branches_;
+    // The quantised norm outputs of the step being recorded (record()).
+    struct Quantised {
+        const float* x;
+        const void* q;
+        int64_t rows, cols;
+    };
+    std::vector<Quantised> quantised_;
+    bool stale_graphs_ = false;  // a weight was uploaded afresh: captured graphs may read the old copy
+    std::vector<std::unique_ptr<GraphExec>> execs_;  // most recently used first
+    std::vector<std::pair<cudaEvent_t, cudaEvent_t>> prof_events_;
+    size_t prof_used_ = 0;
+    std::vector<std::string> prof_pending_;
+    std::map<std::string, ProfRow> prof_rows_;
+};
+
+}  // namespace ds3::cuda

@@ -1,0 +1,345 @@
+// Decode steps of the CUDA backend captured into CUDA graphs and replayed (run_graph):
+// the key that tells two steps apart, the arena and pinned slots of a captured step, the
+// fused add + RMS norm launches and the recording of a step on one or two streams.
+#include <cuda_runtime.h>
+#include <xxhash.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+
+#include "backends/cuda/check.h"
+#include "backends/cuda/cuda_backend_impl.h"
+#include "backends/cuda/gemv_q8.h"
+#include "backends/cuda/kernels.h"
+#include "runtime/error.h"
+#include "runtime/kv_cache.h"
+
+namespace ds3::cuda {
+
+// Decode steps (every node ≤ 8 rows) run from a CUDA graph: the first time a graph of
+// this structure is seen it runs node by node (uploading weights, setting kernel
+// attributes), the second time its launches are captured, and from then on each step
+// is one cudaGraphLaunch plus the input copies. Activations live in an arena owned by
+// the captured graph, and the kernels read positions and token ids from device memory,
+// so a replay at a new position needs no new parameters. Prefill, profiling and
+// DS3_CUDA_GRAPHS=0 take the scheduler's node-by-node path.
+bool CudaBackend::run_graph(const Graph& g, std::span<const GraphInput> inputs, KvCache* cache,
+                            std::span<const int> fetch, std::map<int, std::vector<float>>& results) {
+    if (!graphs_ || prof_) return false;
+    for (const Node& n : g.nodes()) {
+        if (n.rows > 8) return false;  // prefill: moe_ffn groups tokens on the host
+        if (n.op == Op::mla_attn && (n.src.size() < 4 || !cache)) return false;
+    }
+    use_device();
+    const auto t_enter = std::chrono::steady_clock::now();
+    if (stale_graphs_) {
+        DS3_CU(cudaStreamSynchronize(stream_));
+        execs_.clear();
+        stale_graphs_ = false;
+    }
+    for (int id : fetch) check(id >= 0 && id < g.size(), "cuda", "run_graph: fetch of an unknown node");
+    GraphExec& e = exec_for(g, cache, fetch);
+    // The inputs go to the step's pinned slots; a captured step copies them from there
+    // itself (its first nodes), so a replay is one launch.
+    for (const GraphInput& in : inputs) {
+        check(in.node >= 0 && in.node < g.size() && in.data, "cuda", "run_graph: an input has no data");
+        std::memcpy(e.input_slot(in.node), in.data, g.node(in.node).nbytes());
+    }
+    for (const auto& slot : e.inputs)
+        check(std::any_of(inputs.begin(), inputs.end(), [&](const GraphInput& in) { return in.node == slot.first; }),
+              "cuda", "run_graph: input node " + g.node(slot.first).name + " has no data");
+    const bool timed = step_times_ && e.exec;
+    const auto t_launch = std::chrono::steady_clock::now();
+    if (e.exec) {
+        DS3_CU(cudaGraphLaunch(e.exec, stream_));
+    } else if (e.runs == 0 || e.eager_only) {
+        copy_inputs(g, e);
+        record(g, e, cache);
+    } else {
+        capture(g, e, cache);
+        DS3_CU(cudaGraphLaunch(e.exec, stream_));
+    }
+    ++e.runs;
+    // Results come back through pinned memory (a pageable copy of the logits costs tens
+    // of µs per step) in the same wait as the step itself.
+    size_t at = 0;
+    for (int id : fetch) {
+        const Node& n = g.node(id);
+        DS3_CU(cudaMemcpyAsync(e.output_slot(at), e.at(id), n.nbytes(), cudaMemcpyDeviceToHost, stream_));
+        at += n.nbytes();
+    }
+    const auto t_launched = std::chrono::steady_clock::now();
+    synchronize();
+    const auto t_synced = std::chrono::steady_clock::now();
+    at = 0;
+    for (int id : fetch) {
+        const Node& n = g.node(id);
+        const float* p = e.output_slot(at);
+        results[id].assign(p, p + n.n_elements());
+        at += n.nbytes();
+    }
+    if (timed) {
+        const auto t_exit = std::chrono::steady_clock::now();
+        auto us = [](auto a, auto b) { return std::chrono::duration<double, std::micro>(b - a).count(); };
+        steps_.before += us(t_enter, t_launch);
+        steps_.launch += us(t_launch, t_launched);
+        steps_.wait += us(t_launched, t_synced);
+        steps_.after += us(t_synced, t_exit);
+        ++steps_.n;
+    }
+    return true;
+}
+
+// What makes two graphs replay the same: every node's op, shape, inputs, weights and
+// parameters except the position (which the kernels read from the device), the
+// cache buffers, and what is fetched.
+uint64_t CudaBackend::graph_key(const Graph& g, KvCache* cache, std::span<const int> fetch) {
+    std::vector<uint64_t> v;
+    v.reserve(static_cast<size_t>(g.size()) * 16 + fetch.size());
+    auto f = [](float x) {
+        uint32_t u;
+        std::memcpy(&u, &x, 4);
+        return static_cast<uint64_t>(u);
+    };
+    for (const Node& n : g.nodes()) {
+        v.push_back(static_cast<uint64_t>(n.op) | static_cast<uint64_t>(n.type) << 8 |
+                    static_cast<uint64_t>(n.layer + 1) << 16 | static_cast<uint64_t>(n.last_only) << 48);
+        v.insert(v.end(), {static_cast<uint64_t>(n.rows), static_cast<uint64_t>(n.cols),
+                           static_cast<uint64_t>(n.src_rows), static_cast<uint64_t>(n.src_cols),
+                           static_cast<uint64_t>(n.col0), f(n.eps)});
+        for (int src : n.src) v.push_back(static_cast<uint64_t>(src));
+        for (const Weight* w : n.w)
+            v.push_back(w ? reinterpret_cast<uintptr_t>(w->data) ^ static_cast<uint64_t>(w->type) << 56 : 0);
+        switch (n.op) {
+            case Op::rope_yarn:
+                v.insert(v.end(), {static_cast<uint64_t>(n.n_head), static_cast<uint64_t>(n.head_dim),
+                                   static_cast<uint64_t>(n.rope_offset), static_cast<uint64_t>(n.rope_dim),
+                                   reinterpret_cast<uintptr_t>(n.rope.get())});
+                break;
+            case Op::mla_attn: {
+                const AttnParams& a = n.attn;
+                v.insert(v.end(), {static_cast<uint64_t>(a.n_head), static_cast<uint64_t>(a.qk_nope),
+                                   static_cast<uint64_t>(a.qk_rope), static_cast<uint64_t>(a.v_head),
+                                   static_cast<uint64_t>(a.kv_lora), f(a.scale)});
+                Buffer& c = cache->layer(n.layer, *this);
+                v.push_back(reinterpret_cast<uintptr_t>(static_cast<CudaBuffer&>(c).dev()));
+                v.push_back(c.size());
+                break;
+            }
+            case Op::moe_route:
+            case Op::moe_ffn: {
+                const RouteParams& r = n.route;
+                v.insert(v.end(), {static_cast<uint64_t>(r.n_expert), static_cast<uint64_t>(r.n_used),
+                                   static_cast<uint64_t>(r.n_group), static_cast<uint64_t>(r.topk_group),
+                                   static_cast<uint64_t>(r.scoring), static_cast<uint64_t>(r.method),
+                                   static_cast<uint64_t>(r.norm_topk), f(r.scale),
+                                   XXH3_64bits(n.experts.data(), n.experts.size())});
+                break;
+            }
+            default:
+                break;
+        }
+    }
+    v.push_back(~uint64_t{0});
+    for (int id : fetch) v.push_back(static_cast<uint64_t>(id));
+    return XXH3_64bits(v.data(), v.size() * sizeof(uint64_t));
+}
+
+CudaBackend::GraphExec& CudaBackend::exec_for(const Graph& g, KvCache* cache, std::span<const int> fetch) {
+    const uint64_t key = graph_key(g, cache, fetch);
+    for (auto it = execs_.begin(); it != execs_.end(); ++it)
+        if ((*it)->key == key) {
+            if (it != execs_.begin()) std::rotate(execs_.begin(), it, std::next(it));  // most recent first
+            return *execs_.front();
+        }
+    // A few shapes at once (decode, and 2..8-token batches); the least recent goes.
+    if (execs_.size() >= 4) {
+        DS3_CU(cudaStreamSynchronize(stream_));
+        execs_.pop_back();
+    }
+    auto e = std::make_unique<GraphExec>();
+    e->key = key;
+    e->pool = pool_;
+    size_t total = 0;
+    e->offset.resize(static_cast<size_t>(g.size()));
+    for (int i = 0; i < g.size(); ++i) {
+        e->offset[static_cast<size_t>(i)] = total;
+        total += (std::max<uint64_t>(g.node(i).nbytes(), 4) + 255) / 256 * 256;
+    }
+    // Each RMS norm also writes its output quantised for the integer GEMVs that read it.
+    e->q8.assign(static_cast<size_t>(g.size()), 0);
+    for (int i = 0; i < g.size() && norm_q8_; ++i) {
+        const Node& n = g.node(i);
+        if (n.op != Op::rms_norm || n.cols % 32 != 0) continue;
+        e->q8[static_cast<size_t>(i)] = total;
+        total += (cuda::q8_rows_bytes(n.rows, n.cols) + 255) / 256 * 256;
+    }
+    void* arena = nullptr;
+    cudaError_t err = cudaMalloc(&arena, total);
+    if (err != cudaSuccess) {
+        cudaGetLastError();
+        pool_->trim();
+        DS3_CU(cudaMalloc(&arena, total));
+    }
+    e->arena = arena;
+    e->alias.assign(static_cast<size_t>(g.size()), 0);
+    for (int i = 0; i < g.size(); ++i) {
+        const Node& n = g.node(i);
+        void* p = static_cast<uint8_t*>(arena) + e->offset[static_cast<size_t>(i)];
+        // A column range of one row is contiguous in its source: the view is an alias
+        // (no copy kernel), valid because no slot of the arena is written twice.
+        if (n.op == Op::view && (n.rows == 1 || (n.col0 == 0 && n.cols == n.src_cols))) {
+            p = e->at(n.src[0]) + n.col0;
+            e->alias[static_cast<size_t>(i)] = 1;
+        }
+        e->views.push_back(std::make_unique<CudaBuffer>(p, n.nbytes()));
+    }
+    size_t host_bytes = 0;
+    for (int i = 0; i < g.size(); ++i)
+        if (g.node(i).op == Op::input) {
+            e->inputs.emplace_back(i, host_bytes);
+            host_bytes += (g.node(i).nbytes() + 15) / 16 * 16;
+        }
+    e->out_offset = host_bytes;
+    for (int id : fetch) host_bytes += g.node(id).nbytes();
+    DS3_CU(cudaMallocHost(reinterpret_cast<void**>(&e->host), std::max<size_t>(host_bytes, 16)));
+    execs_.insert(execs_.begin(), std::move(e));
+    return *execs_.front();
+}
+
+// The inputs from their pinned slots to the arena (captured: the step's first nodes).
+void CudaBackend::copy_inputs(const Graph& g, const GraphExec& e) {
+    for (const auto& [id, off] : e.inputs)
+        DS3_CU(cudaMemcpyAsync(e.at(id), e.host + off, g.node(id).nbytes(), cudaMemcpyHostToDevice, stream_));
+}
+
+// The residual adds of a layer and the RMS norm after them as one kernel: add → rms_norm
+// (attention residual, then ffn_norm), or add → add → rms_norm (shared + routed experts,
+// residual, next layer's attn_norm). Returns the nodes it would cover (0: no match).
+int CudaBackend::match_add_norm(const Graph& g, int i) {
+    auto is = [&](int j, Op op) { return j < g.size() && g.node(j).op == op; };
+    const Node& a = g.node(i);
+    if (a.op != Op::add) return 0;
+    int j = i + 1;
+    const Node* second = nullptr;
+    if (is(j, Op::add) && g.node(j).src.size() == 2 && (g.node(j).src[0] == i || g.node(j).src[1] == i)) {
+        second = &g.node(j);
+        ++j;
+    }
+    const int last_add = second ? i + 1 : i;
+    if (!is(j, Op::rms_norm) || g.node(j).src[0] != last_add) return 0;
+    const Node& norm = g.node(j);
+    if (norm.rows != a.rows || norm.cols != a.cols || (second && second->cols != a.cols)) return 0;
+    return j - i + 1;
+}
+
+void CudaBackend::launch_add_norm(const Graph& g, GraphExec& e, int i, int covered) {
+    const Node& a = g.node(i);
+    const bool second = covered == 3;
+    const int last_add = second ? i + 1 : i, j = i + covered - 1;
+    const Node& norm = g.node(j);
+    const Node* b = second ? &g.node(i + 1) : nullptr;
+    const float* other = b ? e.at(b->src[0] == i ? b->src[1] : b->src[0]) : nullptr;
+    cuda::add_rms_norm(e.at(a.src[0]), e.at(a.src[1]), other, second ? e.at(i) : nullptr, e.at(last_add),
+                       weight(*norm.w[0]), wtype(norm.w[0]->type), norm.eps, norm.rows, norm.cols, e.at(j), stream_,
+                       quantised_copy(e, j, norm));
+    launched(norm.name);
+}
+
+// The slot of norm node j's quantised output (null: none), registered so that the
+// products reading that output use it (gemv_scratch).
+void* CudaBackend::quantised_copy(GraphExec& e, int j, const Node& norm) {
+    const size_t off = e.q8[static_cast<size_t>(j)];
+    if (!off) return nullptr;
+    void* q = static_cast<uint8_t*>(e.arena) + off;
+    quantised_.push_back({e.at(j), q, norm.rows, norm.cols});
+    return q;
+}
+
+// Enqueues every node of g on the stream (eagerly, or into a capture). Captured steps
+// put independent branches on a second stream (branches.h) unless DS3_CUDA_STREAMS=0.
+void CudaBackend::record(const Graph& g, GraphExec& e, KvCache* cache, bool capturing) {
+    std::vector<Buffer*> in;
+    std::vector<int> srcs;
+    quantised_.clear();
+    const bool two = capturing && streams_;
+    if (two) branches_.begin(stream_, side_, g.size());
+    // The node whose launch makes j's data (a view that aliases its source is no
+    // launch); -1 for graph inputs, which are copied before the step starts.
+    auto producer = [&](int j) {
+        while (e.alias[static_cast<size_t>(j)]) j = g.node(j).src[0];
+        return g.node(j).op == Op::input ? -1 : j;
+    };
+    // Launches nodes [first, last] as one unit, on the stream Branches picks.
+    auto unit = [&](int first, int last, auto&& launch) {
+        if (!two) return launch();
+        srcs.clear();
+        for (int k = first; k <= last; ++k)
+            for (int src : g.node(k).src)
+                if (const int p = producer(src); p >= 0 && (p < first || p > last)) srcs.push_back(p);
+        const cudaStream_t main = stream_;
+        stream_ = branches_.place(srcs);
+        try {
+            launch();
+        } catch (...) {
+            stream_ = main;
+            throw;
+        }
+        stream_ = main;
+        branches_.done(first, last);
+    };
+    for (int i = 0; i < g.size(); ++i) {
+        const Node& n = g.node(i);
+        if (n.op == Op::input || e.alias[static_cast<size_t>(i)]) continue;
+        if (const int covered = match_add_norm(g, i)) {
+            unit(i, i + covered - 1, [&] { launch_add_norm(g, e, i, covered); });
+            i += covered - 1;
+            continue;
+        }
+        if (n.op == Op::rms_norm) {  // with its quantised copy
+            unit(i, i, [&] {
+                rms_norm(n, e.at(n.src[0]), e.at(i), quantised_copy(e, i, n));
+                launched(n.name);
+            });
+            continue;
+        }
+        in.clear();
+        for (int src : n.src) in.push_back(e.views[static_cast<size_t>(src)].get());
+        Buffer* state = n.op == Op::mla_attn ? &cache->layer(n.layer, *this) : nullptr;
+        unit(i, i, [&] { compute_op(n, in, *e.views[static_cast<size_t>(i)], state); });
+    }
+    if (two) branches_.join();
+    quantised_.clear();
+}
+
+void CudaBackend::capture(const Graph& g, GraphExec& e, KvCache* cache) {
+    // Relaxed: the pool may cudaMalloc a scratch block it has not made yet.
+    DS3_CU(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeRelaxed));
+    pool_->hold(&e.held);
+    cudaGraph_t graph = nullptr;
+    try {
+        copy_inputs(g, e);
+        record(g, e, cache, true);
+    } catch (...) {
+        pool_->hold(nullptr);
+        cudaStreamEndCapture(stream_, &graph);
+        if (graph) cudaGraphDestroy(graph);
+        cudaGetLastError();
+        throw;
+    }
+    pool_->hold(nullptr);
+    DS3_CU(cudaStreamEndCapture(stream_, &graph));
+    const cudaError_t err = cudaGraphInstantiate(&e.exec, graph, 0);
+    cudaGraphDestroy(graph);
+    if (err != cudaSuccess) {
+        // Run node by node from now on rather than fail the step.
+        cudaGetLastError();
+        e.exec = nullptr;
+        e.eager_only = true;
+        copy_inputs(g, e);
+        record(g, e, cache);
+    }
+}
+
+}  // namespace ds3::cuda
