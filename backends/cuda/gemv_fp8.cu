@@ -71,7 +71,6 @@ __device__ __forceinline__ void mma_f16(float (&d)[4], const uint32_t (&a)[4], c
 }
 #endif
 
-
 template <int Mode>
 __global__ void __launch_bounds__(kThreads) gemv_fp8_kernel(F8Args a) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800

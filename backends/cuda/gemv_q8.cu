@@ -29,7 +29,6 @@ namespace {
 
 constexpr int kWarps = 4, kThreads = 32 * kWarps;
 
-
 // Quantised rows of K values: int8 values [rows][K], then block scales [rows][K/32].
 struct Act {
     const int8_t* q = nullptr;
@@ -78,7 +77,6 @@ __device__ inline float group_sum(float v, int lpr) {
     for (int o = lpr >> 1; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
 }
-
 
 enum Mode { kPlain, kSwiglu, kMoeGateUp, kMoeDown };
 template <int Mode>
