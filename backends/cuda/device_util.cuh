@@ -55,6 +55,16 @@ __host__ __device__ __forceinline__ void dep_trigger() {
 #endif
 }
 
+// Thread i of n asks L2 for its share of a's lines (128 bytes each).
+__device__ inline void prefetch_l2(const L2Ahead& a, int64_t i, int64_t n) {
+    if (a.rows <= 0 || a.prefix <= 0) return;
+    const int64_t lines = (a.prefix + 127) / 128;
+    for (int64_t k = i; k < a.rows * lines; k += n) {
+        const int64_t r = k / lines, l = k - r * lines;
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(static_cast<const char*>(a.base) + r * a.row_bytes + l * 128));
+    }
+}
+
 __device__ inline void set_error(DevError* e, int code, int value, int limit) {
     if (atomicCAS(&e->code, 0, code) == 0) {
         e->value = value;
@@ -116,21 +126,29 @@ inline bool pdl_enabled() {
 // (set_pdl_suspended, kernels.h).
 inline bool pdl_now() { return pdl_enabled() && !pdl_suspended(); }
 
-// kernel<<<grid, block, smem, s>>>(args...), launched with programmatic dependent launch where pdl_now()
-// (the kernel must follow dep_wait's rule above). Errors are left for cudaGetLastError, as
-// with <<<>>>.
+// The launch attribute every kernel of a step gets, appended at attr[n]: programmatic
+// dependent launch where pdl_now(). Returns the new count (n or n + 1).
+inline unsigned step_launch_attrs(cudaLaunchAttribute* attr, unsigned n) {
+    if (pdl_now()) {
+        attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attr[n].val.programmaticStreamSerializationAllowed = 1;
+        ++n;
+    }
+    return n;
+}
+
+// kernel<<<grid, block, smem, s>>>(args...), launched with step_launch_attrs (the kernel
+// must follow dep_wait's rule above). Errors are left for cudaGetLastError, as with <<<>>>.
 template <typename... P, typename... A>
 void launch_pdl(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, A&&... args) {
     cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = grid;
     cfg.blockDim = block;
     cfg.dynamicSmemBytes = smem;
     cfg.stream = s;
     cfg.attrs = attr;
-    cfg.numAttrs = pdl_now() ? 1 : 0;
+    cfg.numAttrs = step_launch_attrs(attr, 0);
     (void)cudaLaunchKernelEx(&cfg, kernel, std::forward<A>(args)...);
 }
 

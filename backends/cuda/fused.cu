@@ -224,14 +224,12 @@ void add_rms_norm(const float* a, const float* b, const float* c, float* mid, fl
         cudaLaunchAttribute attr[2];
         attr[0].id = cudaLaunchAttributeClusterDimension;
         attr[0].val.clusterDim.x = kNormCluster, attr[0].val.clusterDim.y = 1, attr[0].val.clusterDim.z = 1;
-        attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-        attr[1].val.programmaticStreamSerializationAllowed = 1;
         cudaLaunchConfig_t cfg = {};
         cfg.gridDim = dim3(static_cast<unsigned>(rows * kNormCluster));
         cfg.blockDim = dim3(kClusterThreads);
         cfg.stream = s;
         cfg.attrs = attr;
-        cfg.numAttrs = pdl_now() ? 2 : 1;
+        cfg.numAttrs = step_launch_attrs(attr, 1);
         if (cudaLaunchKernelEx(&cfg, add_rms_norm_kernel<kClusterThreads, kNormCluster>, a, b, c, mid, sum, gain, wt,
                                eps, cols, y, q, qd) == cudaSuccess)
             return;
