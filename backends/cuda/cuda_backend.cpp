@@ -343,8 +343,26 @@ void CudaBackend::mla_attn(const Node& n, const float* q, const float* latent, c
             : 0;
     std::optional<Scratch> vq;
     if (vq_bytes) vq.emplace(*pool_, vq_bytes);
+    // Decode: while the attention's latency-bound kernels run, L2 is asked for v_b (by the
+    // split kernel) and for the head of each row of the output projection after this node
+    // (by the merge; record() names it), so that those products start on cached bytes.
+    // DS3_CUDA_L2_AHEAD_MB: the most bytes of the projection asked for (default 24; 0: none
+    // of either); read once.
+    static const int64_t ahead_bytes = [] {
+        const char* e = std::getenv("DS3_CUDA_L2_AHEAD_MB");
+        return (e ? std::max<int64_t>(0, std::atoll(e)) : int64_t{24}) << 20;
+    }();
+    cuda::L2Ahead split_ahead, merge_ahead;
+    if (T <= 8 && ahead_bytes > 0) {
+        split_ahead = {vb.ptr, 1, static_cast<int64_t>(vb.nbytes), static_cast<int64_t>(vb.nbytes)};
+        if (attn_out_ && attn_out_->ne[1] > 0) {
+            const cuda::Resident::Entry& wo = resident(*attn_out_);
+            const int64_t rows = attn_out_->ne[1], row_bytes = static_cast<int64_t>(wo.nbytes) / rows;
+            merge_ahead = {wo.ptr, rows, row_bytes, std::min(row_bytes, ahead_bytes / rows / 128 * 128)};
+        }
+    }
     cuda::mla_attend(plan, q_abs.f(), q + p.qk_nope, qdim, cache, width, n_ctx, p.kv_lora, static_cast<int>(H), T,
-                     positions, p.scale, ctx.f(), part.f(), stream_, vq ? vq->f() : nullptr);
+                     positions, p.scale, ctx.f(), part.f(), stream_, vq ? vq->f() : nullptr, split_ahead, merge_ahead);
     sub_mark("mla.attend");
 
     // out[t][h] = W_vb[h] ctx[t][h]: a GEMM per head.

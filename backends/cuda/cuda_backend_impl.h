@@ -172,6 +172,9 @@ private:
         int64_t rows, cols;
     };
     std::vector<Quantised> quantised_;
+    // The output projection read right after the MLA node being recorded (null: none known);
+    // mla_attn asks L2 for its first bytes.
+    const Weight* attn_out_ = nullptr;
     bool stale_graphs_ = false;  // a weight was uploaded afresh: captured graphs may read the old copy
     std::vector<std::unique_ptr<GraphExec>> execs_;  // most recently used first
     std::vector<std::pair<cudaEvent_t, cudaEvent_t>> prof_events_;

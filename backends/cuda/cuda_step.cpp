@@ -307,7 +307,11 @@ void CudaBackend::record(const Graph& g, GraphExec& e, KvCache* cache, bool capt
         in.clear();
         for (int src : n.src) in.push_back(e.views[static_cast<size_t>(src)].get());
         Buffer* state = n.op == Op::mla_attn ? &cache->layer(n.layer, *this) : nullptr;
+        const bool out_next = n.op == Op::mla_attn && i + 1 < g.size() && g.node(i + 1).op == Op::mul_mat &&
+                              g.node(i + 1).src[0] == i;
+        attn_out_ = out_next ? g.node(i + 1).w[0] : nullptr;
         unit(i, i, [&] { compute_op(n, in, *e.views[static_cast<size_t>(i)], state); });
+        attn_out_ = nullptr;
     }
     if (two) branches_.join();
     quantised_.clear();

@@ -126,8 +126,17 @@ void add_rms_norm(const float* a, const float* b, const float* c, float* mid, fl
 // H rows of the per-head v_b GEMV: GemmArgs::xq), the softmax-weighted sum of cached
 // latents over positions ≤ positions[t]; the sequence is split over blocks
 // (flash-decoding) and merged. scratch: mla_scratch_floats(...) floats. Positions come
-// from device memory so that a captured decode step replays at any position.
+// from device memory so that a captured decode step replays at any position. The split
+// kernel asks L2 for split_ahead and the merge for merge_ahead before they wait for the
+// kernel ahead of them (the products after the attention: v_b, the output projection).
 constexpr int kMlaMaxWidth = 1024;
+// Weights a latency-bound kernel asks L2 for before it waits for the kernel ahead of it,
+// for a product soon after it (HBM is otherwise idle then): the first `prefix` bytes of
+// each of `rows` rows, `row_bytes` apart from `base`. rows 0: nothing.
+struct L2Ahead {
+    const void* base = nullptr;
+    int64_t rows = 0, row_bytes = 0, prefix = 0;
+};
 void mla_store(float* cache, int64_t width, int64_t n_ctx, const float* latent, const float* k_pe, int kv_lora,
                int qk_rope, const int32_t* positions, int64_t T, DevError* err, cudaStream_t s);
 struct MlaPlan {
@@ -143,7 +152,8 @@ MlaPlan mla_plan_decode(int n_head, int64_t T, int64_t n_ctx, int kv_lora, int n
 int64_t mla_scratch_floats(const MlaPlan& p, int n_head, int kv_lora);
 void mla_attend(const MlaPlan& p, const float* q_abs, const float* q_pe, int64_t pe_ld, const float* cache,
                 int64_t width, int64_t n_ctx, int kv_lora, int n_head, int64_t T, const int32_t* positions,
-                float scale, float* ctx, float* scratch, cudaStream_t s, void* ctx_q8 = nullptr);
+                float scale, float* ctx, float* scratch, cudaStream_t s, void* ctx_q8 = nullptr,
+                const L2Ahead& split_ahead = {}, const L2Ahead& merge_ahead = {});
 
 // Launches from this host thread skip programmatic dependent launch while set: the
 // backend sets it around a batch's (prefill's) ops, multi-wave GEMMs for which an early

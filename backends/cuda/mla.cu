@@ -58,10 +58,9 @@ __global__ void __launch_bounds__(kMlaThreads, 2) mla_split_kernel(const float* 
                                                               const float* cache, int64_t width, int kv_lora,
                                                               int n_head, int64_t t0,
                                                               const int32_t* positions, int64_t n_ctx, float scale,
-                                                              int chunk, int n_split, float* part, float* stats) {
+                                                              int chunk, int n_split, float* part, float* stats,
+                                                              bool ahead, L2Ahead weights_ahead) {
     extern __shared__ __align__(16) float smem[];
-    dep_wait();
-    dep_trigger();
     float* q_s = smem;                                     // [kMlaHeads][width]
     float* p_s = smem + mla_scores_offset(width);          // [kMlaHeads][pst]
     const int split = blockIdx.x;
@@ -69,12 +68,27 @@ __global__ void __launch_bounds__(kMlaThreads, 2) mla_split_kernel(const float* 
     const int64_t tl = blockIdx.z, t = t0 + tl;
     const int nh = min(kMlaHeads, n_head - h0);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    // The positions are a step's input, copied before its first kernel.
     const int64_t n_vis = min(static_cast<int64_t>(positions[t]) + 1, n_ctx);
     if (chunk == 0) chunk = static_cast<int>((n_vis + n_split - 1) / n_split);
     const int64_t s_lo = static_cast<int64_t>(split) * chunk;
     const int64_t s_hi = min(n_vis, s_lo + chunk);
     const int n_pos = s_hi > s_lo ? static_cast<int>(s_hi - s_lo) : 0;
     const int pst = round4(chunk);  // a head's row of p_s
+    // The split's cache rows are asked of L2 while the kernel before still runs (a decode
+    // step's weights have pushed them out since the last step), by one head group for all:
+    // a prefetch only warms L2, which every SM sees, and the loads come after the wait.
+    if (ahead && blockIdx.y == 0) {
+        const char* base = reinterpret_cast<const char*>(cache + s_lo * width);
+        const int64_t bytes = static_cast<int64_t>(n_pos) * width * 4;
+        for (int64_t o = static_cast<int64_t>(threadIdx.x) * 128; o < bytes; o += 128 * kMlaThreads)
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(base + o));
+    }
+    prefetch_l2(weights_ahead, (static_cast<int64_t>(blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x) *
+                                   kMlaThreads + threadIdx.x,
+                static_cast<int64_t>(gridDim.x) * gridDim.y * gridDim.z * kMlaThreads);
+    dep_wait();
+    dep_trigger();
 
     // The block's query rows: q_abs (kv_lora, the heads' rows consecutive) then q_pe
     // (read in place from the projected q, pe_ld apart), all loads independent (unrolled,
@@ -193,9 +207,11 @@ constexpr int kMergeThreads = 256;
 // the per-head v_b GEMV (gemv_q8.h's layout with H rows), a 32-block per warp and step.
 __global__ void __launch_bounds__(kMergeThreads) mla_merge_kernel(const float* part, const float* stats, int kv_lora,
                                                                  int n_head, int n_split, int64_t t0, float* ctx,
-                                                                 int8_t* q, q8::XDs* qd) {
+                                                                 int8_t* q, q8::XDs* qd, L2Ahead weights_ahead) {
     extern __shared__ float w_s[];  // [n_split]
     __shared__ float red[kMergeThreads / 32];
+    prefetch_l2(weights_ahead, static_cast<int64_t>(blockIdx.y * gridDim.x + blockIdx.x) * kMergeThreads + threadIdx.x,
+                static_cast<int64_t>(gridDim.x) * gridDim.y * kMergeThreads);
     dep_wait();
     dep_trigger();
     const int h = blockIdx.x;
@@ -299,7 +315,8 @@ int64_t mla_scratch_floats(const MlaPlan& p, int n_head, int kv_lora) {
 
 void mla_attend(const MlaPlan& p, const float* q_abs, const float* q_pe, int64_t pe_ld, const float* cache,
                 int64_t width, int64_t n_ctx, int kv_lora, int n_head, int64_t T, const int32_t* positions,
-                float scale, float* ctx, float* scratch, cudaStream_t s, void* ctx_q8) {
+                float scale, float* ctx, float* scratch, cudaStream_t s, void* ctx_q8, const L2Ahead& split_ahead,
+                const L2Ahead& merge_ahead) {
     int8_t* cq = nullptr;
     q8::XDs* cd = nullptr;
     if (ctx_q8 && T == 1 && kv_lora % 32 == 0) {  // gemv_q8.h's layout of n_head rows
@@ -321,17 +338,19 @@ void mla_attend(const MlaPlan& p, const float* q_abs, const float* q_pe, int64_t
     auto* split_kernel =
         width <= 32 * kMlaRowRegs ? mla_split_kernel<kMlaRowRegs> : mla_split_kernel<kMlaMaxWidth / 32>;
     const int head_groups = (n_head + kMlaHeads - 1) / kMlaHeads;
+    // DS3_CUDA_MLA_AHEAD=0: the split kernel asks L2 for nothing ahead (read once).
+    static const bool ahead = env_on("DS3_CUDA_MLA_AHEAD");
     for (int64_t t0 = 0; t0 < T; t0 += p.t_per_pass) {
         const int64_t nt = std::min<int64_t>(p.t_per_pass, T - t0);
         float* part = scratch;
         float* stats = scratch + nt * p.n_split * static_cast<int64_t>(n_head) * kv_lora;
         dim3 grid(static_cast<unsigned>(p.n_split), static_cast<unsigned>(head_groups), static_cast<unsigned>(nt));
         launch_pdl(split_kernel, grid, dim3(kMlaThreads), smem, s, q_abs, q_pe, pe_ld, cache, width, kv_lora, n_head, t0,
-                   positions, n_ctx, scale, p.chunk, p.n_split, part, stats);
+                   positions, n_ctx, scale, p.chunk, p.n_split, part, stats, ahead, t0 == 0 ? split_ahead : L2Ahead{});
         dim3 mgrid(static_cast<unsigned>(n_head), static_cast<unsigned>(nt));
         launch_pdl(mla_merge_kernel, mgrid, dim3(kMergeThreads), static_cast<size_t>(p.n_split) * sizeof(float), s,
                    static_cast<const float*>(part), static_cast<const float*>(stats), kv_lora, n_head, p.n_split, t0, ctx,
-                   cq, cd);
+                   cq, cd, t0 == 0 ? merge_ahead : L2Ahead{});
     }
 }
 
