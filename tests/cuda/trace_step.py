@@ -10,7 +10,11 @@ under another stream's is charged little. Prints the mean per step by kernel and
 then what happens between two steps: the copies and the host's runtime calls from one
 graph's last kernel to the next graph's first, in order, averaged over the steps.
 
-  python3 trace_step.py trace.csv [--last N] [--top K]
+With --timeline, instead: the kernels of one step (the last but one) in the order they
+start, each with its start and end (us from the step's first start), its duration, its
+stream and grid -- the layer-by-layer critical path.
+
+  python3 trace_step.py trace.csv [--last N] [--top K] [--timeline]
 """
 import argparse
 import collections
@@ -38,6 +42,7 @@ def main():
     ap.add_argument("csv")
     ap.add_argument("--last", type=int, default=16, help="steps to average (the last ones)")
     ap.add_argument("--top", type=int, default=60)
+    ap.add_argument("--timeline", action="store_true", help="one step's kernels in start order")
     a = ap.parse_args()
     steps = collections.OrderedDict()
     other = []
@@ -52,6 +57,9 @@ def main():
     runs = list(steps.values())[-a.last:]
     if not runs:
         raise SystemExit("no kernels replayed from a graph in " + a.csv)
+    if a.timeline:
+        timeline(runs[-2] if len(runs) > 1 else runs[-1])
+        return
     charge = collections.defaultdict(float)
     busy = collections.defaultdict(float)
     count = collections.defaultdict(int)
@@ -79,6 +87,16 @@ def main():
         print(f"{v / n / 1e3:10.1f} {100 * v / n / total:5.1f} {busy[key] / n / 1e3:9.1f} {count[key] / n:4.0f}  "
               f"{key[0]} [{key[1]}]")
     between(runs, other)
+
+
+def timeline(ks):
+    """One step's kernels in start order (the last step may be cut short by the program's end)."""
+    ks = sorted(ks, key=lambda r: int(r["start_ns"]))
+    t0 = int(ks[0]["start_ns"])
+    print(f"{'start':>8} {'end':>8} {'us':>6} {'stream':>6} {'grid':>12}  kernel   (us from the step's first start)")
+    for r in ks:
+        s, e = int(r["start_ns"]) - t0, int(r["end_ns"]) - t0
+        print(f"{s / 1e3:8.1f} {e / 1e3:8.1f} {(e - s) / 1e3:6.1f} {r['stream']:>6} {r['grid']:>12}  {short(r['name'])}")
 
 
 def between(runs, other):
