@@ -338,8 +338,11 @@ void mla_attend(const MlaPlan& p, const float* q_abs, const float* q_pe, int64_t
     auto* split_kernel =
         width <= 32 * kMlaRowRegs ? mla_split_kernel<kMlaRowRegs> : mla_split_kernel<kMlaMaxWidth / 32>;
     const int head_groups = (n_head + kMlaHeads - 1) / kMlaHeads;
-    // DS3_CUDA_MLA_AHEAD=0: the split kernel asks L2 for nothing ahead (read once).
-    static const bool ahead = env_on("DS3_CUDA_MLA_AHEAD");
+    // Decode (the plan splits each query's context evenly): the split kernel asks L2 for its
+    // cache rows ahead, unless DS3_CUDA_MLA_AHEAD=0 (read once). A prompt's queries share
+    // their rows, which the first of them bring into L2.
+    static const bool ahead_on = env_on("DS3_CUDA_MLA_AHEAD");
+    const bool ahead = ahead_on && p.chunk == 0;
     for (int64_t t0 = 0; t0 < T; t0 += p.t_per_pass) {
         const int64_t nt = std::min<int64_t>(p.t_per_pass, T - t0);
         float* part = scratch;
