@@ -21,29 +21,22 @@ int build_attention(Graph& g, const Deepseek2Model& m, const Deepseek2Layer& L, 
                     const BatchSpec& b) {
     const Deepseek2HParams& hp = m.hp;
     const int H = static_cast<int>(hp.n_head), nope = static_cast<int>(hp.qk_nope), rope = static_cast<int>(hp.qk_rope);
-    // The latent-KV path (cached), after the kv product: the latent row normalised, the
-    // key's rope part rotated.
-    auto kv_path = [&](int& lat, int& kpe) {
-        int kv = g.mul_mat(ln(il, "kv_a"), x, *L.kv_a_mqa);                           // [T, kv_lora + rope]
-        int c = g.view(ln(il, "kv_c"), kv, 0, hp.kv_lora);                            // [T, kv_lora]
-        lat = g.rms_norm(ln(il, "kv_latent"), c, *L.kv_a_norm, hp.rms_eps);
-        kpe = g.view(ln(il, "k_pe_raw"), kv, hp.kv_lora, rope);                       // [T, rope], one shared head
-        kpe = g.rope_yarn(ln(il, "k_pe"), kpe, pos, 1, rope, 0, rope, m.rope);
-    };
-    int q, lat, kpe;
+    int q;
     if (L.q_a) {
-        // With a query LoRA the latent path sits between its two products (the order a GPU
-        // runs them in: its small kernels finish before q_b's blocks take every SM).
         int qa = g.mul_mat(ln(il, "q_a"), x, *L.q_a);                                // [T, q_lora]
         int qn = g.rms_norm(ln(il, "q_a_norm"), qa, *L.q_a_norm, hp.rms_eps);
-        kv_path(lat, kpe);
         q = g.mul_mat(ln(il, "q"), qn, *L.q_b);                                      // [T, H·(nope+rope)]
     } else {
         q = g.mul_mat(ln(il, "q"), x, *L.q);                                         // [T, H·(nope+rope)]
     }
     // Each head is [q_nope | q_pe]; only q_pe rotates.
     q = g.rope_yarn(ln(il, "q_roped"), q, pos, H, nope + rope, nope, rope, m.rope);
-    if (!L.q_a) kv_path(lat, kpe);
+
+    int kv = g.mul_mat(ln(il, "kv_a"), x, *L.kv_a_mqa);                              // [T, kv_lora + rope]
+    int c = g.view(ln(il, "kv_c"), kv, 0, hp.kv_lora);                               // [T, kv_lora]
+    int lat = g.rms_norm(ln(il, "kv_latent"), c, *L.kv_a_norm, hp.rms_eps);          // cached
+    int kpe = g.view(ln(il, "k_pe_raw"), kv, hp.kv_lora, rope);                      // [T, rope], one shared head
+    kpe = g.rope_yarn(ln(il, "k_pe"), kpe, pos, 1, rope, 0, rope, m.rope);           // cached
 
     AttnParams ap;
     ap.n_head = H;

@@ -15,7 +15,7 @@ void BranchPlan::begin(int n) {
     cur_ = 0;
 }
 
-BranchPlan::Step BranchPlan::place(std::span<const int> srcs, std::span<const int> after) {
+BranchPlan::Step BranchPlan::place(std::span<const int> srcs) {
     int newest = -1;
     bool tail[2] = {false, false};
     for (int s : srcs) {
@@ -36,10 +36,8 @@ BranchPlan::Step BranchPlan::place(std::span<const int> srcs, std::span<const in
     const int other = 1 - pick;
     // Wait for the newest source on the other stream (its event covers the older ones).
     int need = -1;
-    for (std::span<const int> list : {srcs, after})
-        for (int s : list)
-            if (s >= 0 && where_[static_cast<size_t>(s)] == other)
-                need = std::max(need, event_of_[static_cast<size_t>(s)]);
+    for (int s : srcs)
+        if (s >= 0 && where_[static_cast<size_t>(s)] == other) need = std::max(need, event_of_[static_cast<size_t>(s)]);
     Step st;
     st.stream = pick;
     if (need > synced_[pick]) {
@@ -77,8 +75,8 @@ void Branches::begin(cudaStream_t main, cudaStream_t side, int n) {
     plan_.begin(n);
 }
 
-cudaStream_t Branches::place(std::span<const int> srcs, std::span<const int> after) {
-    const BranchPlan::Step st = plan_.place(srcs, after);
+cudaStream_t Branches::place(std::span<const int> srcs) {
+    const BranchPlan::Step st = plan_.place(srcs);
     cur_ = st.stream;
     if (st.wait >= 0) DS3_CU(cudaStreamWaitEvent(s_[cur_], events_[static_cast<size_t>(st.wait)], 0));
     return s_[cur_];

@@ -35,9 +35,8 @@ public:
     // Starts a step of n nodes.
     void begin(int n);
     // Where a unit whose sources (node indices, producers only: no inputs, no aliases) are
-    // `srcs` goes, and what it waits for there. `after`: nodes it must also wait for that do
-    // not steer where it goes.
-    Step place(std::span<const int> srcs, std::span<const int> after = {});
+    // `srcs` goes, and what it waits for there.
+    Step place(std::span<const int> srcs);
     // The unit placed last covered nodes [first, last]: their results are ready after it.
     void done(int first, int last);
     // The node whose event stream 0 waits for before the step ends (-1: none).
@@ -62,7 +61,7 @@ public:
     // Starts a step of n nodes on `main` (the capturing stream) and `side`.
     void begin(cudaStream_t main, cudaStream_t side, int n);
     // The stream for a unit with sources `srcs` (as BranchPlan::place), after its waits.
-    cudaStream_t place(std::span<const int> srcs, std::span<const int> after = {});
+    cudaStream_t place(std::span<const int> srcs);
     // The unit placed last covered nodes [first, last]: records its event.
     void done(int first, int last);
     // Stream 0 waits for stream 1's last unit (before the capture ends).

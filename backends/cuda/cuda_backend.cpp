@@ -302,10 +302,8 @@ void CudaBackend::mla_attn(const Node& n, const float* q, const float* latent, c
         positions = made->i();
     }
     sub_start(T);
-    if (!kv_stored_) {
-        cuda::mla_store(cache, width, n_ctx, latent, k_pe, p.kv_lora, p.qk_rope, positions, T, err_, stream_);
-        sub_mark("mla.store");
-    }
+    cuda::mla_store(cache, width, n_ctx, latent, k_pe, p.kv_lora, p.qk_rope, positions, T, err_, stream_);
+    sub_mark("mla.store");
 
     const Weight& k_b = *n.w[0];  // [qk_nope, kv_lora, H]
     const Weight& v_b = *n.w[1];  // [kv_lora, v_head, H]

@@ -93,11 +93,6 @@ private:
     GraphExec& exec_for(const Graph& g, KvCache* cache, std::span<const int> fetch);
     void copy_inputs(const Graph& g, const GraphExec& e);
     static int match_add_norm(const Graph& g, int i);
-    // MLA's latent norm (node i), the key's RoPE after it and the cache store of the MLA
-    // node that reads them (its index to mla) as one launch (kv_latent_norm): the nodes it
-    // covers (0: no match).
-    int match_kv_latent(const Graph& g, const GraphExec& e, int i, int& mla) const;
-    void launch_kv_latent(const Graph& g, GraphExec& e, int i, int mla, KvCache* cache);
     void launch_add_norm(const Graph& g, GraphExec& e, int i, int covered);
     void* quantised_copy(GraphExec& e, int j, const Node& norm);
     void record(const Graph& g, GraphExec& e, KvCache* cache, bool capturing = false);
@@ -180,8 +175,6 @@ private:
     // The output projection read right after the MLA node being recorded (null: none known);
     // mla_attn asks L2 for its first bytes.
     const Weight* attn_out_ = nullptr;
-    // The MLA node being recorded finds its cache rows stored (launch_kv_latent).
-    bool kv_stored_ = false;
     bool stale_graphs_ = false;  // a weight was uploaded afresh: captured graphs may read the old copy
     std::vector<std::unique_ptr<GraphExec>> execs_;  // most recently used first
     std::vector<std::pair<cudaEvent_t, cudaEvent_t>> prof_events_;

@@ -6,7 +6,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cstdlib>
 #include <cstring>
 
 #include "backends/cuda/check.h"
@@ -258,66 +257,6 @@ void* CudaBackend::quantised_copy(GraphExec& e, int j, const Node& norm) {
     return q;
 }
 
-int CudaBackend::match_kv_latent(const Graph& g, const GraphExec& e, int i, int& mla) const {
-    // DS3_CUDA_KV_FUSE=0: the three launches apart (read once).
-    static const bool on = [] {
-        const char* v = std::getenv("DS3_CUDA_KV_FUSE");
-        return !(v && std::atoi(v) == 0);
-    }();
-    if (!on || i + 3 >= g.size()) return 0;
-    const Node &n = g.node(i), &v = g.node(i + 1), &r = g.node(i + 2);
-    if (n.op != Op::rms_norm || v.op != Op::view || r.op != Op::rope_yarn) return 0;
-    const int kvc = n.src[0];
-    // The latent and the key's rope part are views (in place) of one product's row.
-    const Node& c = g.node(kvc);
-    if (c.op != Op::view || !e.alias[static_cast<size_t>(kvc)] || !e.alias[static_cast<size_t>(i + 1)] ||
-        c.src[0] != v.src[0] || c.col0 != 0 || v.col0 != c.cols)
-        return 0;
-    if (r.src.size() < 2 || r.src[0] != i + 1 || r.n_head != 1 || r.head_dim != r.rope_dim || r.rope_offset != 0 ||
-        r.rope_dim != v.cols || !r.rope)
-        return 0;
-    // The MLA node that reads both (the query's products and RoPE may come between), and
-    // nothing else that does: it then finds its rows stored.
-    mla = -1;
-    for (int j = i + 3; j < g.size(); ++j) {
-        const Node& m = g.node(j);
-        const bool reads = std::find(m.src.begin(), m.src.end(), i) != m.src.end() ||
-                           std::find(m.src.begin(), m.src.end(), i + 2) != m.src.end();
-        if (!reads) continue;
-        if (m.op != Op::mla_attn || mla >= 0) return 0;
-        mla = j;
-    }
-    if (mla < 0) return 0;
-    const Node& m = g.node(mla);
-    const AttnParams& a = m.attn;
-    if (m.src.size() < 4 || m.src[1] != i || m.src[2] != i + 2 || m.src[3] != r.src[1] || a.kv_lora != n.cols ||
-        a.qk_rope != r.rope_dim || m.rows != n.rows || n.rows > 8 || !cuda::kv_latent_norm_applies(n.cols, r.rope_dim))
-        return 0;
-    return 3;
-}
-
-void CudaBackend::launch_kv_latent(const Graph& g, GraphExec& e, int i, int mla, KvCache* cache) {
-    const Node &n = g.node(i), &r = g.node(i + 2), &m = g.node(mla);
-    Buffer& cb = cache->layer(m.layer, *this);
-    cuda::LatentTail t;
-    t.pe = e.at(i + 1);
-    t.pe_ld = g.node(g.node(i + 1).src[0]).cols;
-    t.pe_out = e.at(i + 2);
-    t.rope_dim = r.rope_dim;
-    t.attn_factor = r.rope->attn_factor;
-    std::copy_n(r.rope->inv_freq.begin(), r.rope_dim / 2, t.inv_freq);
-    t.positions = reinterpret_cast<const int32_t*>(e.at(r.src[1]));
-    t.cache = f32(&cb);
-    t.width = m.attn.kv_lora + m.attn.qk_rope;
-    t.n_ctx = static_cast<int64_t>(cb.size() / 4) / t.width;
-    t.err = err_;
-    const bool done = cuda::kv_latent_norm(e.at(n.src[0]), weight(*n.w[0]), wtype(n.w[0]->type), n.eps, n.rows, n.cols,
-                                           e.at(i), quantised_copy(e, i, n), t, stream_);
-    check(done, "cuda", n.name + ": the fused latent norm does not apply");
-    launched(n.name);
-    launched(r.name);
-}
-
 // Enqueues every node of g on the stream (eagerly, or into a capture). Captured steps
 // put independent branches on a second stream (branches.h) unless DS3_CUDA_STREAMS=0.
 void CudaBackend::record(const Graph& g, GraphExec& e, KvCache* cache, bool capturing) {
@@ -325,11 +264,6 @@ void CudaBackend::record(const Graph& g, GraphExec& e, KvCache* cache, bool capt
     std::vector<int> srcs;
     quantised_.clear();
     const bool two = capturing && streams_;
-    int kv_stored_at = -1;  // the MLA node whose cache rows launch_kv_latent stored
-    // The fused latent unit's last node, which the next product waits for (-1: none): a
-    // product's blocks take every SM, and the latent kernel would then wait for one to
-    // drain (with a query LoRA that product is q_b, on the MLA node's critical path).
-    int hold = -1;
     if (two) branches_.begin(stream_, side_, g.size());
     // The node whose launch makes j's data (a view that aliases its source is no
     // launch); -1 for graph inputs, which are copied before the step starts.
@@ -345,9 +279,7 @@ void CudaBackend::record(const Graph& g, GraphExec& e, KvCache* cache, bool capt
             for (int src : g.node(k).src)
                 if (const int p = producer(src); p >= 0 && (p < first || p > last)) srcs.push_back(p);
         const cudaStream_t main = stream_;
-        const bool held = hold >= 0 && g.node(first).op == Op::mul_mat;
-        stream_ = branches_.place(srcs, held ? std::span<const int>(&hold, 1) : std::span<const int>());
-        if (held) hold = -1;
+        stream_ = branches_.place(srcs);
         try {
             launch();
         } catch (...) {
@@ -365,14 +297,6 @@ void CudaBackend::record(const Graph& g, GraphExec& e, KvCache* cache, bool capt
             i += covered - 1;
             continue;
         }
-        int mla = -1;
-        if (const int covered = match_kv_latent(g, e, i, mla)) {
-            unit(i, i + covered - 1, [&] { launch_kv_latent(g, e, i, mla, cache); });
-            kv_stored_at = mla;
-            hold = i + covered - 1;
-            i += covered - 1;
-            continue;
-        }
         if (n.op == Op::rms_norm) {  // with its quantised copy
             unit(i, i, [&] {
                 rms_norm(n, e.at(n.src[0]), e.at(i), quantised_copy(e, i, n));
@@ -386,10 +310,8 @@ void CudaBackend::record(const Graph& g, GraphExec& e, KvCache* cache, bool capt
         const bool out_next = n.op == Op::mla_attn && i + 1 < g.size() && g.node(i + 1).op == Op::mul_mat &&
                               g.node(i + 1).src[0] == i;
         attn_out_ = out_next ? g.node(i + 1).w[0] : nullptr;
-        kv_stored_ = i == kv_stored_at;
         unit(i, i, [&] { compute_op(n, in, *e.views[static_cast<size_t>(i)], state); });
         attn_out_ = nullptr;
-        kv_stored_ = false;
     }
     if (two) branches_.join();
     quantised_.clear();

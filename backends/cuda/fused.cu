@@ -7,7 +7,6 @@
 
 #include <cmath>
 #include <cstdint>
-#include <type_traits>
 
 #include "backends/cuda/device_util.cuh"
 #include "backends/cuda/dot_q8.cuh"
@@ -60,20 +59,6 @@ __device__ double cluster_sum(double v) {
     return v;
 }
 
-// RoPE's pair i at position pos, as on the CPU: the angle in double (positions reach 10^5
-// and float loses pos · freq), cos and sin scaled by attn_factor, rounded to float.
-__device__ inline void rope_angle(int32_t pos, float inv_freq, float attn_factor, float& c, float& s) {
-    const double theta = static_cast<double>(pos) * static_cast<double>(inv_freq);
-    c = static_cast<float>(cos(theta) * attn_factor);
-    s = static_cast<float>(sin(theta) * attn_factor);
-}
-// The rotated pair (x0, x1): one function for every kernel that rotates, each product and
-// sum rounded on its own (no FMA contraction, which the compiler would choose kernel by
-// kernel), so that they round alike.
-__device__ __forceinline__ float2 rope_pair(float x0, float x1, float c, float s) {
-    return make_float2(__fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, s)), __fadd_rn(__fmul_rn(x0, s), __fmul_rn(x1, c)));
-}
-
 // Row r: v = a + b, or with c: mid = a + b and v = c + mid (the order of the two adds of a
 // layer's end); sum = v when sum is given; y = rms_norm(v) · gain. b = null: v = a (a
 // plain RMS norm). Four consecutive columns per thread and step (float4 where the row
@@ -83,15 +68,10 @@ __device__ __forceinline__ float2 rope_pair(float x0, float x1, float c, float s
 // quantise kernel would make, so the product after the norm needs no launch of its own.
 // kCluster > 1: blocks r·kCluster .. of a cluster share row r, block `rank` its columns
 // [rank·cols/kCluster, ...) (cols a multiple of 32·kCluster).
-// kTail (kv_latent_norm, one block a row): the row is MLA's latent (the normalised
-// output also goes to the cache row at positions[r]) and tail.pe the key's rope part, which
-// is rotated to tail.pe_out and the cache row's end.
-struct NoTail {};
-template <int kThreads, int kCluster, bool kTail = false>
+template <int kThreads, int kCluster>
 __global__ void __launch_bounds__(kThreads)
     add_rms_norm_kernel(const float* a, const float* b, const float* c, float* mid, float* sum, const void* gain,
-                        WType wt, float eps, int64_t row_cols, float* y, int8_t* q, q8::XDs* qd,
-                        std::conditional_t<kTail, LatentTail, NoTail> tail) {
+                        WType wt, float eps, int64_t row_cols, float* y, int8_t* q, q8::XDs* qd) {
     const int rank = static_cast<int>(blockIdx.x % kCluster);
     const int64_t cols = row_cols / kCluster, c0 = rank * cols;  // this block's columns
     const int64_t off = static_cast<int64_t>(blockIdx.x / kCluster) * row_cols + c0;
@@ -110,7 +90,7 @@ __global__ void __launch_bounds__(kThreads)
     // (a decode step streams gigabytes of weights between two uses of a norm), and their
     // latency then overlaps the first pass and the block sum (and the wait for the kernel
     // before) instead of following them.
-    constexpr int kPre = !kTail && 2048 / kThreads / kCluster > 2 ? 2048 / kThreads / kCluster : 2;
+    constexpr int kPre = 2048 / kThreads / kCluster > 2 ? 2048 / kThreads / kCluster : 2;
     const int64_t stride = 4 * static_cast<int64_t>(blockDim.x), first = 4 * static_cast<int64_t>(threadIdx.x);
     auto pre = [&](auto&& f) {  // f(step, k, column) over the first kPre steps, unrolled
 #pragma unroll
@@ -120,22 +100,8 @@ __global__ void __launch_bounds__(kThreads)
     };
     float g[kPre][4], keep[kPre][4];
     pre([&](int p, int k, int64_t i) { g[p][k] = i < cols ? load_w(wt, gain, i) : 0.0f; });
-    // kTail: the position (a step's input, copied before its first kernel) and this
-    // thread's RoPE pair's angle (pair threadIdx.x), before the wait.
-    int32_t pos = 0;
-    float rc = 0.0f, rs = 0.0f;
-    if constexpr (kTail) {
-        pos = tail.positions[blockIdx.x];
-        if (static_cast<int>(threadIdx.x) < tail.rope_dim / 2)
-            rope_angle(pos, tail.inv_freq[threadIdx.x], tail.attn_factor, rc, rs);
-    }
     dep_wait();  // a, b, c come from earlier kernels, and mid, sum, y, q may still be read by them
     dep_trigger();  // the product after the norm may start loading its weights
-    float* crow = nullptr;  // kTail: the cache row (null: the position is outside the cache)
-    if constexpr (kTail) {
-        if (pos >= 0 && pos < tail.n_ctx) crow = tail.cache + static_cast<int64_t>(pos) * tail.width;
-        else if (threadIdx.x == 0) set_error(tail.err, 3, pos, static_cast<int>(tail.n_ctx));
-    }
     // The first kPre steps' values stay in registers for the second pass.
     pre([&](int p, int k, int64_t i) { keep[p][k] = i < cols ? value(i) : 0.0f; });
     double ss = 0.0;
@@ -165,7 +131,6 @@ __global__ void __launch_bounds__(kThreads)
                 const float v = kept ? kept[k] : (sum || !b) ? src[off + i0 + k] : a[off + i0 + k] + b[off + i0 + k];
                 o[k] = v * inv * gk[k];
                 y[off + i0 + k] = o[k];
-                if (kTail && crow) crow[i0 + k] = o[k];
             }
         }
         if (!q) return;
@@ -200,18 +165,6 @@ __global__ void __launch_bounds__(kThreads)
         for (int k = 0; k < 4; ++k) gk[k] = i0 + k < cols ? load_w(wt, gain, i0 + k) : 0.0f;
         step(i0, gk, nullptr);
     }
-    if constexpr (kTail) {
-        const int64_t r = blockIdx.x;
-        if (const int i = threadIdx.x; i < tail.rope_dim / 2) {
-            const float2 o = rope_pair(tail.pe[r * tail.pe_ld + 2 * i], tail.pe[r * tail.pe_ld + 2 * i + 1], rc, rs);
-            tail.pe_out[r * tail.rope_dim + 2 * i] = o.x;
-            tail.pe_out[r * tail.rope_dim + 2 * i + 1] = o.y;
-            if (crow) {
-                crow[cols + 2 * i] = o.x;
-                crow[cols + 2 * i + 1] = o.y;
-            }
-        }
-    }
 }
 
 // RoPE: all heads of a row share their angles (position · inv_freq[i]), computed once per
@@ -225,7 +178,11 @@ __global__ void __launch_bounds__(kRopeThreads) rope_rows_kernel(RopeArgs a, con
     dep_trigger();
     const int64_t r = blockIdx.x;
     const int half = a.rope_dim / 2;
-    for (int i = threadIdx.x; i < half; i += blockDim.x) rope_angle(positions[r], a.inv_freq[i], a.attn_factor, cs[i], sn[i]);
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+        const double theta = static_cast<double>(positions[r]) * static_cast<double>(a.inv_freq[i]);
+        cs[i] = static_cast<float>(cos(theta) * a.attn_factor);
+        sn[i] = static_cast<float>(sin(theta) * a.attn_factor);
+    }
     __syncthreads();
     const float* xr = x + r * a.cols;
     float* yr = y + r * a.cols;
@@ -238,9 +195,9 @@ __global__ void __launch_bounds__(kRopeThreads) rope_rows_kernel(RopeArgs a, con
         const int64_t in_head = c % a.head_dim;
         if (c + 1 < a.cols && c < roped && in_head >= a.rope_offset && in_head < a.rope_offset + a.rope_dim) {
             const int i = static_cast<int>((in_head - a.rope_offset) / 2);
-            const float2 o = rope_pair(xr[c], xr[c + 1], cs[i], sn[i]);
-            yr[c] = o.x;
-            yr[c + 1] = o.y;
+            const float x0 = xr[c], x1 = xr[c + 1];
+            yr[c] = x0 * cs[i] - x1 * sn[i];
+            yr[c + 1] = x0 * sn[i] + x1 * cs[i];
         } else {
             yr[c] = xr[c];
             if (c + 1 < a.cols) yr[c + 1] = xr[c + 1];
@@ -274,39 +231,12 @@ void add_rms_norm(const float* a, const float* b, const float* c, float* mid, fl
         cfg.attrs = attr;
         cfg.numAttrs = step_launch_attrs(attr, 1);
         if (cudaLaunchKernelEx(&cfg, add_rms_norm_kernel<kClusterThreads, kNormCluster>, a, b, c, mid, sum, gain, wt,
-                               eps, cols, y, q, qd, NoTail{}) == cudaSuccess)
+                               eps, cols, y, q, qd) == cudaSuccess)
             return;
         cudaGetLastError();  // no cluster launch here: one block a row
     }
     launch_pdl(add_rms_norm_kernel<kNormThreads, 1>, dim3(static_cast<unsigned>(rows)), dim3(kNormThreads), 0, s, a,
-               b, c, mid, sum, gain, wt, eps, cols, y, q, qd, NoTail{});
-}
-
-// The fused latent norm's block: a thread a RoPE pair, and 4 columns a thread in one step,
-// as the first step of add_rms_norm's 1024-thread block, whose other threads add nothing
-// (+0.0) to the sums: the same bits, without 28 idle warps in every barrier.
-constexpr int kTailThreads = 128;
-static_assert(kMaxRopeHalf <= kTailThreads);
-
-bool kv_latent_norm_applies(int64_t cols, int rope_dim) {
-    // Only where add_rms_norm runs the row on one block of kNormThreads (the same sums).
-    static const bool cluster = env_on_sm90("DS3_CUDA_NORM_CLUSTER");
-    return !(cluster && cols % (32 * kNormCluster) == 0 && cols >= 1024) && cols <= 4 * kTailThreads &&
-           rope_dim > 0 && rope_dim <= 2 * kMaxRopeHalf && rope_dim % 2 == 0;
-}
-
-bool kv_latent_norm(const float* latent, const void* gain, WType wt, float eps, int64_t rows, int64_t cols,
-                    float* y, void* yq, const LatentTail& tail, cudaStream_t s) {
-    if (rows <= 0 || !kv_latent_norm_applies(cols, tail.rope_dim)) return false;
-    int8_t* q = nullptr;
-    q8::XDs* qd = nullptr;
-    if (yq && cols % 32 == 0) {
-        q = static_cast<int8_t*>(yq);
-        qd = reinterpret_cast<q8::XDs*>(static_cast<uint8_t*>(yq) + q8::xds_offset(rows, cols));
-    }
-    launch_pdl(add_rms_norm_kernel<kTailThreads, 1, true>, dim3(static_cast<unsigned>(rows)), dim3(kTailThreads), 0, s,
-               latent, nullptr, nullptr, nullptr, nullptr, gain, wt, eps, cols, y, q, qd, tail);
-    return true;
+               b, c, mid, sum, gain, wt, eps, cols, y, q, qd);
 }
 
 void rope_rows(const RopeArgs& a, const int32_t* positions, const float* x, float* y, cudaStream_t s) {

@@ -117,29 +117,6 @@ void rope_rows(const RopeArgs& a, const int32_t* positions, const float* x, floa
 // cols) bytes): y quantised there too, as the integer GEMV quantises its input (GemmArgs::xq).
 void add_rms_norm(const float* a, const float* b, const float* c, float* mid, float* sum, const void* gain, WType wt,
                   float eps, int64_t rows, int64_t cols, float* y, cudaStream_t s, void* yq = nullptr);
-// The latent row's RMS norm (add_rms_norm with b = c = null) fused with what follows it in
-// a DeepSeek layer: the key's rope part (pe, row r at pe + r·pe_ld, rope_dim values)
-// rotated at positions[r] into pe_out [rows][rope_dim] (as rope_rows with one head), and
-// both stored as the cache row at positions[r] (as mla_store; a position outside the
-// cache is DevError code 3). Not where the norm alone would not run the row on one block,
-// whose sums these must equal, nor for rows over 512 values (kv_latent_norm_applies;
-// kv_latent_norm then launches nothing and returns false). The graph's product after the
-// latent path waits for it (cuda_step.cpp), so that it finds an SM at once.
-struct LatentTail {
-    const float* pe = nullptr;
-    int64_t pe_ld = 0;
-    float* pe_out = nullptr;
-    int rope_dim = 0;
-    float attn_factor = 1.0f;
-    float inv_freq[kMaxRopeHalf] = {};
-    const int32_t* positions = nullptr;
-    float* cache = nullptr;
-    int64_t width = 0, n_ctx = 0;
-    DevError* err = nullptr;
-};
-bool kv_latent_norm_applies(int64_t cols, int rope_dim);
-bool kv_latent_norm(const float* latent, const void* gain, WType wt, float eps, int64_t rows, int64_t cols,
-                    float* y, void* yq, const LatentTail& tail, cudaStream_t s);
 
 // Absorbed MLA over the latent cache ([n_ctx][width], width = kv_lora + qk_rope).
 // mla_store writes the batch's rows at positions[0..T-1] (device; a position outside the
