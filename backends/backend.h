@@ -21,6 +21,7 @@
 #include <string_view>
 #include <vector>
 
+#include "runtime/error.h"
 #include "runtime/graph/graph.h"
 
 namespace ds3 {
@@ -30,6 +31,26 @@ class KvCache;
 struct GraphInput {
     int node = -1;
     const void* data = nullptr;  // node.nbytes() bytes (f32 or i32 as the node says)
+};
+
+// The f32 values a run fetched, by node: copies it owns, or views of a backend's memory
+// that stay valid until that backend runs its next graph (a replayed CUDA step hands back
+// its pinned output slot rather than copying half a megabyte of logits a token).
+struct Fetched {
+    std::map<int, std::vector<float>> owned;
+    std::map<int, std::span<const float>> viewed;
+
+    std::span<const float> at(int id) const {
+        if (auto it = owned.find(id); it != owned.end()) return it->second;
+        if (auto it = viewed.find(id); it != viewed.end()) return it->second;
+        throw Error("sched", "node " + std::to_string(id) + " was not fetched");
+    }
+    // The values as a vector of their own (moved out when owned).
+    std::vector<float> take(int id) {
+        if (auto it = owned.find(id); it != owned.end()) return std::move(it->second);
+        const std::span<const float> v = at(id);
+        return {v.begin(), v.end()};
+    }
 };
 
 class Buffer {
@@ -55,9 +76,10 @@ public:
     // Optional: runs a whole placed graph whose every node is on this backend, as
     // Scheduler::run does, when the backend can do it better at once (the CUDA backend
     // captures a decode step into a CUDA graph and replays it). Returns false to have the
-    // scheduler run the graph node by node instead.
+    // scheduler run the graph node by node instead. The fetched nodes' values go to
+    // `results`, as copies or as views valid until this backend's next run_graph.
     virtual bool run_graph(const Graph& g, std::span<const GraphInput> inputs, KvCache* cache,
-                           std::span<const int> fetch, std::map<int, std::vector<float>>& results) {
+                           std::span<const int> fetch, Fetched& results) {
         (void)g, (void)inputs, (void)cache, (void)fetch, (void)results;
         return false;
     }

@@ -255,12 +255,13 @@ int run_bench(const BenchArgs& a) {
         runner.reset();
         if (a.n_prompt > 0) {
             const auto t0 = clock_type::now();
-            runner.eval(prompt, false);
+            runner.eval_last(prompt);
             pp_ts.push_back(static_cast<double>(a.n_prompt) / seconds_since(t0));
         }
         if (a.n_gen > 0) {
             const auto t0 = clock_type::now();
-            for (int32_t t : gen) runner.eval(std::span<const int32_t>(&t, 1), false);
+            // The logits are made and brought back each token, as llama-bench's waits do.
+            for (int32_t t : gen) runner.eval_last(std::span<const int32_t>(&t, 1));
             const double sec = seconds_since(t0);
             tg_seconds += sec;
             tg_ts.push_back(static_cast<double>(a.n_gen) / sec);

@@ -53,12 +53,12 @@ int run_run(const RunArgs& a) {
     using clock = std::chrono::steady_clock;
     std::vector<int32_t> out;
     const auto t0 = clock::now();
-    std::vector<float> logits = runner.eval(prompt, false);
+    std::span<const float> logits = runner.eval_last(prompt);
     const auto t1 = clock::now();
     for (int64_t i = 0; i < a.n_predict; ++i) {
         const int32_t next = argmax(logits);
         out.push_back(next);
-        if (i + 1 < a.n_predict) logits = runner.eval(std::span<const int32_t>(&next, 1), false);
+        if (i + 1 < a.n_predict) logits = runner.eval_last(std::span<const int32_t>(&next, 1));
     }
     const auto t2 = clock::now();
     const double tp = std::chrono::duration<double>(t1 - t0).count();

@@ -12,8 +12,8 @@ Runner::Runner(const Deepseek2Model& model, std::vector<Backend*> backends, int6
       sched_(std::move(backends), std::move(placement)),
       cache_(static_cast<int>(model.hp.n_layer), n_ctx, model.hp.kv_lora, model.hp.qk_rope) {}
 
-std::vector<float> Runner::eval(std::span<const int32_t> tokens, bool all_logits, const std::vector<std::string>& dump,
-                                std::map<std::string, std::vector<float>>* dumped) {
+std::vector<int> Runner::run(std::span<const int32_t> tokens, bool all_logits, const std::vector<std::string>& dump) {
+    last_ = {};  // views of the step before are not valid past this point
     const int64_t T = static_cast<int64_t>(tokens.size());
     check(T > 0, "model", "eval needs at least one token");
     for (int32_t t : tokens)
@@ -55,11 +55,25 @@ std::vector<float> Runner::eval(std::span<const int32_t> tokens, bool all_logits
         if (placed.node(id).type != DType::f32) throw Error("model", "--dump: '" + name + "' is not an f32 activation");
         fetch.push_back(id);
     }
-    auto results = sched_.run(placed, inputs, &cache_, fetch);
+    last_ = sched_.run(placed, inputs, &cache_, fetch);
     cache_.advance(T);
+    return fetch;
+}
+
+std::vector<float> Runner::eval(std::span<const int32_t> tokens, bool all_logits, const std::vector<std::string>& dump,
+                                std::map<std::string, std::vector<float>>* dumped) {
+    const std::vector<int> fetch = run(tokens, all_logits, dump);
     if (dumped)
-        for (size_t i = 1; i < fetch.size(); ++i) (*dumped)[placed.node(fetch[i]).name] = results[fetch[i]];
-    return std::move(results[fetch[0]]);
+        for (size_t i = 1; i < fetch.size(); ++i) {  // copies: a name may be asked twice
+            const std::span<const float> v = last_.at(fetch[i]);
+            (*dumped)[dump[i - 1]].assign(v.begin(), v.end());
+        }
+    return last_.take(fetch[0]);
+}
+
+std::span<const float> Runner::eval_last(std::span<const int32_t> tokens) {
+    const std::vector<int> fetch = run(tokens, false, {});
+    return last_.at(fetch[0]);
 }
 
 int32_t argmax(std::span<const float> logits) {
@@ -70,11 +84,11 @@ int32_t argmax(std::span<const float> logits) {
 std::vector<int32_t> generate_greedy(Runner& r, std::span<const int32_t> prompt, int64_t n_new) {
     std::vector<int32_t> out;
     if (n_new <= 0) return out;
-    std::vector<float> logits = r.eval(prompt, false);
+    std::span<const float> logits = r.eval_last(prompt);
     for (int64_t i = 0; i < n_new; ++i) {
         const int32_t next = argmax(logits);
         out.push_back(next);
-        if (i + 1 < n_new) logits = r.eval(std::span<const int32_t>(&next, 1), false);
+        if (i + 1 < n_new) logits = r.eval_last(std::span<const int32_t>(&next, 1));
     }
     return out;
 }

@@ -30,6 +30,10 @@ public:
     std::vector<float> eval(std::span<const int32_t> tokens, bool all_logits,
                             const std::vector<std::string>& dump = {},
                             std::map<std::string, std::vector<float>>* dumped = nullptr);
+    // As eval(tokens, false), without copying the logits out: a view of n_vocab values
+    // that stays valid until the runner's next eval or eval_last (decode loops that
+    // read the logits once, such as greedy generation and the benchmark).
+    std::span<const float> eval_last(std::span<const int32_t> tokens);
 
     void reset() { cache_.clear(); }
     // Sees every node's inputs after it runs (Scheduler::set_observer); {} removes it.
@@ -40,10 +44,14 @@ public:
     const Deepseek2Model& model() const { return model_; }
 
 private:
+    // Runs the batch and keeps what it fetched (the logits first, then `dump`) in last_.
+    std::vector<int> run(std::span<const int32_t> tokens, bool all_logits, const std::vector<std::string>& dump);
+
     const Deepseek2Model& model_;
     Scheduler sched_;
     KvCache cache_;
     std::map<std::pair<int64_t, bool>, Graph> graphs_;  // placed graphs by (tokens, all_logits)
+    Fetched last_;                                      // the last run's results (eval_last's view)
 };
 
 // Greedy generation (temperature 0): feeds `prompt` as one batch, then decodes n_new

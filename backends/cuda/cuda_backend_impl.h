@@ -49,7 +49,7 @@ public:
 
     // cuda_step.cpp: decode steps captured into CUDA graphs and replayed.
     bool run_graph(const Graph& g, std::span<const GraphInput> inputs, KvCache* cache, std::span<const int> fetch,
-                   std::map<int, std::vector<float>>& results) override;
+                   Fetched& results) override;
 
 private:
     void use_device();  // this thread on the backend's device

@@ -115,13 +115,13 @@ Graph Scheduler::place(const Graph& g) const {
     return out;
 }
 
-std::map<int, std::vector<float>> Scheduler::run(const Graph& g, std::span<const GraphInput> inputs,
-                                                 KvCache* cache, std::span<const int> fetch) const {
+Fetched Scheduler::run(const Graph& g, std::span<const GraphInput> inputs, KvCache* cache,
+                       std::span<const int> fetch) const {
     const int n_nodes = g.size();
     // A graph wholly on one backend may run there in one piece (a replayed CUDA graph).
     if (!observer_ && n_nodes > 0 &&
         std::all_of(g.nodes().begin(), g.nodes().end(), [&](const Node& n) { return n.backend == g.node(0).backend; })) {
-        std::map<int, std::vector<float>> results;
+        Fetched results;
         if (backend_of_node(g.node(0)).run_graph(g, inputs, cache, fetch, results)) return results;
     }
     std::set<int> keep(fetch.begin(), fetch.end());
@@ -228,7 +228,7 @@ std::map<int, std::vector<float>> Scheduler::run(const Graph& g, std::span<const
             }
     }
 
-    std::map<int, std::vector<float>> result;
+    Fetched result;
     for (int id : fetch) {
         check(id >= 0 && id < n_nodes && bufs[static_cast<size_t>(id)], "sched", "fetch of an unknown node");
         const Node& n = g.node(id);
@@ -236,7 +236,7 @@ std::map<int, std::vector<float>> Scheduler::run(const Graph& g, std::span<const
         be.synchronize();
         std::vector<float> v(static_cast<size_t>(n.n_elements()));
         be.download(*bufs[static_cast<size_t>(id)], 0, v.data(), n.nbytes());
-        result[id] = std::move(v);
+        result.owned[id] = std::move(v);
     }
     return result;
 }

@@ -38,9 +38,10 @@ public:
     Graph place(const Graph& g) const;
 
     // Runs a placed graph. `inputs` fill the input nodes; the f32 results of the nodes
-    // in `fetch` are returned (by node index). `cache` serves the mla_attn nodes.
-    std::map<int, std::vector<float>> run(const Graph& placed, std::span<const GraphInput> inputs,
-                                          KvCache* cache, std::span<const int> fetch) const;
+    // in `fetch` are returned (by node index; views among them stay valid until the next
+    // run on the same backend). `cache` serves the mla_attn nodes.
+    Fetched run(const Graph& placed, std::span<const GraphInput> inputs, KvCache* cache,
+                std::span<const int> fetch) const;
 
     // Optional: called after each node has run with the node (as placed) and host views of
     // its inputs, one per src (f32 rows; an i32 input is passed as its raw bytes). For

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <memory>
+#include <span>
 #include <vector>
 
 #include "backends/backend.h"
@@ -28,7 +29,7 @@ inline std::unique_ptr<Backend> cuda_with_graphs(bool on) {
 }
 
 // ‖a − ref‖₂ / max(‖ref‖₂, tiny): the normalised error of test-backend-ops.
-inline double nmse_root(const std::vector<float>& a, const std::vector<float>& ref) {
+inline double nmse_root(std::span<const float> a, std::span<const float> ref) {
     double num = 0, den = 0;
     for (size_t i = 0; i < a.size() && i < ref.size(); ++i) {
         const double d = double(a[i]) - double(ref[i]);
@@ -38,7 +39,7 @@ inline double nmse_root(const std::vector<float>& a, const std::vector<float>& r
     return std::sqrt(num / std::max(den, 1e-30));
 }
 
-inline bool all_finite(const std::vector<float>& v) {
+inline bool all_finite(std::span<const float> v) {
     for (float x : v)
         if (!std::isfinite(x)) return false;
     return true;

@@ -3,6 +3,8 @@
 // GPU and the CPU.
 #include <catch2/catch.hpp>
 
+#include <cstring>
+
 #include "cuda_test.h"
 #include "models/runner.h"
 #include "tiny_model.h"
@@ -80,6 +82,18 @@ TEST_CASE("cuda: decode steps replayed from CUDA graphs equal node-by-node runs 
     const auto got = decode_steps(m, *on);
     CHECK(all_finite(got));
     CHECK(max_diff(got, want) == 0.0f);
+    // eval_last hands back the replayed step's pinned slot: each view holds that step's
+    // logits (not the next step's, which reuses the slot) until the next eval.
+    {
+        Runner viewed(m, {on.get()}, 64), copied(m, {off.get()}, 64);
+        for (int32_t t : kTinyPrompt) {
+            const std::span<const int32_t> one(&t, 1);
+            const std::span<const float> v = viewed.eval_last(one);
+            const std::vector<float> c = copied.eval(one, false);
+            REQUIRE(v.size() == c.size());
+            CHECK(std::memcmp(v.data(), c.data(), c.size() * sizeof(float)) == 0);
+        }
+    }
     // The CPU agrees too (the replayed steps are not just self-consistent).
     auto cpu = create_backend("cpu", {2});
     CHECK(max_diff(run_incremental(m, {on.get()}), run_incremental(m, {cpu.get()})) < 1e-4f);

@@ -55,7 +55,7 @@ std::vector<float> run_on(Backend& b, const Graph& g, const std::vector<In>& ins
     std::vector<GraphInput> gi;
     for (const In& i : ins) gi.push_back({i.node, i.data});
     const int fetch[] = {out};
-    return s.run(placed, gi, cache, fetch).at(out);
+    return s.run(placed, gi, cache, fetch).take(out);
 }
 
 // CPU and CUDA results of node `out`; checks the CUDA result is finite and within `tol`

@@ -91,7 +91,7 @@ std::vector<float> run_on(Backend& b, const Graph& g, const std::vector<GraphInp
     for (const Node& n : placed.nodes()) REQUIRE(n.backend == 0);
     poison(b, placed);
     const int fetch[] = {out};
-    return s.run(placed, ins, cache, fetch).at(out);
+    return s.run(placed, ins, cache, fetch).take(out);
 }
 
 // Builds the graph twice (quantized weights, then their F32 twins) with `build`, which

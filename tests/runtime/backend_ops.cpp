@@ -237,7 +237,7 @@ std::vector<std::vector<float>> run_case(const OpCase& c, Backend& be, bool& sup
             if (placed.node(i).op == Op::input) inputs.push_back({i, s.inputs.at(k++).data()});
         const int fetch[] = {placed.find(s.graph.node(s.op_node).name)};
         auto r = sched.run(placed, inputs, cache.get(), fetch);
-        outs.push_back(std::move(r[fetch[0]]));
+        outs.push_back(r.take(fetch[0]));
     }
     return outs;
 }

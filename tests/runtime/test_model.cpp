@@ -69,6 +69,26 @@ TEST_CASE("batch and token-by-token decoding give the same logits", "[model]") {
     CHECK(r.n_past() == int64_t(kTinyPrompt.size()));
 }
 
+TEST_CASE("eval_last views the logits eval copies, until the next eval", "[model]") {
+    auto cpu = create_backend("cpu", {2});
+    Deepseek2Model m = tiny_model({TypeId::F32});
+    Runner viewed(m, {cpu.get()}, 64), copied(m, {cpu.get()}, 64);
+    const std::span<const int32_t> prompt(kTinyPrompt.data(), 3);
+    std::span<const float> v = viewed.eval_last(prompt);
+    std::vector<float> c = copied.eval(prompt, false);
+    for (size_t i = 3; i <= kTinyPrompt.size(); ++i) {
+        INFO("position " << i);
+        REQUIRE(v.size() == size_t(m.hp.n_vocab));
+        CHECK(std::memcmp(v.data(), c.data(), c.size() * sizeof(float)) == 0);
+        if (i == kTinyPrompt.size()) break;
+        v = viewed.eval_last(std::span<const int32_t>(&kTinyPrompt[i], 1));
+        c = copied.eval(std::span<const int32_t>(&kTinyPrompt[i], 1), false);
+    }
+    CHECK(viewed.n_past() == copied.n_past());
+    // A batch that cannot run leaves no stale view behind it to read.
+    CHECK_THROWS_AS(viewed.eval_last(std::span<const int32_t>()), Error);
+}
+
 TEST_CASE("a runner's reused graphs give the logits of freshly built ones at every position", "[model]") {
     // Without dumps the runner keeps one placed graph per batch shape and only moves the
     // position on; with a dump it builds and places afresh. Both must agree exactly, over
