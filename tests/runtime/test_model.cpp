@@ -69,6 +69,25 @@ TEST_CASE("batch and token-by-token decoding give the same logits", "[model]") {
     CHECK(r.n_past() == int64_t(kTinyPrompt.size()));
 }
 
+TEST_CASE("Fetched: values owned or viewed, and a node never fetched is an error", "[sched]") {
+    Fetched f;
+    const std::vector<float> backing = {4.0f, 5.0f};
+    f.owned[3] = {1.0f, 2.0f, 3.0f};
+    f.viewed[7] = std::span<const float>(backing);
+    CHECK(f.at(3).size() == 3);
+    CHECK(f.at(7).data() == backing.data());  // a view, not a copy
+    const std::vector<float> copied = f.take(7);
+    CHECK(copied == backing);
+    CHECK(copied.data() != backing.data());
+    CHECK(f.take(3) == std::vector<float>{1.0f, 2.0f, 3.0f});  // moved out
+    try {
+        f.at(5);
+        FAIL("no error for a node never fetched");
+    } catch (const Error& e) {
+        CHECK(std::string(e.what()) == "[sched] node 5 was not fetched");
+    }
+}
+
 TEST_CASE("eval_last views the logits eval copies, until the next eval", "[model]") {
     auto cpu = create_backend("cpu", {2});
     Deepseek2Model m = tiny_model({TypeId::F32});
