@@ -31,8 +31,8 @@ public:
                             const std::vector<std::string>& dump = {},
                             std::map<std::string, std::vector<float>>* dumped = nullptr);
     // As eval(tokens, false), without copying the logits out: a view of n_vocab values
-    // that stays valid until the runner's next eval or eval_last (decode loops that
-    // read the logits once, such as greedy generation and the benchmark).
+    // that stays valid until the next step run on the same backends, by this runner or
+    // another (decode loops that read the logits once: greedy generation, the benchmark).
     std::span<const float> eval_last(std::span<const int32_t> tokens);
 
     void reset() { cache_.clear(); }
