@@ -63,12 +63,14 @@ std::vector<int> Runner::run(std::span<const int32_t> tokens, bool all_logits, c
 std::vector<float> Runner::eval(std::span<const int32_t> tokens, bool all_logits, const std::vector<std::string>& dump,
                                 std::map<std::string, std::vector<float>>* dumped) {
     const std::vector<int> fetch = run(tokens, all_logits, dump);
+    Fetched got = std::move(last_);  // copied out here: nothing stays held for eval_last
+    last_ = {};
     if (dumped)
         for (size_t i = 1; i < fetch.size(); ++i) {  // copies: a name may be asked twice
-            const std::span<const float> v = last_.at(fetch[i]);
+            const std::span<const float> v = got.at(fetch[i]);
             (*dumped)[dump[i - 1]].assign(v.begin(), v.end());
         }
-    return last_.take(fetch[0]);
+    return got.take(fetch[0]);
 }
 
 std::span<const float> Runner::eval_last(std::span<const int32_t> tokens) {
