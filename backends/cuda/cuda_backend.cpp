@@ -268,6 +268,10 @@ const void* CudaBackend::quantised(const float* x, int64_t rows, int64_t cols) c
 }
 
 void CudaBackend::rope(const Node& n, const float* x, const int32_t* pos, float* y) {
+    cuda::rope_rows(rope_args(n), pos, x, y, stream_);
+}
+
+cuda::RopeArgs CudaBackend::rope_args(const Node& n) {
     cuda::RopeArgs a;
     a.rows = n.rows;
     a.cols = n.cols;
@@ -277,19 +281,26 @@ void CudaBackend::rope(const Node& n, const float* x, const int32_t* pos, float*
     a.rope_dim = n.rope_dim;
     a.attn_factor = n.rope->attn_factor;
     std::copy_n(n.rope->inv_freq.begin(), n.rope_dim / 2, a.inv_freq);
-    cuda::rope_rows(a, pos, x, y, stream_);
+    return a;
 }
 
-void CudaBackend::mla_attn(const Node& n, const float* q, const float* latent, const float* k_pe,
-                           const int32_t* positions, Buffer& cache_buf, float* out) {
+// The context of n's cache, checked against the batch's positions.
+int64_t CudaBackend::mla_context(const Node& n, const Buffer& cache_buf) {
     const AttnParams& p = n.attn;
-    const int64_t T = n.rows, H = p.n_head, width = p.kv_lora + p.qk_rope, qdim = p.qk_nope + p.qk_rope;
+    const int64_t T = n.rows, width = p.kv_lora + p.qk_rope;
     const int64_t n_ctx = static_cast<int64_t>(cache_buf.size() / 4) / width;
     if (p.pos0 < 0 || p.pos0 + T > n_ctx)
         throw Error("kv_cache", n.name + ": positions " + std::to_string(p.pos0) + ".." +
                                     std::to_string(p.pos0 + T - 1) + " exceed the context of " +
                                     std::to_string(n_ctx) + " tokens");
-    float* cache = f32(&cache_buf);
+    return n_ctx;
+}
+
+void CudaBackend::mla_attn(const Node& n, const float* q, const float* latent, const float* k_pe,
+                           const int32_t* positions, Buffer& cache_buf, float* out) {
+    const AttnParams& p = n.attn;
+    const int64_t T = n.rows;
+    mla_context(n, cache_buf);
     // The kernels read positions from the device (a replayed graph moves on by itself);
     // a node built without the positions input gets them made from attn.pos0.
     std::optional<Scratch> made;
@@ -302,13 +313,28 @@ void CudaBackend::mla_attn(const Node& n, const float* q, const float* latent, c
         positions = made->i();
     }
     sub_start(T);
-    cuda::mla_store(cache, width, n_ctx, latent, k_pe, p.kv_lora, p.qk_rope, positions, T, err_, stream_);
+    mla_store(n, latent, k_pe, positions, cache_buf);
     sub_mark("mla.store");
+    Scratch q_abs(*pool_, static_cast<size_t>(T * p.n_head * p.kv_lora) * 4);
+    mla_absorb(n, q, q_abs.f(), nullptr);
+    sub_mark("mla.k_b");
+    mla_attend(n, q, q_abs.f(), positions, cache_buf, out);
+}
 
+void CudaBackend::mla_store(const Node& n, const float* latent, const float* k_pe, const int32_t* positions,
+                            Buffer& cache_buf) {
+    const AttnParams& p = n.attn;
+    const int64_t width = p.kv_lora + p.qk_rope;
+    cuda::mla_store(f32(&cache_buf), width, mla_context(n, cache_buf), latent, k_pe, p.kv_lora, p.qk_rope, positions,
+                    n.rows, err_, stream_);
+}
+
+// q_abs[t][h] = W_kb[h]ᵀ q_nope[t][h]: a GEMM per head, on the integer GEMV at decode (each
+// head's q_nope row quantised, or already quantised at q8: rope_rows_q8's layout).
+void CudaBackend::mla_absorb(const Node& n, const float* q, float* q_abs, const void* q8) {
+    const AttnParams& p = n.attn;
+    const int64_t H = p.n_head, qdim = p.qk_nope + p.qk_rope;
     const Weight& k_b = *n.w[0];  // [qk_nope, kv_lora, H]
-    const Weight& v_b = *n.w[1];  // [kv_lora, v_head, H]
-    Scratch q_abs(*pool_, static_cast<size_t>(T * H * p.kv_lora) * 4);
-    // q_abs[t][h] = W_kb[h]ᵀ q_nope[t][h]: a GEMM per head; the attention reads q_pe in place.
     cuda::GemmArgs a;
     a.x = q;
     a.ldx = H * qdim;
@@ -317,19 +343,28 @@ void CudaBackend::mla_attn(const Node& n, const float* q, const float* latent, c
     a.w = kb.ptr;
     a.wt = kb.wt;
     a.w_bstride = static_cast<int64_t>(k_b.row_bytes()) * p.kv_lora;
-    a.y = q_abs.f();
+    a.y = q_abs;
     a.ldy = H * p.kv_lora;
     a.y_bstride = p.kv_lora;
-    a.M = T;
+    a.M = n.rows;
     a.N = p.kv_lora;
     a.K = p.qk_nope;
     a.batch = static_cast<int>(H);
-    // Decode: the per-head products on the integer GEMV (each head's q row quantised).
-    std::optional<Scratch> sa, sb;
-    gemv_scratch(a, sa);
+    std::optional<Scratch> sa;
+    if (q8) a.xq = q8;
+    else gemv_scratch(a, sa);
     cuda::gemm(a, stream_);
-    sub_mark("mla.k_b");
+}
 
+// The attention over the cache (which holds this batch's rows by now) and v_b: q is the
+// roped query (q_pe read in place), q_abs mla_absorb's.
+void CudaBackend::mla_attend(const Node& n, const float* q, const float* q_abs, const int32_t* positions,
+                             Buffer& cache_buf, float* out) {
+    const AttnParams& p = n.attn;
+    const int64_t T = n.rows, H = p.n_head, width = p.kv_lora + p.qk_rope, qdim = p.qk_nope + p.qk_rope;
+    const int64_t n_ctx = mla_context(n, cache_buf);
+    float* cache = f32(&cache_buf);
+    const Weight& v_b = *n.w[1];  // [kv_lora, v_head, H]
     // Decode: a launch shape fixed by the context size, the same at every position.
     const cuda::MlaPlan plan = T <= 8 ? cuda::mla_plan_decode(static_cast<int>(H), T, n_ctx, p.kv_lora, n_sm_)
                                       : cuda::mla_plan(static_cast<int>(H), T, p.pos0 + T, p.kv_lora, n_sm_);
@@ -361,7 +396,7 @@ void CudaBackend::mla_attn(const Node& n, const float* q, const float* latent, c
             merge_ahead = {wo.ptr, rows, row_bytes, std::min(row_bytes, ahead_bytes / rows / 128 * 128)};
         }
     }
-    cuda::mla_attend(plan, q_abs.f(), q + p.qk_nope, qdim, cache, width, n_ctx, p.kv_lora, static_cast<int>(H), T,
+    cuda::mla_attend(plan, q_abs, q + p.qk_nope, qdim, cache, width, n_ctx, p.kv_lora, static_cast<int>(H), T,
                      positions, p.scale, ctx.f(), part.f(), stream_, vq ? vq->f() : nullptr, split_ahead, merge_ahead);
     sub_mark("mla.attend");
 
@@ -380,6 +415,7 @@ void CudaBackend::mla_attn(const Node& n, const float* q, const float* latent, c
     b.N = p.v_head;
     b.K = p.kv_lora;
     b.batch = static_cast<int>(H);
+    std::optional<Scratch> sb;
     if (vq) b.xq = vq->f();
     else gemv_scratch(b, sb);
     cuda::gemm(b, stream_);

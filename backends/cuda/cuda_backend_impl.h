@@ -35,6 +35,11 @@ inline void launched(const std::string& what) {
 inline float* f32(Buffer* b) { return static_cast<float*>(static_cast<CudaBuffer*>(b)->dev()); }
 inline const int32_t* i32(Buffer* b) { return static_cast<const int32_t*>(static_cast<CudaBuffer*>(b)->dev()); }
 
+// A replayed decode step launches the store and k_b of an MLA node ahead of it (record()):
+// the MLA node whose query is RoPE node i's output (one query row, read by nothing else
+// before it, the positions an input), or -1. Host only (cuda_step.cpp).
+int mla_early_node(const Graph& g, int i);
+
 class CudaBackend final : public Backend {
 public:
     CudaBackend(const BackendOptions&, std::string name);
@@ -96,6 +101,8 @@ private:
     void launch_add_norm(const Graph& g, GraphExec& e, int i, int covered);
     void* quantised_copy(GraphExec& e, int j, const Node& norm);
     void record(const Graph& g, GraphExec& e, KvCache* cache, bool capturing = false);
+    template <typename Unit>
+    bool record_mla_early(const Graph& g, GraphExec& e, KvCache* cache, int i, Unit& unit);
     void capture(const Graph& g, GraphExec& e, KvCache* cache);
 
     // cuda_backend.cpp: each op's launches.
@@ -131,8 +138,16 @@ private:
     void gemv_scratch(cuda::GemmArgs& a, std::optional<Scratch>& slot);
     const void* quantised(const float* x, int64_t rows, int64_t cols) const;
     void rope(const Node& n, const float* x, const int32_t* pos, float* y);
+    static cuda::RopeArgs rope_args(const Node& n);
     void mla_attn(const Node& n, const float* q, const float* latent, const float* k_pe, const int32_t* positions,
                   Buffer& cache_buf, float* out);
+    // mla_attn's three parts, in its order; a recorded decode step launches the first two
+    // earlier, beside the nodes that make their inputs (record()).
+    int64_t mla_context(const Node& n, const Buffer& cache_buf);
+    void mla_store(const Node& n, const float* latent, const float* k_pe, const int32_t* positions, Buffer& cache_buf);
+    void mla_absorb(const Node& n, const float* q, float* q_abs, const void* q8);
+    void mla_attend(const Node& n, const float* q, const float* q_abs, const int32_t* positions, Buffer& cache_buf,
+                    float* out);
     void moe_route(const Node& n, const float* x, float* out);
     cuda::MoeArgs moe_args(const Node& n);
     void moe_ffn(const Node& n, const float* x, const float* route, float* out);
@@ -172,6 +187,20 @@ private:
         int64_t rows, cols;
     };
     std::vector<Quantised> quantised_;
+    // The MLA node whose store and k_b the step being recorded launched ahead (record()):
+    // its q_abs, and whether its rows are already in the cache.
+    struct MlaAhead {
+        int node = -1;
+        bool stored = false;
+        std::optional<Scratch> q_abs, q8;
+        void reset() {
+            node = -1;
+            stored = false;
+            q_abs.reset();
+            q8.reset();
+        }
+    };
+    MlaAhead mla_ahead_;
     // The output projection read right after the MLA node being recorded (null: none known);
     // mla_attn asks L2 for its first bytes.
     const Weight* attn_out_ = nullptr;

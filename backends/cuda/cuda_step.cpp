@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 
 #include "backends/cuda/check.h"
@@ -265,6 +266,7 @@ void CudaBackend::record(const Graph& g, GraphExec& e, KvCache* cache, bool capt
     std::vector<Buffer*> in;
     std::vector<int> srcs;
     quantised_.clear();
+    mla_ahead_.reset();  // a record that threw may have left one behind
     const bool two = capturing && streams_;
     if (two) branches_.begin(stream_, side_, g.size());
     // The node whose launch makes j's data (a view that aliases its source is no
@@ -273,13 +275,15 @@ void CudaBackend::record(const Graph& g, GraphExec& e, KvCache* cache, bool capt
         while (e.alias[static_cast<size_t>(j)]) j = g.node(j).src[0];
         return g.node(j).op == Op::input ? -1 : j;
     };
-    // Launches nodes [first, last] as one unit, on the stream Branches picks.
-    auto unit = [&](int first, int last, auto&& launch) {
+    // Launches nodes [first, last] as one unit, on the stream Branches picks (after the
+    // producers of their inputs and of `also`).
+    auto unit = [&](int first, int last, auto&& launch, int also = -1) {
         if (!two) return launch();
         srcs.clear();
         for (int k = first; k <= last; ++k)
             for (int src : g.node(k).src)
                 if (const int p = producer(src); p >= 0 && (p < first || p > last)) srcs.push_back(p);
+        if (also >= 0 && producer(also) >= 0) srcs.push_back(producer(also));
         const cudaStream_t main = stream_;
         stream_ = branches_.place(srcs);
         try {
@@ -306,17 +310,98 @@ void CudaBackend::record(const Graph& g, GraphExec& e, KvCache* cache, bool capt
             });
             continue;
         }
+        if (n.op == Op::rope_yarn && record_mla_early(g, e, cache, i, unit)) continue;
         in.clear();
         for (int src : n.src) in.push_back(e.views[static_cast<size_t>(src)].get());
         Buffer* state = n.op == Op::mla_attn ? &cache->layer(n.layer, *this) : nullptr;
         const bool out_next = n.op == Op::mla_attn && i + 1 < g.size() && g.node(i + 1).op == Op::mul_mat &&
                               g.node(i + 1).src[0] == i;
         attn_out_ = out_next ? g.node(i + 1).w[0] : nullptr;
-        unit(i, i, [&] { compute_op(n, in, *e.views[static_cast<size_t>(i)], state); });
+        if (n.op == Op::mla_attn && mla_ahead_.node == i) {
+            unit(i, i, [&] {
+                if (!mla_ahead_.stored) mla_store(n, e.at(n.src[1]), e.at(n.src[2]), i32(in[3]), *state);
+                mla_attend(n, e.at(n.src[0]), mla_ahead_.q_abs->f(), i32(in[3]), *state, e.at(i));
+                launched(n.name);
+            });
+            mla_ahead_.reset();
+        } else {
+            unit(i, i, [&] { compute_op(n, in, *e.views[static_cast<size_t>(i)], state); });
+        }
         attn_out_ = nullptr;
     }
     if (two) branches_.join();
     quantised_.clear();
+    mla_ahead_.reset();
+}
+
+int mla_early_node(const Graph& g, int i) {
+    const Node& r = g.node(i);
+    if (r.op != Op::rope_yarn || r.rows != 1 || !r.rope) return -1;
+    int mi = -1;
+    for (int j = i + 1; j < g.size() && mi < 0; ++j)
+        for (size_t k = 0; k < g.node(j).src.size(); ++k)
+            if (g.node(j).src[k] == i) {
+                if (g.node(j).op != Op::mla_attn || k != 0) return -1;  // read by another node first
+                mi = j;
+            }
+    if (mi < 0) return -1;
+    const Node& m = g.node(mi);
+    const AttnParams& p = m.attn;
+    const bool query = r.n_head == p.n_head && r.rope_offset == p.qk_nope && r.rope_dim == p.qk_rope &&
+                       r.head_dim == p.qk_nope + p.qk_rope;
+    return m.src.size() >= 4 && query ? mi : -1;
+}
+
+// MLA at decode, in a shorter chain than its node's (one query, the positions an input):
+// the query's RoPE (rope node i, read only by the MLA node) also quantises q_nope, and k_b
+// follows it at once on its stream, so that k_b no longer waits for the latent side; the
+// cache store follows the key's RoPE on that one's stream; the MLA node then runs the
+// attention alone. The same kernels on the same values: a replay equals a node-by-node
+// run bit for bit. DS3_CUDA_MLA_EARLY=0 turns it off (read once). Returns whether it
+// launched node i.
+template <typename Unit>
+bool CudaBackend::record_mla_early(const Graph& g, GraphExec& e, KvCache* cache, int i, Unit& unit) {
+    static const bool on = [] {
+        const char* v = std::getenv("DS3_CUDA_MLA_EARLY");
+        return !v || std::atoi(v) != 0;
+    }();
+    const Node& r = g.node(i);
+    if (mla_ahead_.node >= 0) {  // the key's RoPE of the MLA node ahead: the store after it
+        const Node& m = g.node(mla_ahead_.node);
+        if (m.src[2] != i || m.src[1] >= i) return false;
+        Buffer& c = cache->layer(m.layer, *this);
+        unit(
+            i, i,
+            [&] {
+                rope(r, e.at(r.src[0]), i32(e.views[static_cast<size_t>(r.src[1])].get()), e.at(i));
+                launched(r.name);
+                mla_store(m, e.at(m.src[1]), e.at(i), i32(e.views[static_cast<size_t>(m.src[3])].get()), c);
+                launched(m.name + " store");
+            },
+            m.src[1]);
+        mla_ahead_.stored = true;
+        return true;
+    }
+    const int mi = on && cache ? mla_early_node(g, i) : -1;
+    if (mi < 0) return false;
+    const Node& m = g.node(mi);
+    const AttnParams& p = m.attn;
+    cuda::RopeArgs a = rope_args(r);
+    const cuda::Resident::Entry& kb = resident(*m.w[0]);
+    const bool fused = cuda::rope_q8_applies(a) && cuda::gemv_scratch_bytes(kb.wt, 1, p.qk_nope, p.n_head) > 0;
+    mla_ahead_.reset();
+    mla_ahead_.node = mi;
+    mla_ahead_.q_abs.emplace(*pool_, static_cast<size_t>(p.n_head) * p.kv_lora * 4);
+    if (fused) mla_ahead_.q8.emplace(*pool_, cuda::q8_rows_bytes(p.n_head, p.qk_nope));
+    unit(i, i, [&] {
+        const int32_t* pos = i32(e.views[static_cast<size_t>(r.src[1])].get());
+        if (fused) cuda::rope_rows_q8(a, pos, e.at(r.src[0]), e.at(i), mla_ahead_.q8->f(), stream_);
+        else cuda::rope_rows(a, pos, e.at(r.src[0]), e.at(i), stream_);
+        launched(r.name);
+        mla_absorb(m, e.at(i), mla_ahead_.q_abs->f(), fused ? mla_ahead_.q8->f() : nullptr);
+        launched(m.name + " k_b");
+    });
+    return true;
 }
 
 void CudaBackend::capture(const Graph& g, GraphExec& e, KvCache* cache) {

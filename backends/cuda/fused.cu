@@ -171,6 +171,18 @@ __global__ void __launch_bounds__(kThreads)
 // block in double as on the CPU (positions reach 10^5 and float loses pos · freq). Grid:
 // (row, slice of kRopePairs column pairs), so a wide q row spreads over several blocks.
 constexpr int kRopeThreads = 256, kRopePairs = 1024;
+// Pair i's angle at position pos, and a pair rotated by it: shared by both RoPE kernels,
+// so that they give the same bits.
+__device__ __forceinline__ void rope_angle(const RopeArgs& a, int32_t pos, int i, float& c, float& s) {
+    const double theta = static_cast<double>(pos) * static_cast<double>(a.inv_freq[i]);
+    c = static_cast<float>(cos(theta) * a.attn_factor);
+    s = static_cast<float>(sin(theta) * a.attn_factor);
+}
+__device__ __forceinline__ void rope_pair(float x0, float x1, float c, float s, float* y) {
+    y[0] = x0 * c - x1 * s;
+    y[1] = x0 * s + x1 * c;
+}
+
 __global__ void __launch_bounds__(kRopeThreads) rope_rows_kernel(RopeArgs a, const int32_t* positions, const float* x,
                                                                 float* y) {
     __shared__ float cs[kMaxRopeHalf], sn[kMaxRopeHalf];
@@ -178,11 +190,7 @@ __global__ void __launch_bounds__(kRopeThreads) rope_rows_kernel(RopeArgs a, con
     dep_trigger();
     const int64_t r = blockIdx.x;
     const int half = a.rope_dim / 2;
-    for (int i = threadIdx.x; i < half; i += blockDim.x) {
-        const double theta = static_cast<double>(positions[r]) * static_cast<double>(a.inv_freq[i]);
-        cs[i] = static_cast<float>(cos(theta) * a.attn_factor);
-        sn[i] = static_cast<float>(sin(theta) * a.attn_factor);
-    }
+    for (int i = threadIdx.x; i < half; i += blockDim.x) rope_angle(a, positions[r], i, cs[i], sn[i]);
     __syncthreads();
     const float* xr = x + r * a.cols;
     float* yr = y + r * a.cols;
@@ -195,14 +203,54 @@ __global__ void __launch_bounds__(kRopeThreads) rope_rows_kernel(RopeArgs a, con
         const int64_t in_head = c % a.head_dim;
         if (c + 1 < a.cols && c < roped && in_head >= a.rope_offset && in_head < a.rope_offset + a.rope_dim) {
             const int i = static_cast<int>((in_head - a.rope_offset) / 2);
-            const float x0 = xr[c], x1 = xr[c + 1];
-            yr[c] = x0 * cs[i] - x1 * sn[i];
-            yr[c + 1] = x0 * sn[i] + x1 * cs[i];
+            rope_pair(xr[c], xr[c + 1], cs[i], sn[i], yr + c);
         } else {
             yr[c] = xr[c];
             if (c + 1 < a.cols) yr[c + 1] = xr[c + 1];
         }
     }
+}
+
+// MLA's query at decode (one row of n_head heads [nope | rope], rope_offset = nope, a
+// multiple of 32, the rope part last): rope_rows_kernel's y, and each head's nope part
+// also quantised as the n_head rows of the per-head k_b GEMV (gemv_q8.h's layout), so
+// that k_b needs no launch of its own to quantise. A warp per head; the angles are
+// computed before the wait (the positions are the step's input, copied before its first
+// kernel), so the double-precision cos/sin are off the path.
+constexpr int kRopeQ8Warps = 4;
+__global__ void __launch_bounds__(32 * kRopeQ8Warps)
+    rope_q8_kernel(RopeArgs a, const int32_t* positions, const float* x, float* y, int8_t* q, q8::XDs* qd) {
+    constexpr int kPer = kMaxRopeHalf / 32;  // pairs a lane
+    const int lane = threadIdx.x & 31, h = blockIdx.x * kRopeQ8Warps + (threadIdx.x >> 5);
+    const int half = a.rope_dim / 2, nope = a.rope_offset;
+    float cs[kPer], sn[kPer];
+#pragma unroll
+    for (int k = 0; k < kPer; ++k)
+        if (lane + 32 * k < half) rope_angle(a, positions[0], lane + 32 * k, cs[k], sn[k]);
+    dep_wait();  // x comes from the q projection, and y, q, qd may still be read
+    dep_trigger();
+    if (h >= a.n_head) return;
+    const float* xh = x + static_cast<int64_t>(h) * a.head_dim;
+    float* yh = y + static_cast<int64_t>(h) * a.head_dim;
+    float v[kMaxRopeHalf * 2 / 32];  // the nope part, ≤ 2 · kMaxRopeHalf values (checked on the host)
+    const int nb = nope / 32;
+#pragma unroll
+    for (int b = 0; b < kMaxRopeHalf * 2 / 32; ++b)
+        if (b < nb) v[b] = xh[32 * b + lane];
+    float2 pr[kPer];
+#pragma unroll
+    for (int k = 0; k < kPer; ++k)
+        if (lane + 32 * k < half) pr[k] = *reinterpret_cast<const float2*>(xh + nope + 2 * (lane + 32 * k));
+#pragma unroll
+    for (int k = 0; k < kPer; ++k)
+        if (lane + 32 * k < half) rope_pair(pr[k].x, pr[k].y, cs[k], sn[k], yh + nope + 2 * (lane + 32 * k));
+#pragma unroll
+    for (int b = 0; b < kMaxRopeHalf * 2 / 32; ++b)
+        if (b < nb) {
+            yh[32 * b + lane] = v[b];
+            q8::quantize_warp(v[b], true, q + static_cast<int64_t>(h) * nope + 32 * b + lane,
+                              qd + static_cast<int64_t>(h) * nb + b);
+        }
 }
 
 }  // namespace
@@ -243,6 +291,20 @@ void rope_rows(const RopeArgs& a, const int32_t* positions, const float* x, floa
     if (a.rows <= 0) return;
     const dim3 grid(static_cast<unsigned>(a.rows), static_cast<unsigned>(((a.cols + 1) / 2 + kRopePairs - 1) / kRopePairs));
     launch_pdl(rope_rows_kernel, grid, dim3(kRopeThreads), 0, s, a, positions, x, y);
+}
+
+bool rope_q8_applies(const RopeArgs& a) {
+    return a.rows == 1 && a.rope_offset > 0 && a.rope_offset % 32 == 0 && a.rope_offset <= 2 * kMaxRopeHalf &&
+           a.rope_dim > 0 && a.rope_dim % 2 == 0 && a.rope_offset + a.rope_dim == a.head_dim &&
+           a.cols == static_cast<int64_t>(a.n_head) * a.head_dim && a.head_dim % 2 == 0;
+}
+
+void rope_rows_q8(const RopeArgs& a, const int32_t* positions, const float* x, float* y, void* q8_rows,
+                  cudaStream_t s) {
+    auto* q = static_cast<int8_t*>(q8_rows);
+    auto* qd = reinterpret_cast<q8::XDs*>(static_cast<uint8_t*>(q8_rows) + q8::xds_offset(a.n_head, a.rope_offset));
+    const unsigned grid = static_cast<unsigned>((a.n_head + kRopeQ8Warps - 1) / kRopeQ8Warps);
+    launch_pdl(rope_q8_kernel, dim3(grid), dim3(32 * kRopeQ8Warps), 0, s, a, positions, x, y, q, qd);
 }
 
 }  // namespace ds3::cuda

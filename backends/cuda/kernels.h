@@ -111,6 +111,13 @@ struct RopeArgs {
 // y = x with the rope part of every head rotated, in one pass (the copy is fused), the
 // angles computed once per row for all heads (fused.cu).
 void rope_rows(const RopeArgs& a, const int32_t* positions, const float* x, float* y, cudaStream_t s);
+// rope_rows for MLA's decode query (rope_q8_applies: one row of n_head heads [nope | rope],
+// nope a multiple of 32 and ≤ 2·kMaxRopeHalf), y bit for bit the same, which also writes
+// each head's nope part quantised to q8_rows as the n_head rows of a per-head integer
+// GEMV (gemv_q8.h's layout, q8_rows_bytes(n_head, nope) bytes; GemmArgs::xq for k_b).
+bool rope_q8_applies(const RopeArgs& a);
+void rope_rows_q8(const RopeArgs& a, const int32_t* positions, const float* x, float* y, void* q8_rows,
+                  cudaStream_t s);
 // RMS norm, alone or fused with the residual adds before it (fused.cu), bit for bit the
 // unfused ops: v = a (b null), a + b, or with c: mid = a + b and v = c + mid; sum = v
 // (when given); y = rms_norm(v, eps) · gain. yq (cols a multiple of 32; q8_rows_bytes(rows,

@@ -5,6 +5,7 @@
 
 #include <cstring>
 
+#include "backends/cuda/cuda_backend_impl.h"
 #include "cuda_test.h"
 #include "models/runner.h"
 #include "tiny_model.h"
@@ -97,6 +98,49 @@ TEST_CASE("cuda: decode steps replayed from CUDA graphs equal node-by-node runs 
     // The CPU agrees too (the replayed steps are not just self-consistent).
     auto cpu = create_backend("cpu", {2});
     CHECK(max_diff(run_incremental(m, {on.get()}), run_incremental(m, {cpu.get()})) < 1e-4f);
+}
+
+// Host only (CI too): in a decode step's graph each layer's query RoPE leads to its MLA
+// node, so that a replayed step launches the store and k_b ahead (cuda_step.cpp); a batch
+// of two, or a query also read by another node, keeps the MLA node whole.
+TEST_CASE("cuda: a decode step's MLA nodes are found from their query's RoPE", "[cuda][graph]") {
+    for (bool q_lora : {true, false}) {
+        TinyOptions o;
+        o.q_lora = q_lora;
+        const Deepseek2Model m = tiny_model(o);
+        const Graph g = build_graph(m, {1, 5, false});
+        for (int64_t il = 0; il < m.hp.n_layer; ++il) {
+            std::string l = "l";  // appended piecewise: GCC 12 warns falsely on "l" + std::string
+            l += std::to_string(il);
+            l += '.';
+            INFO(l << " q_lora " << q_lora);
+            const int rope_q = g.find(l + "q_roped"), mla = g.find(l + "attn_ctx");
+            REQUIRE(rope_q >= 0);
+            REQUIRE(mla > rope_q);
+            CHECK(cuda::mla_early_node(g, rope_q) == mla);
+            CHECK(cuda::mla_early_node(g, g.find(l + "k_pe")) == -1);  // the key's RoPE is not a query
+            CHECK(cuda::mla_early_node(g, mla) == -1);
+        }
+        const Graph g2 = build_graph(m, {2, 5, false});
+        CHECK(cuda::mla_early_node(g2, g2.find("l0.q_roped")) == -1);
+    }
+    // One layer's MLA by hand: found; not when the roped query is also read before the MLA
+    // node, nor without the positions input.
+    const Deepseek2Model m = tiny_model();
+    const Deepseek2HParams& hp = m.hp;
+    const Deepseek2Layer& L = m.layers[0];
+    const int H = int(hp.n_head), nope = int(hp.qk_nope), rope = int(hp.qk_rope);
+    AttnParams ap{H, nope, rope, int(hp.v_head), int(hp.kv_lora), hp.softmax_scale(), 3};
+    for (int variant = 0; variant < 3; ++variant) {
+        Graph g;
+        const int q = g.input("q", DType::f32, 1, H * (nope + rope)), ps = g.input("pos", DType::i32, 1, 1);
+        const int lat = g.input("lat", DType::f32, 1, hp.kv_lora), kpe = g.input("kpe", DType::f32, 1, rope);
+        const int qr = g.rope_yarn("q_roped", q, ps, H, nope + rope, nope, rope, m.rope);
+        if (variant == 1) g.view("peek", qr, 0, 8);
+        const int o = g.mla_attn("o", qr, lat, kpe, *L.k_b, *L.v_b, ap, 0, variant == 2 ? -1 : ps);
+        INFO("variant " << variant);
+        CHECK(cuda::mla_early_node(g, qr) == (variant == 0 ? o : -1));
+    }
 }
 
 TEST_CASE("cuda: two models on one backend keep their own decode graphs", "[cuda][model][graph]") {

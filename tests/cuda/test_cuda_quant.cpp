@@ -568,6 +568,13 @@ TEST_CASE("cuda quant: a replayed decode step (fused quantisation) equals node b
         int64_t H, kv_lora, v_head;
     };
     // The last: v_b in regrouped Q6_K (kv_lora 512) with V3's 128 rows a head.
+    // roped: q and k_pe through their RoPE nodes first, as in a model, so that a replayed
+    // step launches the store and k_b ahead of the MLA node (the query's RoPE quantising
+    // q_nope for k_b: cuda_step.cpp).
+    auto table = std::make_shared<RopeTable>();
+    for (int i = 0; i < 4; ++i) table->inv_freq.push_back(std::pow(10000.0f, -float(i) / 4.0f));
+    table->attn_factor = 1.07f;
+    for (bool roped : {false, true})
     for (const Case& c : {Case{TypeId::Q8_0, TypeId::Q8_0, 3, 64, 32}, Case{TypeId::Q4_0, TypeId::Q4_0, 3, 64, 32},
                           Case{TypeId::Q8_0, TypeId::Q6_K, 4, 512, 128}}) {
         const TypeId t = c.t;
@@ -588,28 +595,32 @@ TEST_CASE("cuda quant: a replayed decode step (fused quantisation) equals node b
                 AttnParams p{int(H), int(nope), int(rope), int(v_head), int(kv_lora), 0.2f, pos};
                 Graph g;
                 const int x = g.input("x", DType::f32, 1, D), r = g.input("r", DType::f32, 1, D);
-                const int qn = g.input("q", DType::f32, 1, H * (nope + rope));
-                const int lat = g.input("lat", DType::f32, 1, kv_lora), kpe = g.input("kpe", DType::f32, 1, rope);
+                const int qin = g.input("q", DType::f32, 1, H * (nope + rope));
+                const int lat = g.input("lat", DType::f32, 1, kv_lora), kin = g.input("kpe", DType::f32, 1, rope);
                 const int ps = g.input("pos", DType::i32, 1, 1);
                 const int n = g.rms_norm("norm", g.add("sum", x, r), gain, 1e-6f);
                 const int y1 = g.mul_mat("y1", n, *w1.q), y2 = g.mul_mat("y2", n, *w2.q);
+                const int qn = roped ? g.rope_yarn("q_roped", qin, ps, int(H), int(nope + rope), int(nope), int(rope), table)
+                                     : qin;
+                const int kpe = roped ? g.rope_yarn("k_pe", kin, ps, 1, int(rope), 0, int(rope), table) : kin;
                 const int o = g.mla_attn("o", qn, lat, kpe, *kb.q, *vb.q, p, 0, ps);
                 const int y3 = g.mul_mat("wo", o, *wo.q);
                 auto xv = randn(size_t(D), seed++), rv = randn(size_t(D), seed++);
                 auto qv = randn(size_t(H * (nope + rope)), seed++), lv = randn(size_t(kv_lora), seed++);
                 auto kv = randn(size_t(rope), seed++);
                 const int32_t pv = int32_t(pos);
-                const std::vector<GraphInput> ins = {{x, xv.data()},   {r, rv.data()},   {qn, qv.data()},
-                                                     {lat, lv.data()}, {kpe, kv.data()}, {ps, &pv}};
+                const std::vector<GraphInput> ins = {{x, xv.data()},   {r, rv.data()},   {qin, qv.data()},
+                                                     {lat, lv.data()}, {kin, kv.data()}, {ps, &pv}};
                 Scheduler sch({b.get()});
                 const Graph placed = sch.place(g);
-                const int fetch[] = {y1, y2, o, y3};
+                std::vector<int> fetch = {y1, y2, o, y3};
+                if (roped) fetch.push_back(qn);  // rope_rows_q8's y: rope_rows' bits
                 auto res = sch.run(placed, ins, &cache, fetch);
                 for (int id : fetch) outs[on].insert(outs[on].end(), res.at(id).begin(), res.at(id).end());
                 cache.advance(1);
             }
         }
-        INFO(tname(t) << " / " << tname(c.t_out));
+        INFO(tname(t) << " / " << tname(c.t_out) << (roped ? ", roped" : ""));
         REQUIRE(outs[0].size() == outs[1].size());
         CHECK(all_finite(outs[1]));
         CHECK(outs[0] == outs[1]);
