@@ -61,6 +61,8 @@ CudaBackend::CudaBackend(const BackendOptions&, std::string name) : name_(std::m
     if (const char* p = std::getenv("DS3_CUDA_STEP_TIMES")) step_times_ = std::atoi(p) != 0;
     if (const char* p = std::getenv("DS3_CUDA_NORM_Q8")) norm_q8_ = std::atoi(p) != 0;
     if (const char* p = std::getenv("DS3_CUDA_STREAMS")) streams_ = std::atoi(p) != 0;
+    if (const char* p = std::getenv("DS3_CUDA_MLA_LATENT")) latent_fused_ = std::atoi(p) != 0;
+    if (const char* p = std::getenv("DS3_CUDA_SHEXP_WAIT")) shexp_wait_ = std::atoi(p) != 0;
     if (const char* p = std::getenv("DS3_CUDA_PDL_BATCH")) pdl_batch_off_ = std::atoi(p) == 0;
 }
 

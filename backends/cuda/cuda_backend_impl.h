@@ -39,6 +39,16 @@ inline const int32_t* i32(Buffer* b) { return static_cast<const int32_t*>(static
 // the MLA node whose query is RoPE node i's output (one query row, read by nothing else
 // before it, the positions an input), or -1. Host only (cuda_step.cpp).
 int mla_early_node(const Graph& g, int i);
+// The routing node of the MoE layer whose shared experts are node i (both read one input),
+// which a replayed step makes them wait for (record()); -1 otherwise.
+int shared_after_route(const Graph& g, int i);
+// The latent norm and key RoPE nodes of MLA node m that a replayed step launches as one
+// kernel with the cache store (mla_latent): both read views of one kv_a row, only views
+// lie between them, and only m reads them; {-1, -1} otherwise.
+struct MlaLatent {
+    int lat = -1, kpe = -1;
+};
+MlaLatent mla_latent_nodes(const Graph& g, int m);
 
 class CudaBackend final : public Backend {
 public:
@@ -102,7 +112,7 @@ private:
     void* quantised_copy(GraphExec& e, int j, const Node& norm);
     void record(const Graph& g, GraphExec& e, KvCache* cache, bool capturing = false);
     template <typename Unit>
-    bool record_mla_early(const Graph& g, GraphExec& e, KvCache* cache, int i, Unit& unit);
+    int record_mla_early(const Graph& g, GraphExec& e, KvCache* cache, int i, Unit& unit);
     void capture(const Graph& g, GraphExec& e, KvCache* cache);
 
     // cuda_backend.cpp: each op's launches.
@@ -177,6 +187,8 @@ private:
     } steps_;
     bool norm_q8_ = true;  // DS3_CUDA_NORM_Q8=0: the norms of a replayed step write no quantised copy
     bool streams_ = true;  // DS3_CUDA_STREAMS=0: a captured step on one stream
+    bool latent_fused_ = true;  // DS3_CUDA_MLA_LATENT=0: the latent side of MLA's early chain as three launches
+    bool shexp_wait_ = true;    // DS3_CUDA_SHEXP_WAIT=0: an MoE layer's shared experts start beside its router
     bool pdl_batch_off_ = true;  // DS3_CUDA_PDL_BATCH=1: a batch's ops with dependent launch too
     cudaStream_t side_ = nullptr;  // the second stream of a captured step
     cuda::Branches branches_;

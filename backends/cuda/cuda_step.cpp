@@ -298,6 +298,10 @@ void CudaBackend::record(const Graph& g, GraphExec& e, KvCache* cache, bool capt
     for (int i = 0; i < g.size(); ++i) {
         const Node& n = g.node(i);
         if (n.op == Op::input || e.alias[static_cast<size_t>(i)]) continue;
+        if (const int last = record_mla_early(g, e, cache, i, unit); last >= 0) {
+            i = last;
+            continue;
+        }
         if (const int covered = match_add_norm(g, i)) {
             unit(i, i + covered - 1, [&] { launch_add_norm(g, e, i, covered); });
             i += covered - 1;
@@ -310,7 +314,6 @@ void CudaBackend::record(const Graph& g, GraphExec& e, KvCache* cache, bool capt
             });
             continue;
         }
-        if (n.op == Op::rope_yarn && record_mla_early(g, e, cache, i, unit)) continue;
         in.clear();
         for (int src : n.src) in.push_back(e.views[static_cast<size_t>(src)].get());
         Buffer* state = n.op == Op::mla_attn ? &cache->layer(n.layer, *this) : nullptr;
@@ -325,13 +328,24 @@ void CudaBackend::record(const Graph& g, GraphExec& e, KvCache* cache, bool capt
             });
             mla_ahead_.reset();
         } else {
-            unit(i, i, [&] { compute_op(n, in, *e.views[static_cast<size_t>(i)], state); });
+            // An MoE layer's shared experts wait for its routing: launched beside the router,
+            // their blocks held the SMs that the routing's one block then waited for.
+            unit(i, i, [&] { compute_op(n, in, *e.views[static_cast<size_t>(i)], state); },
+                 shexp_wait_ ? shared_after_route(g, i) : -1);
         }
         attn_out_ = nullptr;
     }
     if (two) branches_.join();
     quantised_.clear();
     mla_ahead_.reset();
+}
+
+int shared_after_route(const Graph& g, int i) {
+    const Node& n = g.node(i);
+    if (n.op != Op::shared_ffn) return -1;
+    for (int j = i - 1; j >= 0 && j >= i - 4; --j)
+        if (g.node(j).op == Op::moe_route && g.node(j).src[0] == n.src[0]) return j;
+    return -1;
 }
 
 int mla_early_node(const Graph& g, int i) {
@@ -352,38 +366,84 @@ int mla_early_node(const Graph& g, int i) {
     return m.src.size() >= 4 && query ? mi : -1;
 }
 
+MlaLatent mla_latent_nodes(const Graph& g, int m) {
+    const Node& a = g.node(m);
+    if (a.op != Op::mla_attn || a.src.size() < 4) return {};
+    const int lat = a.src[1], kpe = a.src[2];
+    const Node& norm = g.node(lat);
+    const Node& rope = g.node(kpe);
+    if (norm.op != Op::rms_norm || rope.op != Op::rope_yarn || !rope.rope || lat >= kpe || norm.rows != 1 ||
+        rope.rows != 1 || rope.src[1] != a.src[3])
+        return {};
+    // Both read views of one row (the kv_a product): its first kv_lora values, then the rope part.
+    const Node& vn = g.node(norm.src[0]);
+    const Node& vr = g.node(rope.src[0]);
+    if (vn.op != Op::view || vr.op != Op::view || vn.src[0] != vr.src[0] || vn.col0 != 0 ||
+        vn.cols != a.attn.kv_lora || vr.col0 != a.attn.kv_lora || vr.cols != a.attn.qk_rope ||
+        vn.src_cols != a.attn.kv_lora + a.attn.qk_rope)
+        return {};
+    if (rope.n_head != 1 || rope.rope_offset != 0 || rope.rope_dim != a.attn.qk_rope || rope.head_dim != rope.rope_dim)
+        return {};
+    // Between them only views, and nothing but the MLA node reads either.
+    for (int j = lat + 1; j < kpe; ++j)
+        if (g.node(j).op != Op::view) return {};
+    for (int j = lat + 1; j < g.size(); ++j)
+        for (int src : g.node(j).src)
+            if ((src == lat || src == kpe) && j != m) return {};
+    return {lat, kpe};
+}
+
 // MLA at decode, in a shorter chain than its node's (one query, the positions an input):
-// the query's RoPE (rope node i, read only by the MLA node) also quantises q_nope, and k_b
-// follows it at once on its stream, so that k_b no longer waits for the latent side; the
-// cache store follows the key's RoPE on that one's stream; the MLA node then runs the
-// attention alone. The same kernels on the same values: a replay equals a node-by-node
-// run bit for bit. DS3_CUDA_MLA_EARLY=0 turns it off (read once). Returns whether it
-// launched node i.
+// - the query's RoPE (rope node i, read only by the MLA node) also quantises q_nope, and
+//   k_b follows it at once on its stream, so that k_b no longer waits for the latent side;
+// - the latent side (the latent norm and the key's RoPE) is one launch that also stores
+//   the cache row (mla_latent), or where it does not apply the store follows the key's
+//   RoPE on that one's stream;
+// - the MLA node then runs the attention alone.
+// The same arithmetic on the same values: a replay equals a node-by-node run bit for bit.
+// DS3_CUDA_MLA_EARLY=0 turns it off (read once). Returns the last node it launched
+// (-1: none; the caller then records node i).
 template <typename Unit>
-bool CudaBackend::record_mla_early(const Graph& g, GraphExec& e, KvCache* cache, int i, Unit& unit) {
+int CudaBackend::record_mla_early(const Graph& g, GraphExec& e, KvCache* cache, int i, Unit& unit) {
     static const bool on = [] {
         const char* v = std::getenv("DS3_CUDA_MLA_EARLY");
         return !v || std::atoi(v) != 0;
     }();
     const Node& r = g.node(i);
-    if (mla_ahead_.node >= 0) {  // the key's RoPE of the MLA node ahead: the store after it
+    auto pos_of = [&](const Node& n) { return i32(e.views[static_cast<size_t>(n.src.back())].get()); };
+    if (mla_ahead_.node >= 0) {  // the latent side of the MLA node ahead
         const Node& m = g.node(mla_ahead_.node);
-        if (m.src[2] != i || m.src[1] >= i) return false;
         Buffer& c = cache->layer(m.layer, *this);
+        const MlaLatent lt = mla_latent_nodes(g, mla_ahead_.node);
+        if (i == lt.lat && latent_fused_) {
+            const Node& norm = g.node(lt.lat);
+            const Node& rope = g.node(lt.kpe);
+            const cuda::RopeArgs a = rope_args(rope);
+            if (!cuda::mla_latent_applies(m.attn.kv_lora, a)) return -1;
+            unit(lt.lat, lt.kpe, [&] {
+                cuda::mla_latent(e.at(norm.src[0]), m.attn.kv_lora, weight(*norm.w[0]), wtype(norm.w[0]->type),
+                                 norm.eps, a, pos_of(m), e.at(lt.lat), e.at(lt.kpe), f32(&c), mla_context(m, c), err_,
+                                 stream_);
+                launched(m.name + " latent");
+            });
+            mla_ahead_.stored = true;
+            return lt.kpe;
+        }
+        if (m.src[2] != i || r.op != Op::rope_yarn || m.src[1] >= i) return -1;
         unit(
             i, i,
             [&] {
-                rope(r, e.at(r.src[0]), i32(e.views[static_cast<size_t>(r.src[1])].get()), e.at(i));
+                rope(r, e.at(r.src[0]), pos_of(r), e.at(i));
                 launched(r.name);
-                mla_store(m, e.at(m.src[1]), e.at(i), i32(e.views[static_cast<size_t>(m.src[3])].get()), c);
+                mla_store(m, e.at(m.src[1]), e.at(i), pos_of(m), c);
                 launched(m.name + " store");
             },
             m.src[1]);
         mla_ahead_.stored = true;
-        return true;
+        return i;
     }
-    const int mi = on && cache ? mla_early_node(g, i) : -1;
-    if (mi < 0) return false;
+    const int mi = on && cache && r.op == Op::rope_yarn ? mla_early_node(g, i) : -1;
+    if (mi < 0) return -1;
     const Node& m = g.node(mi);
     const AttnParams& p = m.attn;
     cuda::RopeArgs a = rope_args(r);
@@ -394,14 +454,13 @@ bool CudaBackend::record_mla_early(const Graph& g, GraphExec& e, KvCache* cache,
     mla_ahead_.q_abs.emplace(*pool_, static_cast<size_t>(p.n_head) * p.kv_lora * 4);
     if (fused) mla_ahead_.q8.emplace(*pool_, cuda::q8_rows_bytes(p.n_head, p.qk_nope));
     unit(i, i, [&] {
-        const int32_t* pos = i32(e.views[static_cast<size_t>(r.src[1])].get());
-        if (fused) cuda::rope_rows_q8(a, pos, e.at(r.src[0]), e.at(i), mla_ahead_.q8->f(), stream_);
-        else cuda::rope_rows(a, pos, e.at(r.src[0]), e.at(i), stream_);
+        if (fused) cuda::rope_rows_q8(a, pos_of(r), e.at(r.src[0]), e.at(i), mla_ahead_.q8->f(), stream_);
+        else cuda::rope_rows(a, pos_of(r), e.at(r.src[0]), e.at(i), stream_);
         launched(r.name);
         mla_absorb(m, e.at(i), mla_ahead_.q_abs->f(), fused ? mla_ahead_.q8->f() : nullptr);
         launched(m.name + " k_b");
     });
-    return true;
+    return i;
 }
 
 void CudaBackend::capture(const Graph& g, GraphExec& e, KvCache* cache) {

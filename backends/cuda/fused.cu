@@ -171,16 +171,17 @@ __global__ void __launch_bounds__(kThreads)
 // block in double as on the CPU (positions reach 10^5 and float loses pos · freq). Grid:
 // (row, slice of kRopePairs column pairs), so a wide q row spreads over several blocks.
 constexpr int kRopeThreads = 256, kRopePairs = 1024;
-// Pair i's angle at position pos, and a pair rotated by it: shared by both RoPE kernels,
-// so that they give the same bits.
+// Pair i's angle at position pos, and a pair rotated by it: shared by the RoPE kernels,
+// so that they give the same bits (the products spelt out: left to the compiler, which
+// product of x0·c − x1·s is fused into an FMA differed between kernels).
 __device__ __forceinline__ void rope_angle(const RopeArgs& a, int32_t pos, int i, float& c, float& s) {
     const double theta = static_cast<double>(pos) * static_cast<double>(a.inv_freq[i]);
     c = static_cast<float>(cos(theta) * a.attn_factor);
     s = static_cast<float>(sin(theta) * a.attn_factor);
 }
 __device__ __forceinline__ void rope_pair(float x0, float x1, float c, float s, float* y) {
-    y[0] = x0 * c - x1 * s;
-    y[1] = x0 * s + x1 * c;
+    y[0] = __fmaf_rn(x0, c, -__fmul_rn(x1, s));
+    y[1] = __fmaf_rn(x0, s, __fmul_rn(x1, c));
 }
 
 __global__ void __launch_bounds__(kRopeThreads) rope_rows_kernel(RopeArgs a, const int32_t* positions, const float* x,
@@ -253,6 +254,52 @@ __global__ void __launch_bounds__(32 * kRopeQ8Warps)
         }
 }
 
+// MLA's latent side at decode in one launch (one token, 128 threads, so that the block
+// finds a slot beside a GEMV's): the kv_a row's first kv_lora values RMS-normed into lat,
+// its rope part rotated into kpe, and both stored as the cache row at positions[0] (a
+// position outside the context is DevError code 3, as in mla_store). Bit for bit
+// add_rms_norm_kernel<kNormThreads, 1>, rope_rows_kernel and mla_store run apart: with
+// kv_lora ≤ 4·kLatentThreads each thread takes the same four columns, in the same order,
+// and block_sum adds the same warp sums (the other warps' being zeros).
+constexpr int kLatentThreads = 128;
+__global__ void __launch_bounds__(kLatentThreads)
+    mla_latent_kernel(const float* kv, int kv_lora, const void* gain, WType wt, float eps, RopeArgs ra,
+                      const int32_t* positions, float* lat, float* kpe, float* cache, int64_t n_ctx, DevError* err) {
+    const int t = threadIdx.x, half = ra.rope_dim / 2;
+    const int32_t pos = positions[0];  // the step's input, copied before its first kernel
+    float g[4], c = 0.0f, sn = 0.0f;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) g[k] = 4 * t + k < kv_lora ? load_w(wt, gain, 4 * t + k) : 0.0f;
+    if (t < half) rope_angle(ra, pos, t, c, sn);
+    dep_wait();  // kv comes from kv_a's product; lat, kpe and the cache row may still be read
+    dep_trigger();
+    float v[4];
+    double ss = 0.0;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+        v[k] = 4 * t + k < kv_lora ? kv[4 * t + k] : 0.0f;
+        ss += static_cast<double>(v[k]) * v[k];
+    }
+    const double total = block_sum(ss);
+    const float inv = static_cast<float>(1.0 / sqrt(total / static_cast<double>(kv_lora) + eps));
+    const bool in_ctx = pos >= 0 && pos < n_ctx;
+    if (!in_ctx && t == 0) set_error(err, 3, pos, static_cast<int>(n_ctx));
+    float* row = in_ctx ? cache + static_cast<int64_t>(pos) * (kv_lora + ra.rope_dim) : nullptr;
+#pragma unroll
+    for (int k = 0; k < 4; ++k)
+        if (4 * t + k < kv_lora) {
+            const float o = v[k] * inv * g[k];
+            lat[4 * t + k] = o;
+            if (row) row[4 * t + k] = o;
+        }
+    if (t < half) {
+        float y[2];
+        rope_pair(kv[kv_lora + 2 * t], kv[kv_lora + 2 * t + 1], c, sn, y);
+        kpe[2 * t] = y[0], kpe[2 * t + 1] = y[1];
+        if (row) row[kv_lora + 2 * t] = y[0], row[kv_lora + 2 * t + 1] = y[1];
+    }
+}
+
 }  // namespace
 
 void add_rms_norm(const float* a, const float* b, const float* c, float* mid, float* sum, const void* gain, WType wt,
@@ -305,6 +352,19 @@ void rope_rows_q8(const RopeArgs& a, const int32_t* positions, const float* x, f
     auto* qd = reinterpret_cast<q8::XDs*>(static_cast<uint8_t*>(q8_rows) + q8::xds_offset(a.n_head, a.rope_offset));
     const unsigned grid = static_cast<unsigned>((a.n_head + kRopeQ8Warps - 1) / kRopeQ8Warps);
     launch_pdl(rope_q8_kernel, dim3(grid), dim3(32 * kRopeQ8Warps), 0, s, a, positions, x, y, q, qd);
+}
+
+bool mla_latent_applies(int kv_lora, const RopeArgs& a) {
+    return kv_lora > 0 && kv_lora <= 4 * kLatentThreads && a.rows == 1 && a.n_head == 1 && a.rope_offset == 0 &&
+           a.rope_dim > 0 && a.rope_dim % 2 == 0 && a.head_dim == a.rope_dim && a.cols == a.rope_dim &&
+           a.rope_dim / 2 <= kLatentThreads;
+}
+
+void mla_latent(const float* kv, int kv_lora, const void* gain, WType wt, float eps, const RopeArgs& a,
+                const int32_t* positions, float* lat, float* kpe, float* cache, int64_t n_ctx, DevError* err,
+                cudaStream_t s) {
+    launch_pdl(mla_latent_kernel, dim3(1), dim3(kLatentThreads), 0, s, kv, kv_lora, gain, wt, eps, a, positions, lat,
+               kpe, cache, n_ctx, err);
 }
 
 }  // namespace ds3::cuda

@@ -118,6 +118,15 @@ void rope_rows(const RopeArgs& a, const int32_t* positions, const float* x, floa
 bool rope_q8_applies(const RopeArgs& a);
 void rope_rows_q8(const RopeArgs& a, const int32_t* positions, const float* x, float* y, void* q8_rows,
                   cudaStream_t s);
+// MLA's latent side at decode in one launch (fused.cu): kv is kv_a's row [kv_lora | rope];
+// lat = rms_norm(kv[0..kv_lora)) · gain, kpe = the rope part rotated by a (one head, all of
+// it), and [lat | kpe] stored as the cache row ([n_ctx][kv_lora + rope]) at positions[0]
+// (outside the context: DevError code 3), bit for bit add_rms_norm, rope_rows and
+// mla_store apart. mla_latent_applies: kv_lora ≤ 512 and a of that shape.
+bool mla_latent_applies(int kv_lora, const RopeArgs& a);
+void mla_latent(const float* kv, int kv_lora, const void* gain, WType wt, float eps, const RopeArgs& a,
+                const int32_t* positions, float* lat, float* kpe, float* cache, int64_t n_ctx, DevError* err,
+                cudaStream_t s);
 // RMS norm, alone or fused with the residual adds before it (fused.cu), bit for bit the
 // unfused ops: v = a (b null), a + b, or with c: mid = a + b and v = c + mid; sum = v
 // (when given); y = rms_norm(v, eps) · gain. yq (cols a multiple of 32; q8_rows_bytes(rows,

@@ -118,11 +118,26 @@ TEST_CASE("cuda: a decode step's MLA nodes are found from their query's RoPE", "
             REQUIRE(rope_q >= 0);
             REQUIRE(mla > rope_q);
             CHECK(cuda::mla_early_node(g, rope_q) == mla);
+            const cuda::MlaLatent lt = cuda::mla_latent_nodes(g, mla);
+            CHECK(lt.lat == g.find(l + "kv_latent"));
+            CHECK(lt.kpe == g.find(l + "k_pe"));
             CHECK(cuda::mla_early_node(g, g.find(l + "k_pe")) == -1);  // the key's RoPE is not a query
             CHECK(cuda::mla_early_node(g, mla) == -1);
         }
         const Graph g2 = build_graph(m, {2, 5, false});
         CHECK(cuda::mla_early_node(g2, g2.find("l0.q_roped")) == -1);
+        // An MoE layer's shared experts wait for its routing; a dense layer's MLP waits for nothing.
+        int moe_layers = 0;
+        for (int64_t il = 0; il < m.hp.n_layer; ++il) {
+            std::string l = "l";
+            l += std::to_string(il);
+            l += '.';
+            const int route = g.find(l + "moe_route"), sh = g.find(l + (route >= 0 ? "shexp_out" : "ffn_out"));
+            REQUIRE(sh >= 0);
+            CHECK(cuda::shared_after_route(g, sh) == route);
+            moe_layers += route >= 0;
+        }
+        CHECK(moe_layers > 0);
     }
     // One layer's MLA by hand: found; not when the roped query is also read before the MLA
     // node, nor without the positions input.
@@ -140,6 +155,25 @@ TEST_CASE("cuda: a decode step's MLA nodes are found from their query's RoPE", "
         const int o = g.mla_attn("o", qr, lat, kpe, *L.k_b, *L.v_b, ap, 0, variant == 2 ? -1 : ps);
         INFO("variant " << variant);
         CHECK(cuda::mla_early_node(g, qr) == (variant == 0 ? o : -1));
+        CHECK(cuda::mla_latent_nodes(g, o).lat == -1);  // lat and kpe are inputs here
+    }
+    // The latent side on views of one kv_a row: found; not when another node reads the
+    // latent, nor when the key's RoPE reads a row of its own.
+    for (int variant = 0; variant < 3; ++variant) {
+        Graph g;
+        const int q = g.input("q", DType::f32, 1, H * (nope + rope)), ps = g.input("pos", DType::i32, 1, 1);
+        const int kv = g.input("kv", DType::f32, 1, hp.kv_lora + rope), k2 = g.input("k2", DType::f32, 1, rope);
+        const int qr = g.rope_yarn("q_roped", q, ps, H, nope + rope, nope, rope, m.rope);
+        const int lat = g.rms_norm("kv_latent", g.view("kv_c", kv, 0, hp.kv_lora), *L.kv_a_norm, hp.rms_eps);
+        const int kraw = variant == 2 ? k2 : g.view("k_pe_raw", kv, hp.kv_lora, rope);
+        const int kpe = g.rope_yarn("k_pe", kraw, ps, 1, rope, 0, rope, m.rope);
+        if (variant == 1) g.view("peek", lat, 0, 8);
+        const int o = g.mla_attn("o", qr, lat, kpe, *L.k_b, *L.v_b, ap, 0, ps);
+        INFO("latent variant " << variant);
+        CHECK(cuda::mla_early_node(g, qr) == o);
+        const cuda::MlaLatent lt = cuda::mla_latent_nodes(g, o);
+        CHECK(lt.lat == (variant == 0 ? lat : -1));
+        CHECK(lt.kpe == (variant == 0 ? kpe : -1));
     }
 }
 

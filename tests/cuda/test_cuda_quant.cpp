@@ -568,25 +568,29 @@ TEST_CASE("cuda quant: a replayed decode step (fused quantisation) equals node b
         int64_t H, kv_lora, v_head;
     };
     // The last: v_b in regrouped Q6_K (kv_lora 512) with V3's 128 rows a head.
-    // roped: q and k_pe through their RoPE nodes first, as in a model, so that a replayed
-    // step launches the store and k_b ahead of the MLA node (the query's RoPE quantising
-    // q_nope for k_b: cuda_step.cpp).
+    // shape 1: q and k_pe through their RoPE nodes first, so that a replayed step launches
+    // k_b ahead of the MLA node (the query's RoPE quantising q_nope for it) and the store
+    // after the key's RoPE; shape 2: also the latent norm and the key's RoPE on views of
+    // one kv_a row, as in a model, which a replayed step launches as one kernel with the
+    // store (cuda_step.cpp). Their outputs are fetched too: the fused kernels' bits.
     auto table = std::make_shared<RopeTable>();
     for (int i = 0; i < 4; ++i) table->inv_freq.push_back(std::pow(10000.0f, -float(i) / 4.0f));
     table->attn_factor = 1.07f;
-    for (bool roped : {false, true})
+    for (int shape : {0, 1, 2})
     for (const Case& c : {Case{TypeId::Q8_0, TypeId::Q8_0, 3, 64, 32}, Case{TypeId::Q4_0, TypeId::Q4_0, 3, 64, 32},
                           Case{TypeId::Q8_0, TypeId::Q6_K, 4, 512, 128}}) {
         const TypeId t = c.t;
         const int64_t D = 96, H = c.H, rope = 8, nope = 32, kv_lora = c.kv_lora, v_head = c.v_head;
         WeightStore s;
         const Weight& gain = add_weight(s, "gain", TypeId::F32, {D}, randn(size_t(D), 60, 0.5f));
+        const Weight& lgain = add_weight(s, "lgain", TypeId::F32, {kv_lora}, randn(size_t(kv_lora), 66, 0.5f));
         QWeight w1 = add_qweight(s, "w1", t, {D, 4099}, 61, 0.3f);
         QWeight w2 = add_qweight(s, "w2", t, {D, 40}, 62, 0.3f);
         QWeight kb = add_qweight(s, "kb", t, {nope, kv_lora, H}, 63, 0.3f);
         QWeight vb = add_qweight(s, "vb", c.t_out, {kv_lora, v_head, H}, 64, 0.3f);
         QWeight wo = add_qweight(s, "wo", c.t_out, {H * v_head, 40}, 65, 0.3f);
-        std::vector<float> outs[2];
+        std::vector<std::vector<float>> outs[2];  // per fetched node and position
+        std::vector<std::string> names;
         for (int on = 0; on < 2; ++on) {
             auto b = cuda_with_graphs(on == 1);
             KvCache cache(1, 16, kv_lora, rope);
@@ -596,34 +600,47 @@ TEST_CASE("cuda quant: a replayed decode step (fused quantisation) equals node b
                 Graph g;
                 const int x = g.input("x", DType::f32, 1, D), r = g.input("r", DType::f32, 1, D);
                 const int qin = g.input("q", DType::f32, 1, H * (nope + rope));
-                const int lat = g.input("lat", DType::f32, 1, kv_lora), kin = g.input("kpe", DType::f32, 1, rope);
+                // shape 2: lin is the kv_a row [kv_lora | rope]; else lat and kpe themselves.
+                const int lin = g.input("lat", DType::f32, 1, shape == 2 ? kv_lora + rope : kv_lora);
+                const int kin = g.input("kpe", DType::f32, 1, rope);
                 const int ps = g.input("pos", DType::i32, 1, 1);
                 const int n = g.rms_norm("norm", g.add("sum", x, r), gain, 1e-6f);
                 const int y1 = g.mul_mat("y1", n, *w1.q), y2 = g.mul_mat("y2", n, *w2.q);
-                const int qn = roped ? g.rope_yarn("q_roped", qin, ps, int(H), int(nope + rope), int(nope), int(rope), table)
-                                     : qin;
-                const int kpe = roped ? g.rope_yarn("k_pe", kin, ps, 1, int(rope), 0, int(rope), table) : kin;
+                const int qn = shape > 0 ? g.rope_yarn("q_roped", qin, ps, int(H), int(nope + rope), int(nope),
+                                                       int(rope), table)
+                                         : qin;
+                const int lat = shape == 2 ? g.rms_norm("kv_latent", g.view("kv_c", lin, 0, kv_lora), lgain, 1e-6f) : lin;
+                const int kpe = shape == 2   ? g.rope_yarn("k_pe", g.view("k_pe_raw", lin, kv_lora, rope), ps, 1,
+                                                           int(rope), 0, int(rope), table)
+                                : shape == 1 ? g.rope_yarn("k_pe", kin, ps, 1, int(rope), 0, int(rope), table)
+                                             : kin;
                 const int o = g.mla_attn("o", qn, lat, kpe, *kb.q, *vb.q, p, 0, ps);
                 const int y3 = g.mul_mat("wo", o, *wo.q);
                 auto xv = randn(size_t(D), seed++), rv = randn(size_t(D), seed++);
-                auto qv = randn(size_t(H * (nope + rope)), seed++), lv = randn(size_t(kv_lora), seed++);
+                auto qv = randn(size_t(H * (nope + rope)), seed++);
+                auto lv = randn(size_t(shape == 2 ? kv_lora + rope : kv_lora), seed++);
                 auto kv = randn(size_t(rope), seed++);
                 const int32_t pv = int32_t(pos);
                 const std::vector<GraphInput> ins = {{x, xv.data()},   {r, rv.data()},   {qin, qv.data()},
-                                                     {lat, lv.data()}, {kin, kv.data()}, {ps, &pv}};
+                                                     {lin, lv.data()}, {kin, kv.data()}, {ps, &pv}};
                 Scheduler sch({b.get()});
                 const Graph placed = sch.place(g);
                 std::vector<int> fetch = {y1, y2, o, y3};
-                if (roped) fetch.push_back(qn);  // rope_rows_q8's y: rope_rows' bits
+                if (shape > 0) fetch.push_back(qn);  // rope_rows_q8's y: rope_rows' bits
+                if (shape == 2) fetch.insert(fetch.end(), {lat, kpe});  // mla_latent's
                 auto res = sch.run(placed, ins, &cache, fetch);
-                for (int id : fetch) outs[on].insert(outs[on].end(), res.at(id).begin(), res.at(id).end());
+                for (int id : fetch) outs[on].push_back(std::vector<float>(res.at(id).begin(), res.at(id).end()));
+                if (on == 0)
+                    for (int id : fetch) names.push_back(g.node(id).name + " at " + std::to_string(pos));
                 cache.advance(1);
             }
         }
-        INFO(tname(t) << " / " << tname(c.t_out) << (roped ? ", roped" : ""));
         REQUIRE(outs[0].size() == outs[1].size());
-        CHECK(all_finite(outs[1]));
-        CHECK(outs[0] == outs[1]);
+        for (size_t k = 0; k < outs[0].size(); ++k) {
+            INFO(tname(t) << " / " << tname(c.t_out) << ", shape " << shape << ": " << names[k]);
+            CHECK(all_finite(outs[1][k]));
+            CHECK(outs[0][k] == outs[1][k]);
+        }
     }
 }
 
