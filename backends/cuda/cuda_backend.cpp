@@ -63,6 +63,7 @@ CudaBackend::CudaBackend(const BackendOptions&, std::string name) : name_(std::m
     if (const char* p = std::getenv("DS3_CUDA_STREAMS")) streams_ = std::atoi(p) != 0;
     if (const char* p = std::getenv("DS3_CUDA_MLA_LATENT")) latent_fused_ = std::atoi(p) != 0;
     if (const char* p = std::getenv("DS3_CUDA_SHEXP_WAIT")) shexp_wait_ = std::atoi(p) != 0;
+    if (const char* p = std::getenv("DS3_CUDA_MLA_ROTATE")) q_unroped_ = std::atoi(p) != 0;
     if (const char* p = std::getenv("DS3_CUDA_PDL_BATCH")) pdl_batch_off_ = std::atoi(p) == 0;
 }
 
@@ -332,8 +333,9 @@ void CudaBackend::mla_store(const Node& n, const float* latent, const float* k_p
 }
 
 // q_abs[t][h] = W_kb[h]ᵀ q_nope[t][h]: a GEMM per head, on the integer GEMV at decode (each
-// head's q_nope row quantised, or already quantised at q8: rope_rows_q8's layout).
-void CudaBackend::mla_absorb(const Node& n, const float* q, float* q_abs, const void* q8) {
+// head's q_nope row quantised: by a launch of its own; already, at q8 (rope_rows_q8's
+// layout); or with quantise_rows, by the GEMV's blocks themselves).
+void CudaBackend::mla_absorb(const Node& n, const float* q, float* q_abs, const void* q8, bool quantise_rows) {
     const AttnParams& p = n.attn;
     const int64_t H = p.n_head, qdim = p.qk_nope + p.qk_rope;
     const Weight& k_b = *n.w[0];  // [qk_nope, kv_lora, H]
@@ -353,15 +355,17 @@ void CudaBackend::mla_absorb(const Node& n, const float* q, float* q_abs, const 
     a.K = p.qk_nope;
     a.batch = static_cast<int>(H);
     std::optional<Scratch> sa;
+    a.quantise_rows = quantise_rows;
     if (q8) a.xq = q8;
-    else gemv_scratch(a, sa);
+    else if (!quantise_rows) gemv_scratch(a, sa);
     cuda::gemm(a, stream_);
 }
 
 // The attention over the cache (which holds this batch's rows by now) and v_b: q is the
-// roped query (q_pe read in place), q_abs mla_absorb's.
+// roped query (q_pe read in place; with pe_cs, one query, not yet rotated: the split
+// kernel rotates it by those (cos, sin) pairs), q_abs mla_absorb's.
 void CudaBackend::mla_attend(const Node& n, const float* q, const float* q_abs, const int32_t* positions,
-                             Buffer& cache_buf, float* out) {
+                             Buffer& cache_buf, float* out, const float* pe_cs) {
     const AttnParams& p = n.attn;
     const int64_t T = n.rows, H = p.n_head, width = p.kv_lora + p.qk_rope, qdim = p.qk_nope + p.qk_rope;
     const int64_t n_ctx = mla_context(n, cache_buf);
@@ -399,7 +403,8 @@ void CudaBackend::mla_attend(const Node& n, const float* q, const float* q_abs, 
         }
     }
     cuda::mla_attend(plan, q_abs, q + p.qk_nope, qdim, cache, width, n_ctx, p.kv_lora, static_cast<int>(H), T,
-                     positions, p.scale, ctx.f(), part.f(), stream_, vq ? vq->f() : nullptr, split_ahead, merge_ahead);
+                     positions, p.scale, ctx.f(), part.f(), stream_, vq ? vq->f() : nullptr, split_ahead, merge_ahead,
+                     pe_cs);
     sub_mark("mla.attend");
 
     // out[t][h] = W_vb[h] ctx[t][h]: a GEMM per head.

@@ -80,6 +80,7 @@ private:
         std::vector<size_t> q8;                        // per RMS norm: its quantised copy's offset (0: none)
         std::vector<std::unique_ptr<CudaBuffer>> views;  // per node, on the arena
         Pool::Held held;                               // scratch the capture used
+        std::vector<uint8_t> fetched;                  // per node: read back after the step
         cudaGraphExec_t exec = nullptr;
         int runs = 0;
         bool eager_only = false;  // the capture failed once: run node by node
@@ -155,9 +156,9 @@ private:
     // earlier, beside the nodes that make their inputs (record()).
     int64_t mla_context(const Node& n, const Buffer& cache_buf);
     void mla_store(const Node& n, const float* latent, const float* k_pe, const int32_t* positions, Buffer& cache_buf);
-    void mla_absorb(const Node& n, const float* q, float* q_abs, const void* q8);
+    void mla_absorb(const Node& n, const float* q, float* q_abs, const void* q8, bool quantise_rows = false);
     void mla_attend(const Node& n, const float* q, const float* q_abs, const int32_t* positions, Buffer& cache_buf,
-                    float* out);
+                    float* out, const float* pe_cs = nullptr);
     void moe_route(const Node& n, const float* x, float* out);
     cuda::MoeArgs moe_args(const Node& n);
     void moe_ffn(const Node& n, const float* x, const float* route, float* out);
@@ -189,6 +190,7 @@ private:
     bool streams_ = true;  // DS3_CUDA_STREAMS=0: a captured step on one stream
     bool latent_fused_ = true;  // DS3_CUDA_MLA_LATENT=0: the latent side of MLA's early chain as three launches
     bool shexp_wait_ = true;    // DS3_CUDA_SHEXP_WAIT=0: an MoE layer's shared experts start beside its router
+    bool q_unroped_ = true;     // DS3_CUDA_MLA_ROTATE=0: MLA's early chain ropes the query in a launch of its own
     bool pdl_batch_off_ = true;  // DS3_CUDA_PDL_BATCH=1: a batch's ops with dependent launch too
     cudaStream_t side_ = nullptr;  // the second stream of a captured step
     cuda::Branches branches_;
@@ -204,12 +206,17 @@ private:
     struct MlaAhead {
         int node = -1;
         bool stored = false;
-        std::optional<Scratch> q_abs, q8;
+        // The query left unrotated (its RoPE node launches nothing): the latent kernel writes
+        // its angles' (cos, sin) to cs and the split rotates q_pe with them.
+        const float* q_raw = nullptr;
+        std::optional<Scratch> q_abs, q8, cs;
         void reset() {
             node = -1;
             stored = false;
+            q_raw = nullptr;
             q_abs.reset();
             q8.reset();
+            cs.reset();
         }
     };
     MlaAhead mla_ahead_;

@@ -165,6 +165,8 @@ CudaBackend::GraphExec& CudaBackend::exec_for(const Graph& g, KvCache* cache, st
     e->key = key;
     e->pool = pool_;
     size_t total = 0;
+    e->fetched.assign(static_cast<size_t>(g.size()), 0);
+    for (int id : fetch) e->fetched[static_cast<size_t>(id)] = 1;
     e->offset.resize(static_cast<size_t>(g.size()));
     for (int i = 0; i < g.size(); ++i) {
         e->offset[static_cast<size_t>(i)] = total;
@@ -323,7 +325,11 @@ void CudaBackend::record(const Graph& g, GraphExec& e, KvCache* cache, bool capt
         if (n.op == Op::mla_attn && mla_ahead_.node == i) {
             unit(i, i, [&] {
                 if (!mla_ahead_.stored) mla_store(n, e.at(n.src[1]), e.at(n.src[2]), i32(in[3]), *state);
-                mla_attend(n, e.at(n.src[0]), mla_ahead_.q_abs->f(), i32(in[3]), *state, e.at(i));
+                if (mla_ahead_.q_raw)
+                    mla_attend(n, mla_ahead_.q_raw, mla_ahead_.q_abs->f(), i32(in[3]), *state, e.at(i),
+                               mla_ahead_.cs->f());
+                else
+                    mla_attend(n, e.at(n.src[0]), mla_ahead_.q_abs->f(), i32(in[3]), *state, e.at(i));
                 launched(n.name);
             });
             mla_ahead_.reset();
@@ -423,7 +429,7 @@ int CudaBackend::record_mla_early(const Graph& g, GraphExec& e, KvCache* cache, 
             unit(lt.lat, lt.kpe, [&] {
                 cuda::mla_latent(e.at(norm.src[0]), m.attn.kv_lora, weight(*norm.w[0]), wtype(norm.w[0]->type),
                                  norm.eps, a, pos_of(m), e.at(lt.lat), e.at(lt.kpe), f32(&c), mla_context(m, c), err_,
-                                 stream_);
+                                 stream_, mla_ahead_.cs ? mla_ahead_.cs->f() : nullptr);
                 launched(m.name + " latent");
             });
             mla_ahead_.stored = true;
@@ -448,10 +454,25 @@ int CudaBackend::record_mla_early(const Graph& g, GraphExec& e, KvCache* cache, 
     const AttnParams& p = m.attn;
     cuda::RopeArgs a = rope_args(r);
     const cuda::Resident::Entry& kb = resident(*m.w[0]);
-    const bool fused = cuda::rope_q8_applies(a) && cuda::gemv_scratch_bytes(kb.wt, 1, p.qk_nope, p.n_head) > 0;
+    const bool q8_kb = cuda::gemv_scratch_bytes(kb.wt, 1, p.qk_nope, p.n_head) > 0;
+    const bool fused = cuda::rope_q8_applies(a) && q8_kb;
     mla_ahead_.reset();
     mla_ahead_.node = mi;
     mla_ahead_.q_abs.emplace(*pool_, static_cast<size_t>(p.n_head) * p.kv_lora * 4);
+    // The query left unrotated where the latent kernel can hand its angles to the split: the
+    // same table and width as the key's RoPE, and the roped query not read back.
+    const MlaLatent lt = mla_latent_nodes(g, mi);
+    if (q_unroped_ && latent_fused_ && q8_kb && lt.lat >= 0 && p.qk_nope <= cuda::kInlineRowK &&
+        !e.fetched[static_cast<size_t>(i)] && g.node(lt.kpe).rope == r.rope && g.node(lt.kpe).rope_dim == r.rope_dim &&
+        r.rope_dim % 4 == 0 && cuda::mla_latent_applies(p.kv_lora, rope_args(g.node(lt.kpe)))) {
+        mla_ahead_.q_raw = e.at(r.src[0]);
+        mla_ahead_.cs.emplace(*pool_, static_cast<size_t>(r.rope_dim) * 4);
+        unit(i, i, [&] {
+            mla_absorb(m, mla_ahead_.q_raw, mla_ahead_.q_abs->f(), nullptr, true);
+            launched(m.name + " k_b");
+        });
+        return i;
+    }
     if (fused) mla_ahead_.q8.emplace(*pool_, cuda::q8_rows_bytes(p.n_head, p.qk_nope));
     unit(i, i, [&] {
         if (fused) cuda::rope_rows_q8(a, pos_of(r), e.at(r.src[0]), e.at(i), mla_ahead_.q8->f(), stream_);

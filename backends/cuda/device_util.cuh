@@ -36,6 +36,20 @@ __device__ inline float warp_max(float v) {
 
 __device__ inline float silu(float x) { return x / (1.0f + expf(-x)); }
 
+// RoPE pair i's angle at position pos (in double: positions reach 10^5 and float loses
+// pos · freq), and a pair rotated by it: shared by every kernel that rotates, so that
+// they give the same bits (the products spelt out: left to the compiler, which product
+// of x0·c − x1·s became an FMA differed between kernels).
+__device__ __forceinline__ void rope_angle(const RopeArgs& a, int32_t pos, int i, float& c, float& s) {
+    const double theta = static_cast<double>(pos) * static_cast<double>(a.inv_freq[i]);
+    c = static_cast<float>(cos(theta) * a.attn_factor);
+    s = static_cast<float>(sin(theta) * a.attn_factor);
+}
+__device__ __forceinline__ void rope_pair(float x0, float x1, float c, float s, float* y) {
+    y[0] = __fmaf_rn(x0, c, -__fmul_rn(x1, s));
+    y[1] = __fmaf_rn(x0, s, __fmul_rn(x1, c));
+}
+
 // Programmatic dependent launch (sm_90). Every kernel of a step is launched with
 // launch_pdl (below; MLA's in mla.cu), so the next kernel on the stream is already resident,
 // waiting, when this one ends. Such a kernel may load weights (never written during a step)

@@ -171,19 +171,6 @@ __global__ void __launch_bounds__(kThreads)
 // block in double as on the CPU (positions reach 10^5 and float loses pos · freq). Grid:
 // (row, slice of kRopePairs column pairs), so a wide q row spreads over several blocks.
 constexpr int kRopeThreads = 256, kRopePairs = 1024;
-// Pair i's angle at position pos, and a pair rotated by it: shared by the RoPE kernels,
-// so that they give the same bits (the products spelt out: left to the compiler, which
-// product of x0·c − x1·s is fused into an FMA differed between kernels).
-__device__ __forceinline__ void rope_angle(const RopeArgs& a, int32_t pos, int i, float& c, float& s) {
-    const double theta = static_cast<double>(pos) * static_cast<double>(a.inv_freq[i]);
-    c = static_cast<float>(cos(theta) * a.attn_factor);
-    s = static_cast<float>(sin(theta) * a.attn_factor);
-}
-__device__ __forceinline__ void rope_pair(float x0, float x1, float c, float s, float* y) {
-    y[0] = __fmaf_rn(x0, c, -__fmul_rn(x1, s));
-    y[1] = __fmaf_rn(x0, s, __fmul_rn(x1, c));
-}
-
 __global__ void __launch_bounds__(kRopeThreads) rope_rows_kernel(RopeArgs a, const int32_t* positions, const float* x,
                                                                 float* y) {
     __shared__ float cs[kMaxRopeHalf], sn[kMaxRopeHalf];
@@ -264,7 +251,8 @@ __global__ void __launch_bounds__(32 * kRopeQ8Warps)
 constexpr int kLatentThreads = 128;
 __global__ void __launch_bounds__(kLatentThreads)
     mla_latent_kernel(const float* kv, int kv_lora, const void* gain, WType wt, float eps, RopeArgs ra,
-                      const int32_t* positions, float* lat, float* kpe, float* cache, int64_t n_ctx, DevError* err) {
+                      const int32_t* positions, float* lat, float* kpe, float* cache, int64_t n_ctx, DevError* err,
+                      float* cs_out) {
     const int t = threadIdx.x, half = ra.rope_dim / 2;
     const int32_t pos = positions[0];  // the step's input, copied before its first kernel
     float g[4], c = 0.0f, sn = 0.0f;
@@ -293,6 +281,7 @@ __global__ void __launch_bounds__(kLatentThreads)
             if (row) row[4 * t + k] = o;
         }
     if (t < half) {
+        if (cs_out) cs_out[2 * t] = c, cs_out[2 * t + 1] = sn;
         float y[2];
         rope_pair(kv[kv_lora + 2 * t], kv[kv_lora + 2 * t + 1], c, sn, y);
         kpe[2 * t] = y[0], kpe[2 * t + 1] = y[1];
@@ -362,9 +351,9 @@ bool mla_latent_applies(int kv_lora, const RopeArgs& a) {
 
 void mla_latent(const float* kv, int kv_lora, const void* gain, WType wt, float eps, const RopeArgs& a,
                 const int32_t* positions, float* lat, float* kpe, float* cache, int64_t n_ctx, DevError* err,
-                cudaStream_t s) {
+                cudaStream_t s, float* cs_out) {
     launch_pdl(mla_latent_kernel, dim3(1), dim3(kLatentThreads), 0, s, kv, kv_lora, gain, wt, eps, a, positions, lat,
-               kpe, cache, n_ctx, err);
+               kpe, cache, n_ctx, err, cs_out);
 }
 
 }  // namespace ds3::cuda

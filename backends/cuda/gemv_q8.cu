@@ -102,6 +102,10 @@ struct QArgs {
     int64_t w_bstride = 0, y_bstride = 0;
     int lpr = 32;  // lanes per weight row
     int parts = 1;  // warps per row (a split of K for few long rows: lpr 32, RW 1, plain)
+    // Plain batched mode: xf non-null (and x unset): batch row b is xf + b·xf_stride in f32,
+    // quantised by each block into its dynamic shared memory (K ≤ kInlineRowK).
+    const float* xf = nullptr;
+    int64_t xf_stride = 0;
     // MoE modes: grid.y is the (token, slot) pair; w[i] are stacks of n_expert matrices.
     const float* route = nullptr;
     int n_used = 1, n_expert = 1;
@@ -184,8 +188,31 @@ __global__ void __launch_bounds__(kThreads) gemv_q8_kernel(QArgs a) {
     } else if constexpr (Mode == kPlain) {
         const int64_t b = blockIdx.y;  // 0 unless batched
         w[0] += b * a.w_bstride;
-        x.q += b * xstride;
-        x.d += b * (xstride / 32);
+        bool inline_row = false;  // one activation row only: no other kernel carries the code
+        if constexpr (MR == 1) inline_row = a.xf != nullptr;
+        if (inline_row) {
+            // The block's rows asked of L2 first (their first loads now follow the wait), then
+            // batch row b quantised as quantize_q8_kernel does, a 32-block per warp and step.
+            extern __shared__ __align__(16) uint8_t xs[];
+            const int64_t per_cta = kWarps / parts * (32 / lpr) * RW;
+            const int64_t n0 = static_cast<int64_t>(blockIdx.x) * per_cta;
+            const int64_t bytes = (n0 + per_cta < a.N ? per_cta : a.N - n0) * rb;
+            for (int64_t o = static_cast<int64_t>(threadIdx.x) * 128; o < bytes; o += 128 * kThreads)
+                asm volatile("prefetch.global.L2 [%0];" ::"l"(w[0] + n0 * rb + o));
+            dep_wait();
+            dep_trigger();
+            int8_t* sq = reinterpret_cast<int8_t*>(xs);
+            q8::XDs* sd = reinterpret_cast<q8::XDs*>(xs + q8::xds_offset(1, a.K));
+            const float* xr = a.xf + b * a.xf_stride;
+            for (int64_t c = warp; c < a.K / 32; c += kWarps)
+                q8::quantize_warp(xr[32 * c + lane], true, sq + 32 * c + lane, sd + c);
+            __syncthreads();
+            x.q = sq;
+            x.d = sd;
+        } else {
+            x.q += b * xstride;
+            x.d += b * (xstride / 32);
+        }
         yoff = b * a.y_bstride;
     }
     float acc[R][MR];
@@ -294,7 +321,8 @@ void launch_u(QArgs a, unsigned pairs, cudaStream_t s) {
         launch_pdl(gemv_q8_kernel<Q, 1, Mode, RW>, grid, block, 0, s, a);
     } else {
         // pick_rw gives RW = 4 only for M ≤ 2 and RW = 2 for M ≤ 4: no other kernels are made.
-        if (a.M == 1) launch_pdl(gemv_q8_kernel<Q, 1, Mode, RW>, grid, block, 0, s, a);
+        const size_t xs = a.xf ? static_cast<size_t>(q8_rows_bytes(1, a.K)) : 0;  // the row quantised in-kernel
+        if (a.M == 1) launch_pdl(gemv_q8_kernel<Q, 1, Mode, RW>, grid, block, xs, s, a);
         else if (a.M == 2) launch_pdl(gemv_q8_kernel<Q, 2, Mode, RW>, grid, block, 0, s, a);
         else if constexpr (RW <= 2) {
             if (a.M <= 4) launch_pdl(gemv_q8_kernel<Q, 4, Mode, RW>, grid, block, 0, s, a);
@@ -318,7 +346,8 @@ void launch(QArgs a, unsigned pairs, cudaStream_t s) {
 
 // A batch of matrices only for single rows (decode's per-head products of MLA).
 bool gemv_applies(const GemmArgs& a) {
-    return (a.scratch || a.xq) && !a.groups && (a.batch == 1 || (a.M == 1 && batched_on())) && a.batch >= 1 &&
+    const bool inline_rows = a.quantise_rows && a.batch > 1 && a.M == 1 && a.K <= kInlineRowK;
+    return (a.scratch || a.xq || inline_rows) && !a.groups && (a.batch == 1 || (a.M == 1 && batched_on())) && a.batch >= 1 &&
            a.M >= 1 && a.M <= 8 && a.K > 0 && a.K % 32 == 0 && q8_supported(a.wt) &&
            a.K % wtype_block(a.wt) == 0;
 }
@@ -353,11 +382,15 @@ bool gemv_q8(const GemmArgs& a, cudaStream_t s) {
     if (!gemv_applies(a)) return false;
     // A batch of single rows is quantised as `batch` rows x_bstride apart.
     const int64_t rows = a.batch > 1 ? a.batch : a.M, ld = a.batch > 1 ? a.x_bstride : a.ldx;
-    if (!a.xq) quantize_rows(a.x, ld, rows, a.K, a.scratch, s);
     QArgs q;
+    if (!a.xq && a.quantise_rows && a.batch > 1 && a.K <= kInlineRowK) {
+        q.xf = a.x, q.xf_stride = a.x_bstride;
+    } else {
+        if (!a.xq) quantize_rows(a.x, ld, rows, a.K, a.scratch, s);
+        q.x = act_at(a.xq ? a.xq : a.scratch, rows, a.K);
+    }
     q.w[0] = static_cast<const uint8_t*>(a.w);
     q.N = a.N, q.K = a.K, q.M = static_cast<int>(a.M);
-    q.x = act_at(a.xq ? a.xq : a.scratch, rows, a.K);
     q.y = a.y, q.ldy = a.ldy;
     q.w_bstride = a.w_bstride, q.y_bstride = a.y_bstride;
     return with_q8(a.wt, [&](auto l) { launch<decltype(l), kPlain>(q, static_cast<unsigned>(a.batch), s); });

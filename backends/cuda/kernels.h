@@ -85,7 +85,12 @@ struct GemmArgs {
     // mla_attend's ctx_q8 for a batch of single rows): the integer path reads it and skips
     // its own quantise launch.
     const void* xq = nullptr;
+    // A batch of single rows (M = 1) of K ≤ kInlineRowK: each block of the integer GEMV
+    // quantises its batch row of x itself, as the quantise launch would (no scratch, no
+    // launch; MLA's k_b right after the projection that makes q).
+    bool quantise_rows = false;
 };
+constexpr int64_t kInlineRowK = 1024;
 // batch > 1: a strided batch of single rows (M = 1), each quantised apart.
 size_t gemv_scratch_bytes(WType wt, int64_t M, int64_t K, int batch = 1);
 void gemm(const GemmArgs& a, cudaStream_t s);
@@ -122,11 +127,13 @@ void rope_rows_q8(const RopeArgs& a, const int32_t* positions, const float* x, f
 // lat = rms_norm(kv[0..kv_lora)) · gain, kpe = the rope part rotated by a (one head, all of
 // it), and [lat | kpe] stored as the cache row ([n_ctx][kv_lora + rope]) at positions[0]
 // (outside the context: DevError code 3), bit for bit add_rms_norm, rope_rows and
-// mla_store apart. mla_latent_applies: kv_lora ≤ 512 and a of that shape.
+// mla_store apart. cs_out (optional, rope_dim floats): the angles' (cos, sin) pairs, for
+// a query at the same position (mla_attend's pe_cs). mla_latent_applies: kv_lora ≤ 512
+// and a of that shape.
 bool mla_latent_applies(int kv_lora, const RopeArgs& a);
 void mla_latent(const float* kv, int kv_lora, const void* gain, WType wt, float eps, const RopeArgs& a,
                 const int32_t* positions, float* lat, float* kpe, float* cache, int64_t n_ctx, DevError* err,
-                cudaStream_t s);
+                cudaStream_t s, float* cs_out = nullptr);
 // RMS norm, alone or fused with the residual adds before it (fused.cu), bit for bit the
 // unfused ops: v = a (b null), a + b, or with c: mid = a + b and v = c + mid; sum = v
 // (when given); y = rms_norm(v, eps) · gain. yq (cols a multiple of 32; q8_rows_bytes(rows,
@@ -166,10 +173,12 @@ MlaPlan mla_plan(int n_head, int64_t T, int64_t n_kv, int kv_lora, int n_sm);
 // For decode (T ≤ 8): a launch shape fixed by the context size alone.
 MlaPlan mla_plan_decode(int n_head, int64_t T, int64_t n_ctx, int kv_lora, int n_sm);
 int64_t mla_scratch_floats(const MlaPlan& p, int n_head, int kv_lora);
+// pe_cs (one query; optional): q_pe is not yet rotated, and the split kernel rotates its
+// pairs as it loads them by these (cos, sin) pairs (mla_latent's cs_out; rope_rows' bits).
 void mla_attend(const MlaPlan& p, const float* q_abs, const float* q_pe, int64_t pe_ld, const float* cache,
                 int64_t width, int64_t n_ctx, int kv_lora, int n_head, int64_t T, const int32_t* positions,
                 float scale, float* ctx, float* scratch, cudaStream_t s, void* ctx_q8 = nullptr,
-                const L2Ahead& split_ahead = {}, const L2Ahead& merge_ahead = {});
+                const L2Ahead& split_ahead = {}, const L2Ahead& merge_ahead = {}, const float* pe_cs = nullptr);
 
 // Launches from this host thread skip programmatic dependent launch while set: the
 // backend sets it around a batch's (prefill's) ops, multi-wave GEMMs for which an early

@@ -59,7 +59,7 @@ __global__ void __launch_bounds__(kMlaThreads, 2) mla_split_kernel(const float* 
                                                               int n_head, int64_t t0,
                                                               const int32_t* positions, int64_t n_ctx, float scale,
                                                               int chunk, int n_split, float* part, float* stats,
-                                                              bool ahead, L2Ahead weights_ahead) {
+                                                              bool ahead, L2Ahead weights_ahead, const float* pe_cs) {
     extern __shared__ __align__(16) float smem[];
     float* q_s = smem;                                     // [kMlaHeads][width]
     float* p_s = smem + mla_scores_offset(width);          // [kMlaHeads][pst]
@@ -109,6 +109,13 @@ __global__ void __launch_bounds__(kMlaThreads, 2) mla_split_kernel(const float* 
                 if (h < nh)
                     v = d < l4 ? reinterpret_cast<const float4*>(qa + h * kv_lora)[d]
                                : reinterpret_cast<const float4*>(qp + h * pe_ld)[d - l4];
+                if (pe_cs && h < nh && d >= l4) {  // pairs 2(d − l4) and 2(d − l4) + 1, rotated
+                    const float4 cs = reinterpret_cast<const float4*>(pe_cs)[d - l4];
+                    float y[4];
+                    rope_pair(v.x, v.y, cs.x, cs.y, y);
+                    rope_pair(v.z, v.w, cs.z, cs.w, y + 2);
+                    v = make_float4(y[0], y[1], y[2], y[3]);
+                }
                 reinterpret_cast<float4*>(q_s)[i] = v;
             }
         } else {
@@ -116,7 +123,14 @@ __global__ void __launch_bounds__(kMlaThreads, 2) mla_split_kernel(const float* 
 #pragma unroll 4
             for (int i = threadIdx.x; i < kMlaHeads * w; i += blockDim.x) {
                 const int h = i / w, d = i - h * w;
-                q_s[i] = h >= nh ? 0.0f : d < kv_lora ? qa[h * kv_lora + d] : qp[h * pe_ld + (d - kv_lora)];
+                float v = h >= nh ? 0.0f : d < kv_lora ? qa[h * kv_lora + d] : qp[h * pe_ld + (d - kv_lora)];
+                if (pe_cs && h < nh && d >= kv_lora) {  // the pair's other value, and both rotated
+                    const int j = d - kv_lora, i0 = j & ~1;
+                    float y[2];
+                    rope_pair(qp[h * pe_ld + i0], qp[h * pe_ld + i0 + 1], pe_cs[i0], pe_cs[i0 + 1], y);
+                    v = y[j & 1];
+                }
+                q_s[i] = v;
             }
         }
     }
@@ -316,7 +330,7 @@ int64_t mla_scratch_floats(const MlaPlan& p, int n_head, int kv_lora) {
 void mla_attend(const MlaPlan& p, const float* q_abs, const float* q_pe, int64_t pe_ld, const float* cache,
                 int64_t width, int64_t n_ctx, int kv_lora, int n_head, int64_t T, const int32_t* positions,
                 float scale, float* ctx, float* scratch, cudaStream_t s, void* ctx_q8, const L2Ahead& split_ahead,
-                const L2Ahead& merge_ahead) {
+                const L2Ahead& merge_ahead, const float* pe_cs) {
     int8_t* cq = nullptr;
     q8::XDs* cd = nullptr;
     if (ctx_q8 && T == 1 && kv_lora % 32 == 0) {  // gemv_q8.h's layout of n_head rows
@@ -349,7 +363,8 @@ void mla_attend(const MlaPlan& p, const float* q_abs, const float* q_pe, int64_t
         float* stats = scratch + nt * p.n_split * static_cast<int64_t>(n_head) * kv_lora;
         dim3 grid(static_cast<unsigned>(p.n_split), static_cast<unsigned>(head_groups), static_cast<unsigned>(nt));
         launch_pdl(split_kernel, grid, dim3(kMlaThreads), smem, s, q_abs, q_pe, pe_ld, cache, width, kv_lora, n_head, t0,
-                   positions, n_ctx, scale, p.chunk, p.n_split, part, stats, ahead, t0 == 0 ? split_ahead : L2Ahead{});
+                   positions, n_ctx, scale, p.chunk, p.n_split, part, stats, ahead, t0 == 0 ? split_ahead : L2Ahead{},
+                   T == 1 ? pe_cs : nullptr);
         dim3 mgrid(static_cast<unsigned>(n_head), static_cast<unsigned>(nt));
         launch_pdl(mla_merge_kernel, mgrid, dim3(kMergeThreads), static_cast<size_t>(p.n_split) * sizeof(float), s,
                    static_cast<const float*>(part), static_cast<const float*>(stats), kv_lora, n_head, p.n_split, t0, ctx,

@@ -572,11 +572,14 @@ TEST_CASE("cuda quant: a replayed decode step (fused quantisation) equals node b
     // k_b ahead of the MLA node (the query's RoPE quantising q_nope for it) and the store
     // after the key's RoPE; shape 2: also the latent norm and the key's RoPE on views of
     // one kv_a row, as in a model, which a replayed step launches as one kernel with the
-    // store (cuda_step.cpp). Their outputs are fetched too: the fused kernels' bits.
+    // store, and the query is left unrotated (k_b quantises it itself, the split rotates
+    // q_pe with the latent kernel's angles); shape 3: shape 2 with the roped query read
+    // back, so that its RoPE runs (cuda_step.cpp). The fused kernels' outputs are fetched
+    // too: their bits.
     auto table = std::make_shared<RopeTable>();
     for (int i = 0; i < 4; ++i) table->inv_freq.push_back(std::pow(10000.0f, -float(i) / 4.0f));
     table->attn_factor = 1.07f;
-    for (int shape : {0, 1, 2})
+    for (int shape : {0, 1, 2, 3})
     for (const Case& c : {Case{TypeId::Q8_0, TypeId::Q8_0, 3, 64, 32}, Case{TypeId::Q4_0, TypeId::Q4_0, 3, 64, 32},
                           Case{TypeId::Q8_0, TypeId::Q6_K, 4, 512, 128}}) {
         const TypeId t = c.t;
@@ -600,8 +603,9 @@ TEST_CASE("cuda quant: a replayed decode step (fused quantisation) equals node b
                 Graph g;
                 const int x = g.input("x", DType::f32, 1, D), r = g.input("r", DType::f32, 1, D);
                 const int qin = g.input("q", DType::f32, 1, H * (nope + rope));
-                // shape 2: lin is the kv_a row [kv_lora | rope]; else lat and kpe themselves.
-                const int lin = g.input("lat", DType::f32, 1, shape == 2 ? kv_lora + rope : kv_lora);
+                // shape ≥ 2: lin is the kv_a row [kv_lora | rope]; else lat and kpe themselves.
+                const bool row = shape >= 2;
+                const int lin = g.input("lat", DType::f32, 1, row ? kv_lora + rope : kv_lora);
                 const int kin = g.input("kpe", DType::f32, 1, rope);
                 const int ps = g.input("pos", DType::i32, 1, 1);
                 const int n = g.rms_norm("norm", g.add("sum", x, r), gain, 1e-6f);
@@ -609,8 +613,8 @@ TEST_CASE("cuda quant: a replayed decode step (fused quantisation) equals node b
                 const int qn = shape > 0 ? g.rope_yarn("q_roped", qin, ps, int(H), int(nope + rope), int(nope),
                                                        int(rope), table)
                                          : qin;
-                const int lat = shape == 2 ? g.rms_norm("kv_latent", g.view("kv_c", lin, 0, kv_lora), lgain, 1e-6f) : lin;
-                const int kpe = shape == 2   ? g.rope_yarn("k_pe", g.view("k_pe_raw", lin, kv_lora, rope), ps, 1,
+                const int lat = row ? g.rms_norm("kv_latent", g.view("kv_c", lin, 0, kv_lora), lgain, 1e-6f) : lin;
+                const int kpe = row          ? g.rope_yarn("k_pe", g.view("k_pe_raw", lin, kv_lora, rope), ps, 1,
                                                            int(rope), 0, int(rope), table)
                                 : shape == 1 ? g.rope_yarn("k_pe", kin, ps, 1, int(rope), 0, int(rope), table)
                                              : kin;
@@ -618,7 +622,7 @@ TEST_CASE("cuda quant: a replayed decode step (fused quantisation) equals node b
                 const int y3 = g.mul_mat("wo", o, *wo.q);
                 auto xv = randn(size_t(D), seed++), rv = randn(size_t(D), seed++);
                 auto qv = randn(size_t(H * (nope + rope)), seed++);
-                auto lv = randn(size_t(shape == 2 ? kv_lora + rope : kv_lora), seed++);
+                auto lv = randn(size_t(row ? kv_lora + rope : kv_lora), seed++);
                 auto kv = randn(size_t(rope), seed++);
                 const int32_t pv = int32_t(pos);
                 const std::vector<GraphInput> ins = {{x, xv.data()},   {r, rv.data()},   {qin, qv.data()},
@@ -626,8 +630,8 @@ TEST_CASE("cuda quant: a replayed decode step (fused quantisation) equals node b
                 Scheduler sch({b.get()});
                 const Graph placed = sch.place(g);
                 std::vector<int> fetch = {y1, y2, o, y3};
-                if (shape > 0) fetch.push_back(qn);  // rope_rows_q8's y: rope_rows' bits
-                if (shape == 2) fetch.insert(fetch.end(), {lat, kpe});  // mla_latent's
+                if (shape == 1 || shape == 3) fetch.push_back(qn);  // rope_rows_q8's y: rope_rows' bits
+                if (row) fetch.insert(fetch.end(), {lat, kpe});          // mla_latent's
                 auto res = sch.run(placed, ins, &cache, fetch);
                 for (int id : fetch) outs[on].push_back(std::vector<float>(res.at(id).begin(), res.at(id).end()));
                 if (on == 0)
