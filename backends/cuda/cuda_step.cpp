@@ -1,6 +1,7 @@
 // Decode steps of the CUDA backend captured into CUDA graphs and replayed (run_graph):
 // the key that tells two steps apart, the arena and pinned slots of a captured step, the
-// fused add + RMS norm launches and the recording of a step on one or two streams.
+// fused add + RMS norm launches, MLA's shorter decode chain (record_mla_early) and the
+// recording of a step on one or two streams.
 #include <cuda_runtime.h>
 #include <xxhash.h>
 
@@ -400,8 +401,12 @@ MlaLatent mla_latent_nodes(const Graph& g, int m) {
 }
 
 // MLA at decode, in a shorter chain than its node's (one query, the positions an input):
-// - the query's RoPE (rope node i, read only by the MLA node) also quantises q_nope, and
-//   k_b follows it at once on its stream, so that k_b no longer waits for the latent side;
+// - at the query's RoPE (rope node i, read only by the MLA node), k_b follows the q
+//   projection at once on its stream, so that it no longer waits for the latent side. Its
+//   blocks quantise q_nope themselves, and the RoPE launches nothing: the split rotates
+//   q_pe with the latent kernel's angles (the same table and position). Where that does not
+//   apply (the roped query read back, no latent kernel), the RoPE runs and also quantises
+//   q_nope for k_b (rope_rows_q8);
 // - the latent side (the latent norm and the key's RoPE) is one launch that also stores
 //   the cache row (mla_latent), or where it does not apply the store follows the key's
 //   RoPE on that one's stream;
@@ -459,10 +464,11 @@ int CudaBackend::record_mla_early(const Graph& g, GraphExec& e, KvCache* cache, 
     mla_ahead_.reset();
     mla_ahead_.node = mi;
     mla_ahead_.q_abs.emplace(*pool_, static_cast<size_t>(p.n_head) * p.kv_lora * 4);
-    // The query left unrotated where the latent kernel can hand its angles to the split: the
-    // same table and width as the key's RoPE, and the roped query not read back.
+    // The query left unrotated where the latent kernel, recorded after it, can hand its
+    // angles to the split: the same table and width as the key's RoPE, and the roped query
+    // not read back.
     const MlaLatent lt = mla_latent_nodes(g, mi);
-    if (q_unroped_ && latent_fused_ && q8_kb && lt.lat >= 0 && p.qk_nope <= cuda::kInlineRowK &&
+    if (q_unroped_ && latent_fused_ && q8_kb && lt.lat > i && p.qk_nope <= cuda::kInlineRowK &&
         !e.fetched[static_cast<size_t>(i)] && g.node(lt.kpe).rope == r.rope && g.node(lt.kpe).rope_dim == r.rope_dim &&
         r.rope_dim % 4 == 0 && cuda::mla_latent_applies(p.kv_lora, rope_args(g.node(lt.kpe)))) {
         mla_ahead_.q_raw = e.at(r.src[0]);
