@@ -344,11 +344,15 @@ void launch(QArgs a, unsigned pairs, cudaStream_t s) {
     }
 }
 
+// A batch of single rows that the GEMV's blocks quantise themselves (GemmArgs::quantise_rows).
+bool rows_inline(const GemmArgs& a) {
+    return !a.xq && a.quantise_rows && a.batch > 1 && a.M == 1 && a.K <= kInlineRowK;
+}
+
 // A batch of matrices only for single rows (decode's per-head products of MLA).
 bool gemv_applies(const GemmArgs& a) {
-    const bool inline_rows = a.quantise_rows && a.batch > 1 && a.M == 1 && a.K <= kInlineRowK;
-    return (a.scratch || a.xq || inline_rows) && !a.groups && (a.batch == 1 || (a.M == 1 && batched_on())) && a.batch >= 1 &&
-           a.M >= 1 && a.M <= 8 && a.K > 0 && a.K % 32 == 0 && q8_supported(a.wt) &&
+    return (a.scratch || a.xq || rows_inline(a)) && !a.groups && (a.batch == 1 || (a.M == 1 && batched_on())) &&
+           a.batch >= 1 && a.M >= 1 && a.M <= 8 && a.K > 0 && a.K % 32 == 0 && q8_supported(a.wt) &&
            a.K % wtype_block(a.wt) == 0;
 }
 
@@ -383,7 +387,7 @@ bool gemv_q8(const GemmArgs& a, cudaStream_t s) {
     // A batch of single rows is quantised as `batch` rows x_bstride apart.
     const int64_t rows = a.batch > 1 ? a.batch : a.M, ld = a.batch > 1 ? a.x_bstride : a.ldx;
     QArgs q;
-    if (!a.xq && a.quantise_rows && a.batch > 1 && a.K <= kInlineRowK) {
+    if (rows_inline(a)) {
         q.xf = a.x, q.xf_stride = a.x_bstride;
     } else {
         if (!a.xq) quantize_rows(a.x, ld, rows, a.K, a.scratch, s);
