@@ -67,6 +67,14 @@ CudaBackend::CudaBackend(const BackendOptions&, std::string name) : name_(std::m
     if (const char* p = std::getenv("DS3_CUDA_PDL_BATCH")) pdl_batch_off_ = std::atoi(p) == 0;
 }
 
+namespace {
+float median(std::vector<float> v) {
+    if (v.empty()) return 0.0f;
+    std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(v.size() / 2), v.end());
+    return v[v.size() / 2];
+}
+}  // namespace
+
 CudaBackend::~CudaBackend() {
     cudaStreamSynchronize(stream_);
     execs_.clear();
@@ -80,10 +88,12 @@ CudaBackend::~CudaBackend() {
         const double n = static_cast<double>(steps_.n);
         std::fprintf(stderr,
                      "cuda: %lld replayed steps, host µs per step: before the launch %.1f, launch %.1f, "
-                     "wait %.1f, after %.1f\n",
+                     "wait %.1f, after %.1f; device µs per step: the step and its copies %.1f, idle before it %.1f (median)\n",
                      static_cast<long long>(steps_.n), steps_.before / n, steps_.launch / n, steps_.wait / n,
-                     steps_.after / n);
+                     steps_.after / n, steps_.device / n, median(steps_.idle));
     }
+    for (cudaEvent_t ev : {steps_.start, steps_.end, steps_.prev_end})
+        if (ev) cudaEventDestroy(ev);
     weights_.reset();
     cudaFree(err_);
     cudaFreeHost(err_host_);

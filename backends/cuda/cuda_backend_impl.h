@@ -180,11 +180,15 @@ private:
     bool sub_small_ = false;
     std::vector<SubSpan> sub_pending_;
     bool graphs_ = true;
-    // DS3_CUDA_STEP_TIMES=1: the host's time around each replayed step, printed at exit.
+    // DS3_CUDA_STEP_TIMES=1: the host's time around each replayed step, and the device's
+    // (events: the step with its copies, and the idle time since the step before), printed
+    // at exit.
     bool step_times_ = false;
     struct {
         int64_t n = 0;
-        double before = 0, launch = 0, wait = 0, after = 0;
+        double before = 0, launch = 0, wait = 0, after = 0, device = 0;
+        std::vector<float> idle;  // µs between a timed step's end and the next one's start
+        cudaEvent_t start = nullptr, end = nullptr, prev_end = nullptr;
     } steps_;
     bool norm_q8_ = true;  // DS3_CUDA_NORM_Q8=0: the norms of a replayed step write no quantised copy
     bool streams_ = true;  // DS3_CUDA_STREAMS=0: a captured step on one stream

@@ -52,7 +52,13 @@ bool CudaBackend::run_graph(const Graph& g, std::span<const GraphInput> inputs, 
         check(std::any_of(inputs.begin(), inputs.end(), [&](const GraphInput& in) { return in.node == slot.first; }),
               "cuda", "run_graph: input node " + g.node(slot.first).name + " has no data");
     const bool timed = step_times_ && e.exec;
+    if (timed && !steps_.start) {
+        DS3_CU(cudaEventCreate(&steps_.start));
+        DS3_CU(cudaEventCreate(&steps_.end));
+        DS3_CU(cudaEventCreate(&steps_.prev_end));
+    }
     const auto t_launch = std::chrono::steady_clock::now();
+    if (timed) DS3_CU(cudaEventRecord(steps_.start, stream_));
     if (e.exec) {
         DS3_CU(cudaGraphLaunch(e.exec, stream_));
     } else if (e.runs == 0 || e.eager_only) {
@@ -71,6 +77,7 @@ bool CudaBackend::run_graph(const Graph& g, std::span<const GraphInput> inputs, 
         DS3_CU(cudaMemcpyAsync(e.output_slot(at), e.at(id), n.nbytes(), cudaMemcpyDeviceToHost, stream_));
         at += n.nbytes();
     }
+    if (timed) DS3_CU(cudaEventRecord(steps_.end, stream_));
     const auto t_launched = std::chrono::steady_clock::now();
     synchronize();
     const auto t_synced = std::chrono::steady_clock::now();
@@ -90,6 +97,14 @@ bool CudaBackend::run_graph(const Graph& g, std::span<const GraphInput> inputs, 
         steps_.launch += us(t_launch, t_launched);
         steps_.wait += us(t_launched, t_synced);
         steps_.after += us(t_synced, t_exit);
+        float ms = 0;
+        DS3_CU(cudaEventElapsedTime(&ms, steps_.start, steps_.end));
+        steps_.device += 1000.0 * ms;
+        if (steps_.n > 0) {  // the step before was timed too: its end is prev_end
+            DS3_CU(cudaEventElapsedTime(&ms, steps_.prev_end, steps_.start));
+            steps_.idle.push_back(1000.0f * ms);
+        }
+        std::swap(steps_.end, steps_.prev_end);
         ++steps_.n;
     }
     return true;
