@@ -23,9 +23,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "backends/cpu/cpu_backend.h"
 #include "backends/cuda/kernels.h"
@@ -795,15 +798,33 @@ TEST_CASE("cuda quant: decode GEMV timings at V3 shapes", "[.bench]") {
 // they are (rounds a lane makes).
 TEST_CASE("cuda quant: decode GEMV bandwidth by rows and row length", "[.bench]") {
     DS3_REQUIRE_CUDA(gpu);
-    for (cuda::WType wt : {cuda::WType::q6_K_g, cuda::WType::q4_K_g})
+    // DS3_BENCH_SHAPES="K:N,K:N,...": those shapes instead of the grid below (K a multiple
+    // of 256; the occupancy of one wave is what such a list usually probes).
+    std::vector<std::pair<int64_t, int64_t>> shapes;
+    if (const char* e = std::getenv("DS3_BENCH_SHAPES")) {
+        const std::string list = e;
+        for (size_t at = 0; at < list.size();) {
+            const size_t comma = std::min(list.find(',', at), list.size());
+            const std::string item = list.substr(at, comma - at);
+            long long K = 0, N = 0;
+            char tail = 0;
+            INFO("DS3_BENCH_SHAPES item '" << item << "'");
+            REQUIRE(std::sscanf(item.c_str(), "%lld:%lld%c", &K, &N, &tail) == 2);
+            REQUIRE((K > 0 && K % 256 == 0 && N > 0));
+            shapes.emplace_back(K, N);
+            at = comma + 1;
+        }
+    } else {
         for (int64_t K : {2048, 7168, 16384})
-            for (int64_t N : {1792, 3584, 7168, 14336, 28672, 57344, 129280}) {
-                const TypeTraits& tr = type_traits(wt == cuda::WType::q6_K_g ? TypeId::Q6_K : TypeId::Q4_K);
-                const double bytes = double(N) * double(K) / double(tr.block_size) * double(tr.type_size);
-                const double us = cuda::time_decode_us(0, wt, 1, N, K, true, bytes > 1e8 ? 20 : 200);
-                std::printf("gemv %-6s K=%-6lld N=%-7lld %8.1f us %7.0f GB/s\n",
-                            wt == cuda::WType::q6_K_g ? "q6_K_g" : "q4_K_g", static_cast<long long>(K),
-                            static_cast<long long>(N), us, bytes / us / 1e3);
-                CHECK(us > 0.0);
-            }
+            for (int64_t N : {1792, 3584, 7168, 14336, 28672, 57344, 129280}) shapes.emplace_back(K, N);
+    }
+    for (cuda::WType wt : {cuda::WType::q6_K_g, cuda::WType::q4_K_g})
+        for (const auto& [K, N] : shapes) {
+            const TypeTraits& tr = type_traits(wt == cuda::WType::q6_K_g ? TypeId::Q6_K : TypeId::Q4_K);
+            const double bytes = double(N) * double(K) / double(tr.block_size) * double(tr.type_size);
+            const double us = cuda::time_decode_us(0, wt, 1, N, K, true, bytes > 1e8 ? 20 : 200);
+            std::printf("gemv %-6s K=%-6lld N=%-7lld %8.1f us %7.0f GB/s\n", wt == cuda::WType::q6_K_g ? "q6_K_g" : "q4_K_g",
+                        static_cast<long long>(K), static_cast<long long>(N), us, bytes / us / 1e3);
+            CHECK(us > 0.0);
+        }
 }
