@@ -61,6 +61,7 @@ CudaBackend::CudaBackend(const BackendOptions&, std::string name) : name_(std::m
     if (const char* p = std::getenv("DS3_CUDA_STEP_TIMES")) step_times_ = std::atoi(p) != 0;
     if (const char* p = std::getenv("DS3_CUDA_NORM_Q8")) norm_q8_ = std::atoi(p) != 0;
     if (const char* p = std::getenv("DS3_CUDA_STREAMS")) streams_ = std::atoi(p) != 0;
+    if (const char* p = std::getenv("DS3_CUDA_MLA_EARLY")) mla_early_ = std::atoi(p) != 0;
     if (const char* p = std::getenv("DS3_CUDA_MLA_LATENT")) latent_fused_ = std::atoi(p) != 0;
     if (const char* p = std::getenv("DS3_CUDA_SHEXP_WAIT")) shexp_wait_ = std::atoi(p) != 0;
     if (const char* p = std::getenv("DS3_CUDA_MLA_ROTATE")) q_unroped_ = std::atoi(p) != 0;
@@ -88,7 +89,8 @@ CudaBackend::~CudaBackend() {
         const double n = static_cast<double>(steps_.n);
         std::fprintf(stderr,
                      "cuda: %lld replayed steps, host µs per step: before the launch %.1f, launch %.1f, "
-                     "wait %.1f, after %.1f; device µs per step: the step and its copies %.1f, idle before it %.1f (median)\n",
+                     "wait %.1f, after %.1f; device µs per step: the step and its copies %.1f, "
+                     "idle before it %.1f (median)\n",
                      static_cast<long long>(steps_.n), steps_.before / n, steps_.launch / n, steps_.wait / n,
                      steps_.after / n, steps_.device / n, median(steps_.idle));
     }

@@ -192,6 +192,7 @@ private:
     } steps_;
     bool norm_q8_ = true;  // DS3_CUDA_NORM_Q8=0: the norms of a replayed step write no quantised copy
     bool streams_ = true;  // DS3_CUDA_STREAMS=0: a captured step on one stream
+    bool mla_early_ = true;     // DS3_CUDA_MLA_EARLY=0: MLA at decode in its node's chain (record_mla_early)
     bool latent_fused_ = true;  // DS3_CUDA_MLA_LATENT=0: the latent side of MLA's early chain as three launches
     bool shexp_wait_ = true;    // DS3_CUDA_SHEXP_WAIT=0: an MoE layer's shared experts start beside its router
     bool q_unroped_ = true;     // DS3_CUDA_MLA_ROTATE=0: MLA's early chain ropes the query in a launch of its own
@@ -210,6 +211,7 @@ private:
     struct MlaAhead {
         int node = -1;
         bool stored = false;
+        MlaLatent latent;  // mla_latent_nodes(node), found once
         // The query left unrotated (its RoPE node launches nothing): the latent kernel writes
         // its angles' (cos, sin) to cs and the split rotates q_pe with them.
         const float* q_raw = nullptr;
@@ -217,6 +219,7 @@ private:
         void reset() {
             node = -1;
             stored = false;
+            latent = {};
             q_raw = nullptr;
             q_abs.reset();
             q8.reset();

@@ -7,7 +7,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cstdlib>
 #include <cstring>
 
 #include "backends/cuda/check.h"
@@ -427,20 +426,16 @@ MlaLatent mla_latent_nodes(const Graph& g, int m) {
 //   RoPE on that one's stream;
 // - the MLA node then runs the attention alone.
 // The same arithmetic on the same values: a replay equals a node-by-node run bit for bit.
-// DS3_CUDA_MLA_EARLY=0 turns it off (read once). Returns the last node it launched
+// DS3_CUDA_MLA_EARLY=0 turns it off (mla_early_). Returns the last node it launched
 // (-1: none; the caller then records node i).
 template <typename Unit>
 int CudaBackend::record_mla_early(const Graph& g, GraphExec& e, KvCache* cache, int i, Unit& unit) {
-    static const bool on = [] {
-        const char* v = std::getenv("DS3_CUDA_MLA_EARLY");
-        return !v || std::atoi(v) != 0;
-    }();
     const Node& r = g.node(i);
     auto pos_of = [&](const Node& n) { return i32(e.views[static_cast<size_t>(n.src.back())].get()); };
     if (mla_ahead_.node >= 0) {  // the latent side of the MLA node ahead
         const Node& m = g.node(mla_ahead_.node);
         Buffer& c = cache->layer(m.layer, *this);
-        const MlaLatent lt = mla_latent_nodes(g, mla_ahead_.node);
+        const MlaLatent lt = mla_ahead_.latent;
         if (i == lt.lat && latent_fused_) {
             const Node& norm = g.node(lt.lat);
             const Node& rope = g.node(lt.kpe);
@@ -468,7 +463,7 @@ int CudaBackend::record_mla_early(const Graph& g, GraphExec& e, KvCache* cache, 
         mla_ahead_.stored = true;
         return i;
     }
-    const int mi = on && cache && r.op == Op::rope_yarn ? mla_early_node(g, i) : -1;
+    const int mi = mla_early_ && cache && r.op == Op::rope_yarn ? mla_early_node(g, i) : -1;
     if (mi < 0) return -1;
     const Node& m = g.node(mi);
     const AttnParams& p = m.attn;
@@ -479,10 +474,11 @@ int CudaBackend::record_mla_early(const Graph& g, GraphExec& e, KvCache* cache, 
     mla_ahead_.reset();
     mla_ahead_.node = mi;
     mla_ahead_.q_abs.emplace(*pool_, static_cast<size_t>(p.n_head) * p.kv_lora * 4);
+    mla_ahead_.latent = mla_latent_nodes(g, mi);
     // The query left unrotated where the latent kernel, recorded after it, can hand its
     // angles to the split: the same table and width as the key's RoPE, and the roped query
     // not read back.
-    const MlaLatent lt = mla_latent_nodes(g, mi);
+    const MlaLatent& lt = mla_ahead_.latent;
     if (q_unroped_ && latent_fused_ && q8_kb && lt.lat > i && p.qk_nope <= cuda::kInlineRowK &&
         !e.fetched[static_cast<size_t>(i)] && g.node(lt.kpe).rope == r.rope && g.node(lt.kpe).rope_dim == r.rope_dim &&
         r.rope_dim % 4 == 0 && cuda::mla_latent_applies(p.kv_lora, rope_args(g.node(lt.kpe)))) {
