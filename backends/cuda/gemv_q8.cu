@@ -16,6 +16,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -28,6 +29,7 @@ namespace ds3::cuda {
 namespace {
 
 constexpr int kWarps = 4, kThreads = 32 * kWarps;
+constexpr int kMaxDevices = 64;
 
 // Quantised rows of K values: int8 values [rows][K], then block scales [rows][K/32].
 struct Act {
@@ -320,9 +322,11 @@ void launch_u(QArgs a, unsigned pairs, cudaStream_t s) {
     if constexpr (Mode == kMoeGateUp || Mode == kMoeDown) {
         launch_pdl(gemv_q8_kernel<Q, 1, Mode, RW>, grid, block, 0, s, a);
     } else {
-        // pick_rw gives RW = 4 only for M ≤ 2 and RW = 2 for M ≤ 4: no other kernels are made.
+        // pick_rw gives RW = 4 only for M ≤ 2 and RW = 2 for M ≤ 4, one_wave_rw RW = 3 only for
+        // M = 1: no other kernels are made.
         const size_t xs = a.xf ? static_cast<size_t>(q8_rows_bytes(1, a.K)) : 0;  // the row quantised in-kernel
         if (a.M == 1) launch_pdl(gemv_q8_kernel<Q, 1, Mode, RW>, grid, block, xs, s, a);
+        else if constexpr (RW == 3) return;
         else if (a.M == 2) launch_pdl(gemv_q8_kernel<Q, 2, Mode, RW>, grid, block, 0, s, a);
         else if constexpr (RW <= 2) {
             if (a.M <= 4) launch_pdl(gemv_q8_kernel<Q, 4, Mode, RW>, grid, block, 0, s, a);
@@ -331,9 +335,60 @@ void launch_u(QArgs a, unsigned pairs, cudaStream_t s) {
     }
 }
 
+// CTAs of gemv_q8_kernel<Q, 1, kPlain, RW> resident at once on the current device (0 where
+// it cannot be told), asked once a device.
+template <typename Q, int RW>
+int64_t plain_slots() {
+    static std::atomic<int64_t> known[kMaxDevices];  // slots + 1; 0: not asked yet
+    int dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= kMaxDevices) {
+        cudaGetLastError();
+        return 0;
+    }
+    if (const int64_t k = known[dev].load(std::memory_order_relaxed)) return k - 1;
+    int n_sm = 0, per_sm = 0;
+    if (cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, gemv_q8_kernel<Q, 1, kPlain, RW>, kThreads, 0) !=
+            cudaSuccess) {
+        cudaGetLastError();
+        n_sm = per_sm = 0;
+    }
+    const int64_t slots = static_cast<int64_t>(n_sm) * per_sm;
+    known[dev].store(slots + 1, std::memory_order_relaxed);
+    return slots;
+}
+
+// A single-token product of one wave at 4 rows a lane group leaves warp slots empty (wo's
+// 448 CTAs: 13.6 warps an SM); within one wave, more CTAs an SM ran faster alone (slice 15:
+// q4_K_g 18432 x 7168 at 2 rows a lane group, 896 CTAs at 64 registers, 24.7 µs; at 4 rows
+// 31.0). So the fewest rows a lane group (2, else 3) that still make one wave: wo (q6_K_g,
+// 80 registers at 2 rows: 896 CTAs, 6 an SM, do not fit) at 3 (598 CTAs, 70 registers), the
+// q5_K_g downs at 2 (896 CTAs, 64 registers, 8 an SM). At 3 rows each lane's chunks are
+// those of 4 (same unroll), so are the bits; at 2 they may split a row over fewer lanes.
+// Measured alone (H200, docs/performance.md slice 16): wo's shape 35.2 → 30.0 µs, q4_K_g
+// 18432 x 7168 31.0 → 24.9; tg128 on the V3 slice +1.5–2 %.
+// Returns the rows a lane group; DS3_CUDA_Q8_ONE_WAVE=0: rw (read once).
+template <typename Q>
+int one_wave_rw(int64_t N, int rw) {
+    static const bool on = env_on("DS3_CUDA_Q8_ONE_WAVE");
+    if (!on || rw != 4) return rw;
+    auto fits = [&](int r, int64_t slots) { return slots > 0 && (N + kWarps * r - 1) / (kWarps * r) <= slots; };
+    if (!fits(4, plain_slots<Q, 4>())) return rw;
+    if (fits(2, plain_slots<Q, 2>())) return 2;
+    if (fits(3, plain_slots<Q, 3>())) return 3;
+    return rw;
+}
+
 template <typename Q, int Mode>
 void launch(QArgs a, unsigned pairs, cudaStream_t s) {
-    switch (pick_rw(a.N * static_cast<int64_t>(pairs), a.M, matrices_of<Mode>(), Q::MAX_RW)) {
+    int rw = pick_rw(a.N * static_cast<int64_t>(pairs), a.M, matrices_of<Mode>(), Q::MAX_RW);
+    if constexpr (Mode == kPlain && Q::MAX_RW >= 4) {
+        if (a.M == 1 && pairs == 1 && !a.xf) {
+            rw = one_wave_rw<Q>(a.N, rw);
+            if (rw == 3) return launch_u<Q, Mode, 3>(a, pairs, s);
+        }
+    }
+    switch (rw) {
         case 4:
             if constexpr (matrices_of<Mode>() == 1 && Q::MAX_RW >= 4) return launch_u<Q, Mode, 4>(a, pairs, s);
             [[fallthrough]];

@@ -430,6 +430,25 @@ TEST_CASE("cuda quant: single-token GEMV over long rows", "[cuda][quant]") {
     }
 }
 
+// Single-token products of one wave at 4 rows a lane group that go to 2 or 3 (one_wave_rw
+// in gemv_q8.cu; on an H200, q6_K_g to 3, q4_K_g and q5_K_g to 2): 7168 rows, and 7170
+// with rows past N in the last CTA; 24000 rows stay at 4 (more than a wave).
+TEST_CASE("cuda quant: single-token GEMVs of one wave at fewer rows a lane group", "[cuda][quant]") {
+    DS3_REQUIRE_CUDA(gpu);
+    const int64_t in = 512;
+    for (TypeId t : {TypeId::Q4_K, TypeId::Q5_K, TypeId::Q6_K})
+        for (int64_t out : {7168, 7170, 24000}) {
+            WeightStore s;
+            QWeight w = add_qweight(s, "w", t, {in, out}, 61, 0.3f);
+            auto xv = randn(size_t(in), 62);
+            INFO(tname(t) << " out " << out);
+            check_op(*gpu, t, {{0, xv.data()}}, [&](Graph& g, bool q) {
+                int x = g.input("x", DType::f32, 1, in);
+                return g.mul_mat("y", x, q ? *w.q : *w.f);
+            }, 0.05, 1e-5, true);
+        }
+}
+
 // The decode GEMV's modes at V3-like row lengths, 1 and 2 tokens: plain, gate+up
 // (shared experts), the MoE pairs' gate/up and down, with rows of 14 and 6 blocks (a lane's
 // last round partly past the row), q6_K_g rows that start 4, 8 or 12 bytes past a 16-byte
