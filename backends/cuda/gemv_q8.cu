@@ -307,9 +307,10 @@ int pick_rw(int64_t rows, int M, int matrices, int max_rw) {
     return std::max(1, std::min(cap, rows >= 4096 ? 4 : rows >= 2048 ? 2 : 1));
 }
 
+// lane_div > 1: a row on that many times fewer lanes than pick_lpr's (fewer_lanes).
 template <typename Q, int Mode, int RW>
-void launch_u(QArgs a, unsigned pairs, cudaStream_t s) {
-    a.lpr = pick_lpr(a.K / Q::QK * Q::NC, unroll_of<Q, matrices_of<Mode>() * RW>());
+void launch_u(QArgs a, unsigned pairs, cudaStream_t s, int lane_div = 1) {
+    a.lpr = std::max(1, pick_lpr(a.K / Q::QK * Q::NC, unroll_of<Q, matrices_of<Mode>() * RW>()) / lane_div);
     // Few long rows (kv_a's 576 at V3's width): kWarps warps per row, so that the product
     // still fills the chip and each lane has a round or two (kv_a 7.4 → 5.5 µs on the
     // H200; q_a's 1536 rows were slower split).
@@ -379,11 +380,33 @@ int one_wave_rw(int64_t N, int rw) {
     return rw;
 }
 
+// A single-token product of two waves at 4 rows a lane group whose rows are short enough
+// that a lane has few rounds (q_b at V3's width: 24576 rows of 1536, 1536 CTAs of 792
+// slots, 1.5 rounds a lane) runs as one wave with each row on half the lanes (768 CTAs,
+// 3 rounds a lane). Measured (H200, docs/performance.md slice 16): q_b's shape alone
+// 14.0 → 12.5 µs, a traced step −14 µs (the latent kernel now waits beside q_b's one wave
+// instead of taking a slot between its two), tg128 +0.3–1 %. Returns the divisor of the
+// lanes a row (1: as pick_lpr gives); DS3_CUDA_Q8_HALF_LANES=0: always 1 (read once).
+template <typename Q>
+int fewer_lanes(int64_t N, int64_t K) {
+    static const bool on = env_on("DS3_CUDA_Q8_HALF_LANES");
+    if (!on) return 1;
+    const int lpr = pick_lpr(K / Q::QK * Q::NC, unroll_of<Q, 4>());
+    const int64_t slots = plain_slots<Q, 4>(), per_cta = int64_t(kWarps) * (32 / lpr) * 4;
+    const int64_t ctas = (N + per_cta - 1) / per_cta;
+    return lpr >= 2 && slots > 0 && ctas > slots && (ctas + 1) / 2 <= slots ? 2 : 1;
+}
+
 template <typename Q, int Mode>
 void launch(QArgs a, unsigned pairs, cudaStream_t s) {
     int rw = pick_rw(a.N * static_cast<int64_t>(pairs), a.M, matrices_of<Mode>(), Q::MAX_RW);
     if constexpr (Mode == kPlain && Q::MAX_RW >= 4) {
         if (a.M == 1 && pairs == 1 && !a.xf) {
+            if constexpr (Q::MAX_RW >= 4) {
+                if (rw == 4) {
+                    if (const int d = fewer_lanes<Q>(a.N, a.K); d > 1) return launch_u<Q, Mode, 4>(a, pairs, s, d);
+                }
+            }
             rw = one_wave_rw<Q>(a.N, rw);
             if (rw == 3) return launch_u<Q, Mode, 3>(a, pairs, s);
         }

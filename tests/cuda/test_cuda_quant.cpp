@@ -432,16 +432,18 @@ TEST_CASE("cuda quant: single-token GEMV over long rows", "[cuda][quant]") {
 
 // Single-token products of one wave at 4 rows a lane group that go to 2 or 3 (one_wave_rw
 // in gemv_q8.cu; on an H200, q6_K_g to 3, q4_K_g and q5_K_g to 2): 7168 rows, and 7170
-// with rows past N in the last CTA; 24000 rows stay at 4 (more than a wave).
+// with rows past N in the last CTA; 24000 rows of 512 stay at 4 (more than a wave); and
+// products of two waves made one with half the lanes a row (fewer_lanes: q_b's 24576 rows
+// of 1536, and 24580).
 TEST_CASE("cuda quant: single-token GEMVs of one wave at fewer rows a lane group", "[cuda][quant]") {
     DS3_REQUIRE_CUDA(gpu);
-    const int64_t in = 512;
+    const std::pair<int64_t, int64_t> shapes[] = {{512, 7168}, {512, 7170}, {512, 24000}, {1536, 24576}, {1536, 24580}};
     for (TypeId t : {TypeId::Q4_K, TypeId::Q5_K, TypeId::Q6_K})
-        for (int64_t out : {7168, 7170, 24000}) {
+        for (auto [in, out] : shapes) {
             WeightStore s;
             QWeight w = add_qweight(s, "w", t, {in, out}, 61, 0.3f);
             auto xv = randn(size_t(in), 62);
-            INFO(tname(t) << " out " << out);
+            INFO(tname(t) << " in " << in << " out " << out);
             check_op(*gpu, t, {{0, xv.data()}}, [&](Graph& g, bool q) {
                 int x = g.input("x", DType::f32, 1, in);
                 return g.mul_mat("y", x, q ? *w.q : *w.f);
