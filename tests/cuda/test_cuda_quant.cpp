@@ -148,6 +148,15 @@ void check_op(Backend& gpu, TypeId t, const std::vector<GraphInput>& ins, Build 
     CHECK(nmse_root(got, cpu_q) <= (t == TypeId::FP8_E4M3_B128 ? std::max(tight, 1e-5) : loose));
 }
 
+// check_op on x [rows, in] times w (y = mul_mat).
+void check_mul_mat(Backend& gpu, TypeId t, const QWeight& w, int64_t rows, int64_t in, const std::vector<float>& x,
+                   double loose, double tight = 1e-5, bool rounds = false) {
+    check_op(gpu, t, {{0, x.data()}}, [&](Graph& g, bool q) {
+        int xi = g.input("x", DType::f32, rows, in);
+        return g.mul_mat("y", xi, q ? *w.q : *w.f);
+    }, loose, tight, rounds);
+}
+
 }  // namespace
 
 TEST_CASE("cuda quant: the device decoders, run on the host, equal the CPU references", "[cuda][quant]") {
@@ -384,10 +393,7 @@ TEST_CASE("cuda quant: mul_mat and logits, GEMV (1-8 rows) and tiled (> 8) paths
                 auto xv = randn(size_t(rows * in), 3);
                 const bool rounds = int_path(t) && rows <= 8;
                 INFO(tname(t) << " in " << in << " out " << out << " rows " << rows);
-                check_op(*gpu, t, {{0, xv.data()}}, [&](Graph& g, bool q) {
-                    int x = g.input("x", DType::f32, rows, in);
-                    return g.mul_mat("y", x, q ? *w.q : *w.f);
-                }, 0.05, 1e-5, rounds);
+                check_mul_mat(*gpu, t, w, rows, in, xv, 0.05, 1e-5, rounds);
                 // logits keeps the last row only: one row, on the GEMV path whatever `rows` is.
                 check_op(*gpu, t, {{0, xv.data()}}, [&](Graph& g, bool q) {
                     int x = g.input("x", DType::f32, rows, in);
@@ -397,10 +403,7 @@ TEST_CASE("cuda quant: mul_mat and logits, GEMV (1-8 rows) and tiled (> 8) paths
                 // Activations the 8-bit blocks hold exactly: the integer path equals the
                 // dequantised f32 product up to summation order.
                 auto xi = int_rows(rows, in, 4);
-                check_op(*gpu, t, {{0, xi.data()}}, [&](Graph& g, bool q) {
-                    int x = g.input("x", DType::f32, rows, in);
-                    return g.mul_mat("y", x, q ? *w.q : *w.f);
-                }, 0.05);
+                check_mul_mat(*gpu, t, w, rows, in, xi, 0.05);
             }
 }
 
@@ -417,15 +420,9 @@ TEST_CASE("cuda quant: single-token GEMV over long rows", "[cuda][quant]") {
             QWeight w = add_qweight(s, "w", t, {in, out}, 5);
             auto xv = randn(size_t(in), 6);
             INFO(tname(t) << " in " << in << " out " << out);
-            check_op(*gpu, t, {{0, xv.data()}}, [&](Graph& g, bool q) {
-                int x = g.input("x", DType::f32, 1, in);
-                return g.mul_mat("y", x, q ? *w.q : *w.f);
-            }, 0.05, 1e-5, true);
+            check_mul_mat(*gpu, t, w, 1, in, xv, 0.05, 1e-5, true);
             auto xi = int_rows(1, in, 7);
-            check_op(*gpu, t, {{0, xi.data()}}, [&](Graph& g, bool q) {
-                int x = g.input("x", DType::f32, 1, in);
-                return g.mul_mat("y", x, q ? *w.q : *w.f);
-            }, 0.05);
+            check_mul_mat(*gpu, t, w, 1, in, xi, 0.05);
         }
     }
 }
@@ -444,10 +441,7 @@ TEST_CASE("cuda quant: single-token GEMVs of one wave at fewer rows a lane group
             QWeight w = add_qweight(s, "w", t, {in, out}, 61, 0.3f);
             auto xv = randn(size_t(in), 62);
             INFO(tname(t) << " in " << in << " out " << out);
-            check_op(*gpu, t, {{0, xv.data()}}, [&](Graph& g, bool q) {
-                int x = g.input("x", DType::f32, 1, in);
-                return g.mul_mat("y", x, q ? *w.q : *w.f);
-            }, 0.05, 1e-5, true);
+            check_mul_mat(*gpu, t, w, 1, in, xv, 0.05, 1e-5, true);
         }
 }
 
