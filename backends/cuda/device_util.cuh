@@ -69,6 +69,12 @@ __host__ __device__ __forceinline__ void dep_trigger() {
 #endif
 }
 
+// Thread i of n asks L2 for its share of the 128-byte lines of [p, p + bytes).
+__device__ inline void prefetch_l2_run(const void* p, int64_t bytes, int64_t i, int64_t n) {
+    for (int64_t o = 128 * i; o < bytes; o += 128 * n)
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(static_cast<const char*>(p) + o));
+}
+
 // Thread i of n asks L2 for its share of a's lines (128 bytes each).
 __device__ inline void prefetch_l2(const L2Ahead& a, int64_t i, int64_t n) {
     if (a.rows <= 0 || a.prefix <= 0) return;

@@ -199,8 +199,7 @@ __global__ void __launch_bounds__(kThreads) gemv_q8_kernel(QArgs a) {
             const int64_t per_cta = kWarps / parts * (32 / lpr) * RW;
             const int64_t n0 = static_cast<int64_t>(blockIdx.x) * per_cta;
             const int64_t bytes = (n0 + per_cta < a.N ? per_cta : a.N - n0) * rb;
-            for (int64_t o = static_cast<int64_t>(threadIdx.x) * 128; o < bytes; o += 128 * kThreads)
-                asm volatile("prefetch.global.L2 [%0];" ::"l"(w[0] + n0 * rb + o));
+            prefetch_l2_run(w[0] + n0 * rb, bytes, threadIdx.x, kThreads);
             dep_wait();
             dep_trigger();
             int8_t* sq = reinterpret_cast<int8_t*>(xs);

@@ -79,10 +79,7 @@ __global__ void __launch_bounds__(kMlaThreads, 2) mla_split_kernel(const float* 
     // step's weights have pushed them out since the last step), by one head group for all:
     // a prefetch only warms L2, which every SM sees, and the loads come after the wait.
     if (ahead && blockIdx.y == 0) {
-        const char* base = reinterpret_cast<const char*>(cache + s_lo * width);
-        const int64_t bytes = static_cast<int64_t>(n_pos) * width * 4;
-        for (int64_t o = static_cast<int64_t>(threadIdx.x) * 128; o < bytes; o += 128 * kMlaThreads)
-            asm volatile("prefetch.global.L2 [%0];" ::"l"(base + o));
+        prefetch_l2_run(cache + s_lo * width, static_cast<int64_t>(n_pos) * width * 4, threadIdx.x, kMlaThreads);
     }
     prefetch_l2(weights_ahead, (static_cast<int64_t>(blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x) *
                                    kMlaThreads + threadIdx.x,
