@@ -383,9 +383,8 @@ int one_wave_rw(int64_t N, int rw) {
 // that a lane has few rounds (q_b at V3's width: 24576 rows of 1536, 1536 CTAs of 792
 // slots, 1.5 rounds a lane) runs as one wave with each row on half the lanes (768 CTAs,
 // 3 rounds a lane). Measured (H200, docs/performance.md slice 16): q_b's shape alone
-// 14.0 → 12.5 µs, a traced step −14 µs (the latent kernel now waits beside q_b's one wave
-// instead of taking a slot between its two), tg128 +0.3–1 %. Returns the divisor of the
-// lanes a row (1: as pick_lpr gives); DS3_CUDA_Q8_HALF_LANES=0: always 1 (read once).
+// 14.0 → 12.5 µs, a traced step −14 µs, tg128 +0.3–1 %. Returns the divisor of the lanes
+// a row (1: as pick_lpr gives); DS3_CUDA_Q8_HALF_LANES=0: always 1 (read once).
 template <typename Q>
 int fewer_lanes(int64_t N, int64_t K) {
     static const bool on = env_on("DS3_CUDA_Q8_HALF_LANES");
@@ -401,10 +400,8 @@ void launch(QArgs a, unsigned pairs, cudaStream_t s) {
     int rw = pick_rw(a.N * static_cast<int64_t>(pairs), a.M, matrices_of<Mode>(), Q::MAX_RW);
     if constexpr (Mode == kPlain && Q::MAX_RW >= 4) {
         if (a.M == 1 && pairs == 1 && !a.xf) {
-            if constexpr (Q::MAX_RW >= 4) {
-                if (rw == 4) {
-                    if (const int d = fewer_lanes<Q>(a.N, a.K); d > 1) return launch_u<Q, Mode, 4>(a, pairs, s, d);
-                }
+            if (rw == 4) {
+                if (const int d = fewer_lanes<Q>(a.N, a.K); d > 1) return launch_u<Q, Mode, 4>(a, pairs, s, d);
             }
             rw = one_wave_rw<Q>(a.N, rw);
             if (rw == 3) return launch_u<Q, Mode, 3>(a, pairs, s);
