@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "backends/cuda/device_util.cuh"
 #include "backends/cuda/dot_q8.cuh"
@@ -33,10 +34,25 @@ __global__ void mla_store_kernel(float* cache, int64_t width, int64_t n_ctx, con
 
 constexpr int kMlaHeads = 8;     // heads per block: they share every cache row read
 constexpr int kMlaThreads = 256;
-constexpr int kMlaRowsAtOnce = 2;  // cache rows a warp scores at once
 constexpr int kMlaMaxChunk = 512;
 // DeepSeek's rows of 512 + 64 = 576 values: 18 a lane, all held at once.
 constexpr int kMlaRowRegs = 18;
+
+// Warp sums of a lane's kN values at once (the split kernel's scores): values [0, n/2)
+// and [n/2, n) are halves, and a lane hands its partner (lane ^ O) the half it does not
+// keep (the upper if lane & O), adding the partner's — n − 1 shuffles for n sums.
+template <int N, int O, int kN>
+__device__ __forceinline__ void sum_halves(float (&v)[kN], int lane) {
+    if constexpr (N > 1) {
+        const bool up = lane & O;
+#pragma unroll
+        for (int i = 0; i < N / 2; ++i) {
+            const float send = up ? v[i] : v[i + N / 2], keep = up ? v[i + N / 2] : v[i];
+            v[i] = keep + __shfl_xor_sync(0xffffffffu, send, O);
+        }
+        sum_halves<N / 2, O / 2>(v, lane);
+    }
+}
 
 // The split kernel's shared memory, [kMlaHeads][width] queries then [kMlaHeads][pst]
 // scores: the scores start on a 16-byte boundary and a head's row of them is whole
@@ -53,7 +69,9 @@ __host__ __device__ constexpr int64_t mla_scores_offset(int64_t width) { return 
 // shape does not depend on the context length, so a captured CUDA graph stays valid).
 // Writes the unnormalised partial context and the split's (max, sum) per head.
 // kR: a cache row's values per lane (width ≤ 32·kR), all loaded at once.
-template <int kR>
+// kD: latent dimensions a thread of the context pass takes at once; kMaxRA: the most cache
+// rows a warp scores at once (4 takes 128 registers, 2 about 100).
+template <int kR, int kD, int kMaxRA>
 __global__ void __launch_bounds__(kMlaThreads, 2) mla_split_kernel(const float* q_abs, const float* q_pe, int64_t pe_ld,
                                                               const float* cache, int64_t width, int kv_lora,
                                                               int n_head, int64_t t0,
@@ -99,21 +117,31 @@ __global__ void __launch_bounds__(kMlaThreads, 2) mla_split_kernel(const float* 
         if ((kv_lora & 3) == 0 && (rope & 3) == 0 && (pe_ld & 3) == 0 && (reinterpret_cast<uintptr_t>(qa) & 15) == 0 &&
             (reinterpret_cast<uintptr_t>(qp) & 15) == 0) {
             const int w4 = static_cast<int>(width) / 4, l4 = kv_lora / 4;
-#pragma unroll 4
-            for (int i = threadIdx.x; i < kMlaHeads * w4; i += blockDim.x) {
-                const int h = i / w4, d = i - h * w4;
-                float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-                if (h < nh)
-                    v = d < l4 ? reinterpret_cast<const float4*>(qa + h * kv_lora)[d]
-                               : reinterpret_cast<const float4*>(qp + h * pe_ld)[d - l4];
-                if (pe_cs && h < nh && d >= l4) {  // pairs 2(d − l4) and 2(d − l4) + 1, rotated
-                    const float4 cs = reinterpret_cast<const float4*>(pe_cs)[d - l4];
-                    float y[4];
-                    rope_pair(v.x, v.y, cs.x, cs.y, y);
-                    rope_pair(v.z, v.w, cs.z, cs.w, y + 2);
-                    v = make_float4(y[0], y[1], y[2], y[3]);
+            // Every load of the block's rows (and of their angles) at once, then the
+            // rotations and the stores: one trip to memory (width ≤ 32·kR).
+            constexpr int kIt = (kMlaHeads * 8 * kR + kMlaThreads - 1) / kMlaThreads;
+            float4 v[kIt], cs[kIt];
+#pragma unroll
+            for (int it = 0; it < kIt; ++it) {
+                const int i = threadIdx.x + it * kMlaThreads, h = i / w4, d = i - h * w4;
+                v[it] = cs[it] = make_float4(0.f, 0.f, 0.f, 0.f);
+                if (i < kMlaHeads * w4 && h < nh) {
+                    v[it] = d < l4 ? reinterpret_cast<const float4*>(qa + h * kv_lora)[d]
+                                   : reinterpret_cast<const float4*>(qp + h * pe_ld)[d - l4];
+                    if (pe_cs && d >= l4) cs[it] = reinterpret_cast<const float4*>(pe_cs)[d - l4];
                 }
-                reinterpret_cast<float4*>(q_s)[i] = v;
+            }
+#pragma unroll
+            for (int it = 0; it < kIt; ++it) {
+                const int i = threadIdx.x + it * kMlaThreads, h = i / w4, d = i - h * w4;
+                if (i >= kMlaHeads * w4) break;
+                if (pe_cs && h < nh && d >= l4) {  // pairs 2(d − l4) and 2(d − l4) + 1, rotated
+                    float y[4];
+                    rope_pair(v[it].x, v[it].y, cs[it].x, cs[it].y, y);
+                    rope_pair(v[it].z, v[it].w, cs[it].z, cs[it].w, y + 2);
+                    v[it] = make_float4(y[0], y[1], y[2], y[3]);
+                }
+                reinterpret_cast<float4*>(q_s)[i] = v[it];
             }
         } else {
             const int w = static_cast<int>(width);
@@ -133,36 +161,63 @@ __global__ void __launch_bounds__(kMlaThreads, 2) mla_split_kernel(const float* 
     }
     __syncthreads();
 
-    // Scores: a warp takes kMlaRowsAtOnce cache rows at a time, all heads of the block
-    // against them, and issues every load of those rows before the first multiply (one
-    // trip to memory per step, not one per 32 values).
-    for (int j0 = warp * kMlaRowsAtOnce; j0 < n_pos; j0 += kMlaRowsAtOnce * (kMlaThreads / 32)) {
-        float c[kMlaRowsAtOnce][kR];
-#pragma unroll
-        for (int r = 0; r < kMlaRowsAtOnce; ++r) {
-            const float* row = cache + (s_lo + min(j0 + r, n_pos - 1)) * width;
-#pragma unroll
-            for (int k = 0; k < kR; ++k) c[r][k] = lane + 32 * k < width ? row[lane + 32 * k] : 0.0f;
-        }
-        float acc[kMlaRowsAtOnce][kMlaHeads] = {};
-#pragma unroll
-        for (int k = 0; k < kR; ++k) {
-            const int d = lane + 32 * k;
-            if (d >= width) break;
-#pragma unroll
-            for (int h = 0; h < kMlaHeads; ++h) {
-                const float q = q_s[h * width + d];
-#pragma unroll
-                for (int r = 0; r < kMlaRowsAtOnce; ++r) acc[r][h] += q * c[r][k];
+    // Scores: a warp takes kRA cache rows at a time, all heads of the block against them,
+    // and issues every load of those rows before the first multiply (one trip to memory per
+    // step, not one per 32 values). kRA is 4 where the split has more positions than a pass
+    // of 2 rows a warp covers, else 2 (with few positions, the busy warps' own work is the
+    // time); every score is the same sum either way, in the same order (sum_halves' steps
+    // are warp_sum's butterfly), so the bits do not depend on it.
+    auto scores = [&](auto rows_at_once) {
+        constexpr int kMlaRowsAtOnce = decltype(rows_at_once)::value;
+        for (int j0 = warp * kMlaRowsAtOnce; j0 < n_pos; j0 += kMlaRowsAtOnce * (kMlaThreads / 32)) {
+            float c[kMlaRowsAtOnce][kR];
+    #pragma unroll
+            for (int r = 0; r < kMlaRowsAtOnce; ++r) {
+                const float* row = cache + (s_lo + min(j0 + r, n_pos - 1)) * width;
+    #pragma unroll
+                for (int k = 0; k < kR; ++k) c[r][k] = lane + 32 * k < width ? row[lane + 32 * k] : 0.0f;
+            }
+            float acc[kMlaRowsAtOnce][kMlaHeads] = {};
+    #pragma unroll
+            for (int k = 0; k < kR; ++k) {
+                const int d = lane + 32 * k;
+                if (d >= width) break;
+    #pragma unroll
+                for (int h = 0; h < kMlaHeads; ++h) {
+                    const float q = q_s[h * width + d];
+    #pragma unroll
+                    for (int r = 0; r < kMlaRowsAtOnce; ++r) acc[r][h] += q * c[r][k];
+                }
+            }
+            constexpr int kN = kMlaRowsAtOnce * kMlaHeads;
+            if constexpr (kN == 16 || kN == 32) {
+                // All kN sums at once: each step hands half of a lane's values to its partner and
+                // keeps the other half, so kN − 1 shuffles instead of 5·kN; lane L ends with sum L
+                // (kN = 32) or L >> 1 (kN = 16, lanes L and L ^ 1 alike).
+                float(&v)[kN] = reinterpret_cast<float(&)[kN]>(acc);
+                sum_halves<kN, 16>(v, lane);
+                if constexpr (kN == 16) v[0] += __shfl_xor_sync(0xffffffffu, v[0], 1);
+                const int idx = kN == 32 ? lane : lane >> 1, r = idx / kMlaHeads, h = idx % kMlaHeads;
+                if ((kN == 32 || (lane & 1) == 0) && j0 + r < n_pos) p_s[h * pst + j0 + r] = v[0] * scale;
+            } else {
+    #pragma unroll
+                for (int r = 0; r < kMlaRowsAtOnce; ++r)
+    #pragma unroll
+                    for (int h = 0; h < kMlaHeads; ++h) {
+                        const float v = warp_sum(acc[r][h]);
+                        if (lane == 0 && j0 + r < n_pos) p_s[h * pst + j0 + r] = v * scale;
+                    }
             }
         }
-#pragma unroll
-        for (int r = 0; r < kMlaRowsAtOnce; ++r)
-#pragma unroll
-            for (int h = 0; h < kMlaHeads; ++h) {
-                const float v = warp_sum(acc[r][h]);
-                if (lane == 0 && j0 + r < n_pos) p_s[h * pst + j0 + r] = v * scale;
-            }
+    };
+    if constexpr (kMaxRA >= 4) {
+        if (n_pos > 2 * (kMlaThreads / 32)) {
+            scores(std::integral_constant<int, 4>{});
+        } else {
+            scores(std::integral_constant<int, 2>{});
+        }
+    } else {
+        scores(std::integral_constant<int, 2>{});
     }
     __syncthreads();
 
@@ -189,26 +244,54 @@ __global__ void __launch_bounds__(kMlaThreads, 2) mla_split_kernel(const float* 
 
     // Partial context: thread per latent dimension, all heads of the block.
     float* out = part + ((tl * n_split + split) * n_head + h0) * static_cast<int64_t>(kv_lora);
-    // Four positions a step: each head's weights for them in one 16-byte shared load.
-    for (int d = threadIdx.x; d < kv_lora; d += blockDim.x) {
-        float acc[kMlaHeads] = {};
+    // Four positions a step: each head's weights for them in one 16-byte shared load. kD
+    // dimensions a thread at once (d, d + blockDim.x, ...), so their loads are in flight
+    // together (each dimension's sum in the same order as alone).
+    for (int d0 = threadIdx.x; d0 < kv_lora; d0 += kD * blockDim.x) {
+        float acc[kD][kMlaHeads] = {};
 #pragma unroll 2
         for (int j = 0; j < n_pos; j += 4) {
-            float c[4];
+            float c[kD][4];
 #pragma unroll
-            for (int i = 0; i < 4; ++i) c[i] = j + i < n_pos ? cache[(s_lo + j + i) * width + d] : 0.0f;
+            for (int e = 0; e < kD; ++e)
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {
+                    const int d = d0 + e * blockDim.x;
+                    c[e][i] = j + i < n_pos && d < kv_lora ? cache[(s_lo + j + i) * width + d] : 0.0f;
+                }
 #pragma unroll
             for (int h = 0; h < kMlaHeads; ++h) {
                 const float4 w = *reinterpret_cast<const float4*>(p_s + h * pst + j);
-                acc[h] += w.x * c[0];
-                acc[h] += w.y * c[1];
-                acc[h] += w.z * c[2];
-                acc[h] += w.w * c[3];
+#pragma unroll
+                for (int e = 0; e < kD; ++e) {
+                    acc[e][h] += w.x * c[e][0];
+                    acc[e][h] += w.y * c[e][1];
+                    acc[e][h] += w.z * c[e][2];
+                    acc[e][h] += w.w * c[e][3];
+                }
             }
         }
-        for (int h = 0; h < nh; ++h) out[h * static_cast<int64_t>(kv_lora) + d] = acc[h];
+#pragma unroll
+        for (int e = 0; e < kD; ++e) {
+            const int d = d0 + e * blockDim.x;
+            if (d < kv_lora)
+                for (int h = 0; h < nh; ++h) out[h * static_cast<int64_t>(kv_lora) + d] = acc[e][h];
+        }
     }
 }
+
+// DeepSeek's rows (≤ 576 values: 18 a lane) with two latent dimensions a thread in the
+// context pass; wider rows (up to kMlaMaxWidth) one dimension and two rows at once, within
+// the registers of two blocks an SM. Four rows at once only where the plan's splits can
+// hold more than 16 positions (V3's 16 splits of a 640-position context: 40): at 128
+// registers two blocks take an SM's whole register file, so the merge and v_b, launched
+// early, find no room beside them, which cost V2-Lite (132 splits of 5) ~3 % of tg128.
+// Measured on the H200 (docs/performance.md, slice 17): with the query rows in one trip,
+// four rows at once and the score sums at once, k_b's end → the merge's end 24.9 → 20.8 µs
+// a V3 layer.
+constexpr auto kSplitFour = mla_split_kernel<kMlaRowRegs, 2, 4>;
+constexpr auto kSplitTwo = mla_split_kernel<kMlaRowRegs, 2, 2>;
+constexpr auto kSplitWide = mla_split_kernel<kMlaMaxWidth / 32, 1, 2>;
 
 // Merges the splits: ctx = Σ_i e^{m_i − M} O_i / Σ_i e^{m_i − M} l_i. One block per
 // (head, query): the split weights e^{m_i − M} go to shared memory once, then each thread
@@ -216,6 +299,13 @@ __global__ void __launch_bounds__(kMlaThreads, 2) mla_split_kernel(const float* 
 constexpr int kMergeThreads = 256;
 // q (a single query, kv_lora a multiple of 32): ctx also quantised there as the rows of
 // the per-head v_b GEMV (gemv_q8.h's layout with H rows), a 32-block per warp and step.
+// kS > 0 (n_split ≤ kS, kv_lora ≤ 2·kMergeThreads: V3's decode plan): a thread's partials
+// are loaded at once for both its dimensions, with the statistics, before the split
+// weights are known (one trip to memory instead of three). With many splits (V2-Lite's 132)
+// the same loads in chunks of kS were slower than the loop form (H200: 15 → 27 µs a
+// merge), which they keep.
+constexpr int kMergeHoist = 16;
+template <int kS>
 __global__ void __launch_bounds__(kMergeThreads) mla_merge_kernel(const float* part, const float* stats, int kv_lora,
                                                                  int n_head, int n_split, int64_t t0, float* ctx,
                                                                  int8_t* q, q8::XDs* qd, L2Ahead weights_ahead) {
@@ -229,6 +319,20 @@ __global__ void __launch_bounds__(kMergeThreads) mla_merge_kernel(const float* p
     const int64_t tl = blockIdx.y, t = t0 + tl;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     auto stat = [&](int i) { return stats + ((tl * n_split + i) * n_head + h) * 2; };
+    const float* p0 = part + (tl * n_split * n_head + h) * static_cast<int64_t>(kv_lora);
+    const int64_t step = static_cast<int64_t>(n_head) * kv_lora;  // from one split to the next
+    // kS > 0: a thread's partials for both its dimensions, loaded before the statistics.
+    constexpr int kHeld = kS > 0 ? kS : 1;
+    float held[2][kHeld];
+    if constexpr (kS > 0) {
+#pragma unroll
+        for (int j = 0; j < 2; ++j)
+#pragma unroll
+            for (int i = 0; i < kS; ++i) {
+                const int d = threadIdx.x + j * kMergeThreads;
+                held[j][i] = i < n_split && d < kv_lora ? p0[i * step + d] : 0.0f;
+            }
+    }
 
     float M = -INFINITY;
     for (int i = threadIdx.x; i < n_split; i += blockDim.x) M = fmaxf(M, stat(i)[0]);
@@ -253,22 +357,41 @@ __global__ void __launch_bounds__(kMergeThreads) mla_merge_kernel(const float* p
     for (int k = 0; k < kMergeThreads / 32; ++k) denom += red[k];
     const float inv = 1.0f / denom;
 
-    const float* p0 = part + (tl * n_split * n_head + h) * static_cast<int64_t>(kv_lora);
-    const int64_t step = static_cast<int64_t>(n_head) * kv_lora;  // from one split to the next
-    // The loop bound is the warp's first dimension, so a warp's lanes run the
-    // quantisation's shuffles together.
-    for (int d = threadIdx.x; d - lane < kv_lora; d += blockDim.x) {
+    // ctx at dimension d (< kv_lora) from v, its splits' weighted sum, and its quantised copy.
+    auto emit = [&](int d, float v) {
         float o = 0.0f;
         if (d < kv_lora) {
-            float v = 0.0f;
-#pragma unroll 8
-            for (int i = 0; i < n_split; ++i) v += w_s[i] * p0[i * step + d];
             o = v * inv;
             ctx[(t * n_head + h) * static_cast<int64_t>(kv_lora) + d] = o;
         }
         if (q)
             q8::quantize_warp(o, d < kv_lora, q + static_cast<int64_t>(h) * kv_lora + d,
                               qd + static_cast<int64_t>(h) * (kv_lora / 32) + d / 32);
+    };
+    // Each dimension's sum over the splits in split order either way. The loop bound is the
+    // warp's first dimension, so a warp's lanes run the quantisation's shuffles together.
+    if constexpr (kS > 0) {
+        float v[2] = {0.0f, 0.0f};
+#pragma unroll
+        for (int i = 0; i < kS; ++i)
+            if (i < n_split) {
+#pragma unroll
+                for (int j = 0; j < 2; ++j) v[j] += w_s[i] * held[j][i];
+            }
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+            const int d = threadIdx.x + j * kMergeThreads;
+            if (d - lane < kv_lora) emit(d, v[j]);
+        }
+    } else {
+        for (int d = threadIdx.x; d - lane < kv_lora; d += blockDim.x) {
+            float v = 0.0f;
+            if (d < kv_lora) {
+#pragma unroll 8
+                for (int i = 0; i < n_split; ++i) v += w_s[i] * p0[i * step + d];
+            }
+            emit(d, v);
+        }
     }
 }
 
@@ -340,14 +463,16 @@ void mla_attend(const MlaPlan& p, const float* q_abs, const float* q_pe, int64_t
     if (!attr_set) {
         // Up to kMlaHeads · (kMlaMaxWidth + kMlaMaxChunk) floats = 48 KB (both multiples of 4).
         const int most = kMlaHeads * (kMlaMaxWidth + kMlaMaxChunk) * static_cast<int>(sizeof(float));
-        cudaFuncSetAttribute(mla_split_kernel<kMlaRowRegs>, cudaFuncAttributeMaxDynamicSharedMemorySize, most);
-        cudaFuncSetAttribute(mla_split_kernel<kMlaMaxWidth / 32>, cudaFuncAttributeMaxDynamicSharedMemorySize, most);
+        cudaFuncSetAttribute(kSplitFour, cudaFuncAttributeMaxDynamicSharedMemorySize, most);
+        cudaFuncSetAttribute(kSplitTwo, cudaFuncAttributeMaxDynamicSharedMemorySize, most);
+        cudaFuncSetAttribute(kSplitWide, cudaFuncAttributeMaxDynamicSharedMemorySize, most);
         attr_set = true;
     }
     // Wider rows than DeepSeek's in kMlaMaxWidth / 32 registers a lane.
     static_assert(kMlaMaxWidth % 32 == 0);
-    auto* split_kernel =
-        width <= 32 * kMlaRowRegs ? mla_split_kernel<kMlaRowRegs> : mla_split_kernel<kMlaMaxWidth / 32>;
+    auto* split_kernel = width > 32 * kMlaRowRegs                  ? kSplitWide
+                         : p.chunk_cap > 2 * (kMlaThreads / 32) ? kSplitFour
+                                                                 : kSplitTwo;
     const int head_groups = (n_head + kMlaHeads - 1) / kMlaHeads;
     // Decode (the plan splits each query's context evenly): the split kernel asks L2 for its
     // cache rows ahead, unless DS3_CUDA_MLA_AHEAD=0 (read once). A prompt's queries share
@@ -363,7 +488,10 @@ void mla_attend(const MlaPlan& p, const float* q_abs, const float* q_pe, int64_t
                    positions, n_ctx, scale, p.chunk, p.n_split, part, stats, ahead, t0 == 0 ? split_ahead : L2Ahead{},
                    T == 1 ? pe_cs : nullptr);
         dim3 mgrid(static_cast<unsigned>(n_head), static_cast<unsigned>(nt));
-        launch_pdl(mla_merge_kernel, mgrid, dim3(kMergeThreads), static_cast<size_t>(p.n_split) * sizeof(float), s,
+        auto* merge_kernel = p.n_split <= kMergeHoist && kv_lora <= 2 * kMergeThreads
+                                 ? mla_merge_kernel<kMergeHoist>
+                                 : mla_merge_kernel<0>;
+        launch_pdl(merge_kernel, mgrid, dim3(kMergeThreads), static_cast<size_t>(p.n_split) * sizeof(float), s,
                    static_cast<const float*>(part), static_cast<const float*>(stats), kv_lora, n_head, p.n_split, t0, ctx,
                    cq, cd, t0 == 0 ? merge_ahead : L2Ahead{});
     }

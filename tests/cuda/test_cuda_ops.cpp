@@ -189,6 +189,9 @@ TEST_CASE("cuda: mla_attn over the latent cache, batches then decode steps", "[c
         // groups, so that 3 queries get 2 splits of ~200 positions each.
         {12, 16, 16, 16, 64, {5, 1, 1, 2, 1}, TypeId::F32},
         {256, 16, 16, 16, 64, {401, 1, 3}, TypeId::F32},
+        // Rows wider than DeepSeek's 576 (the split kernel's other instance) and a latent
+        // wider than two dimensions a merge thread (the merge's loop form).
+        {8, 16, 64, 16, 640, {40, 1, 1, 2}, TypeId::F32},
     };
     for (const Case& c : cases) {
         WeightStore s;
