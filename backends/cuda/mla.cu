@@ -70,7 +70,7 @@ __host__ __device__ constexpr int64_t mla_scores_offset(int64_t width) { return 
 // Writes the unnormalised partial context and the split's (max, sum) per head.
 // kR: a cache row's values per lane (width ≤ 32·kR), all loaded at once.
 // kD: latent dimensions a thread of the context pass takes at once; kMaxRA: the most cache
-// rows a warp scores at once (4 takes 128 registers, 2 about 100).
+// rows a warp scores at once (4 takes 128 registers, 2 takes 96).
 template <int kR, int kD, int kMaxRA>
 __global__ void __launch_bounds__(kMlaThreads, 2) mla_split_kernel(const float* q_abs, const float* q_pe, int64_t pe_ld,
                                                               const float* cache, int64_t width, int kv_lora,
