@@ -34,6 +34,8 @@ __global__ void mla_store_kernel(float* cache, int64_t width, int64_t n_ctx, con
 
 constexpr int kMlaHeads = 8;     // heads per block: they share every cache row read
 constexpr int kMlaThreads = 256;
+// Positions one pass of two rows a warp covers: a split with more takes four rows at once.
+constexpr int kMlaTwoRowPass = 2 * (kMlaThreads / 32);
 constexpr int kMlaMaxChunk = 512;
 // DeepSeek's rows of 512 + 64 = 576 values: 18 a lane, all held at once.
 constexpr int kMlaRowRegs = 18;
@@ -171,21 +173,21 @@ __global__ void __launch_bounds__(kMlaThreads, 2) mla_split_kernel(const float* 
         constexpr int kMlaRowsAtOnce = decltype(rows_at_once)::value;
         for (int j0 = warp * kMlaRowsAtOnce; j0 < n_pos; j0 += kMlaRowsAtOnce * (kMlaThreads / 32)) {
             float c[kMlaRowsAtOnce][kR];
-    #pragma unroll
+#pragma unroll
             for (int r = 0; r < kMlaRowsAtOnce; ++r) {
                 const float* row = cache + (s_lo + min(j0 + r, n_pos - 1)) * width;
-    #pragma unroll
+#pragma unroll
                 for (int k = 0; k < kR; ++k) c[r][k] = lane + 32 * k < width ? row[lane + 32 * k] : 0.0f;
             }
             float acc[kMlaRowsAtOnce][kMlaHeads] = {};
-    #pragma unroll
+#pragma unroll
             for (int k = 0; k < kR; ++k) {
                 const int d = lane + 32 * k;
                 if (d >= width) break;
-    #pragma unroll
+#pragma unroll
                 for (int h = 0; h < kMlaHeads; ++h) {
                     const float q = q_s[h * width + d];
-    #pragma unroll
+#pragma unroll
                     for (int r = 0; r < kMlaRowsAtOnce; ++r) acc[r][h] += q * c[r][k];
                 }
             }
@@ -200,9 +202,9 @@ __global__ void __launch_bounds__(kMlaThreads, 2) mla_split_kernel(const float* 
                 const int idx = kN == 32 ? lane : lane >> 1, r = idx / kMlaHeads, h = idx % kMlaHeads;
                 if ((kN == 32 || (lane & 1) == 0) && j0 + r < n_pos) p_s[h * pst + j0 + r] = v[0] * scale;
             } else {
-    #pragma unroll
+#pragma unroll
                 for (int r = 0; r < kMlaRowsAtOnce; ++r)
-    #pragma unroll
+#pragma unroll
                     for (int h = 0; h < kMlaHeads; ++h) {
                         const float v = warp_sum(acc[r][h]);
                         if (lane == 0 && j0 + r < n_pos) p_s[h * pst + j0 + r] = v * scale;
@@ -211,7 +213,7 @@ __global__ void __launch_bounds__(kMlaThreads, 2) mla_split_kernel(const float* 
         }
     };
     if constexpr (kMaxRA >= 4) {
-        if (n_pos > 2 * (kMlaThreads / 32)) {
+        if (n_pos > kMlaTwoRowPass) {
             scores(std::integral_constant<int, 4>{});
         } else {
             scores(std::integral_constant<int, 2>{});
@@ -470,9 +472,9 @@ void mla_attend(const MlaPlan& p, const float* q_abs, const float* q_pe, int64_t
     }
     // Wider rows than DeepSeek's in kMlaMaxWidth / 32 registers a lane.
     static_assert(kMlaMaxWidth % 32 == 0);
-    auto* split_kernel = width > 32 * kMlaRowRegs                  ? kSplitWide
-                         : p.chunk_cap > 2 * (kMlaThreads / 32) ? kSplitFour
-                                                                 : kSplitTwo;
+    auto* split_kernel = width > 32 * kMlaRowRegs     ? kSplitWide
+                         : p.chunk_cap > kMlaTwoRowPass ? kSplitFour
+                                                        : kSplitTwo;
     const int head_groups = (n_head + kMlaHeads - 1) / kMlaHeads;
     // Decode (the plan splits each query's context evenly): the split kernel asks L2 for its
     // cache rows ahead, unless DS3_CUDA_MLA_AHEAD=0 (read once). A prompt's queries share
