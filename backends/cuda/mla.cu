@@ -295,49 +295,41 @@ constexpr auto kSplitFour = mla_split_kernel<kMlaRowRegs, 2, 4>;
 constexpr auto kSplitTwo = mla_split_kernel<kMlaRowRegs, 2, 2>;
 constexpr auto kSplitWide = mla_split_kernel<kMlaMaxWidth / 32, 1, 2>;
 
-// Merges the splits: ctx = Σ_i e^{m_i − M} O_i / Σ_i e^{m_i − M} l_i. One block per
-// (head, query): the split weights e^{m_i − M} go to shared memory once, then each thread
-// sums its latent dimensions over the splits with independent loads in flight.
-constexpr int kMergeThreads = 256;
+// Merges the splits: ctx = Σ_i e^{m_i − M} O_i / Σ_i e^{m_i − M} l_i, the split weights
+// e^{m_i − M} in shared memory. Two forms:
+// - few splits (n_split ≤ kMergeHoist, kv_lora ≤ 2·kMergeThreads: V3's decode plan): a
+//   block per (head, query), a thread's partials for both its latent dimensions loaded at
+//   once with the statistics, before the split weights are known (one trip to memory
+//   instead of three);
+// - otherwise (V2-Lite's 132 splits of 16 heads, wide rows): a block per (head, query,
+//   kMergeDims latent dimensions), whose kMergeGroups thread groups sum every
+//   kMergeGroups-th split of a dimension, added in group order. 16 heads then make 128
+//   blocks, and a thread has 33 of the 132 splits. (One block a head, each thread summing
+//   two dimensions over all 132 splits, took ~15 µs a merge on the H200; the same loads
+//   in chunks of 16, 27 µs.)
 // q (a single query, kv_lora a multiple of 32): ctx also quantised there as the rows of
 // the per-head v_b GEMV (gemv_q8.h's layout with H rows), a 32-block per warp and step.
-// kS > 0 (n_split ≤ kS, kv_lora ≤ 2·kMergeThreads: V3's decode plan): a thread's partials
-// are loaded at once for both its dimensions, with the statistics, before the split
-// weights are known (one trip to memory instead of three). With many splits (V2-Lite's 132)
-// the same loads in chunks of kS were slower than the loop form (H200: 15 → 27 µs a
-// merge), which they keep.
+constexpr int kMergeThreads = 256;
 constexpr int kMergeHoist = 16;
-template <int kS>
-__global__ void __launch_bounds__(kMergeThreads) mla_merge_kernel(const float* part, const float* stats, int kv_lora,
-                                                                 int n_head, int n_split, int64_t t0, float* ctx,
-                                                                 int8_t* q, q8::XDs* qd, L2Ahead weights_ahead) {
-    extern __shared__ float w_s[];  // [n_split]
-    __shared__ float red[kMergeThreads / 32];
-    prefetch_l2(weights_ahead, static_cast<int64_t>(blockIdx.y * gridDim.x + blockIdx.x) * kMergeThreads + threadIdx.x,
-                static_cast<int64_t>(gridDim.x) * gridDim.y * kMergeThreads);
-    dep_wait();
-    dep_trigger();
-    const int h = blockIdx.x;
-    const int64_t tl = blockIdx.y, t = t0 + tl;
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    auto stat = [&](int i) { return stats + ((tl * n_split + i) * n_head + h) * 2; };
-    const float* p0 = part + (tl * n_split * n_head + h) * static_cast<int64_t>(kv_lora);
-    const int64_t step = static_cast<int64_t>(n_head) * kv_lora;  // from one split to the next
-    // kS > 0: a thread's partials for both its dimensions, loaded before the statistics.
-    constexpr int kHeld = kS > 0 ? kS : 1;
-    float held[2][kHeld];
-    if constexpr (kS > 0) {
-#pragma unroll
-        for (int j = 0; j < 2; ++j)
-#pragma unroll
-            for (int i = 0; i < kS; ++i) {
-                const int d = threadIdx.x + j * kMergeThreads;
-                held[j][i] = i < n_split && d < kv_lora ? p0[i * step + d] : 0.0f;
-            }
-    }
+constexpr int kMergeDims = 64, kMergeGroups = kMergeThreads / kMergeDims;
 
+struct MergeArgs {
+    const float* part = nullptr;
+    const float* stats = nullptr;
+    int kv_lora = 0, n_head = 0, n_split = 0;
+    int64_t t0 = 0;
+    float* ctx = nullptr;
+    int8_t* q = nullptr;
+    q8::XDs* qd = nullptr;
+};
+
+// The split weights of (query tl, head h) into w_s[n_split]; returns 1 / Σ_i w_i l_i.
+// Every thread of the block calls it.
+__device__ float merge_weights(const MergeArgs& a, int64_t tl, int h, float* w_s, float* red) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    auto stat = [&](int i) { return a.stats + ((tl * a.n_split + i) * a.n_head + h) * 2; };
     float M = -INFINITY;
-    for (int i = threadIdx.x; i < n_split; i += blockDim.x) M = fmaxf(M, stat(i)[0]);
+    for (int i = threadIdx.x; i < a.n_split; i += blockDim.x) M = fmaxf(M, stat(i)[0]);
     M = warp_max(M);
     if (lane == 0) red[warp] = M;
     __syncthreads();
@@ -346,7 +338,7 @@ __global__ void __launch_bounds__(kMergeThreads) mla_merge_kernel(const float* p
     __syncthreads();
 
     float denom = 0.0f;
-    for (int i = threadIdx.x; i < n_split; i += blockDim.x) {
+    for (int i = threadIdx.x; i < a.n_split; i += blockDim.x) {
         const float* st = stat(i);
         const float w = st[1] > 0.0f ? expf(st[0] - M) : 0.0f;  // empty splits weigh nothing
         w_s[i] = w;
@@ -357,44 +349,94 @@ __global__ void __launch_bounds__(kMergeThreads) mla_merge_kernel(const float* p
     __syncthreads();
     denom = 0.0f;
     for (int k = 0; k < kMergeThreads / 32; ++k) denom += red[k];
-    const float inv = 1.0f / denom;
+    return 1.0f / denom;
+}
 
-    // ctx at dimension d (< kv_lora) from v, its splits' weighted sum, and its quantised copy.
-    auto emit = [&](int d, float v) {
-        float o = 0.0f;
-        if (d < kv_lora) {
-            o = v * inv;
-            ctx[(t * n_head + h) * static_cast<int64_t>(kv_lora) + d] = o;
-        }
-        if (q)
-            q8::quantize_warp(o, d < kv_lora, q + static_cast<int64_t>(h) * kv_lora + d,
-                              qd + static_cast<int64_t>(h) * (kv_lora / 32) + d / 32);
-    };
-    // Each dimension's sum over the splits in split order either way. The loop bound is the
-    // warp's first dimension, so a warp's lanes run the quantisation's shuffles together.
-    if constexpr (kS > 0) {
-        float v[2] = {0.0f, 0.0f};
-#pragma unroll
-        for (int i = 0; i < kS; ++i)
-            if (i < n_split) {
-#pragma unroll
-                for (int j = 0; j < 2; ++j) v[j] += w_s[i] * held[j][i];
-            }
-#pragma unroll
-        for (int j = 0; j < 2; ++j) {
-            const int d = threadIdx.x + j * kMergeThreads;
-            if (d - lane < kv_lora) emit(d, v[j]);
-        }
-    } else {
-        for (int d = threadIdx.x; d - lane < kv_lora; d += blockDim.x) {
-            float v = 0.0f;
-            if (d < kv_lora) {
-#pragma unroll 8
-                for (int i = 0; i < n_split; ++i) v += w_s[i] * p0[i * step + d];
-            }
-            emit(d, v);
-        }
+// ctx at dimension d (< kv_lora) of (query t, head h) from v, its splits' weighted sum, and
+// its quantised copy. A whole warp calls it (the quantisation's shuffles), lanes past
+// kv_lora with store off.
+__device__ void merge_emit(const MergeArgs& a, int64_t t, int h, int d, float v, float inv) {
+    float o = 0.0f;
+    if (d < a.kv_lora) {
+        o = v * inv;
+        a.ctx[(t * a.n_head + h) * static_cast<int64_t>(a.kv_lora) + d] = o;
     }
+    if (a.q)
+        q8::quantize_warp(o, d < a.kv_lora, a.q + static_cast<int64_t>(h) * a.kv_lora + d,
+                          a.qd + static_cast<int64_t>(h) * (a.kv_lora / 32) + d / 32);
+}
+
+__global__ void __launch_bounds__(kMergeThreads) mla_merge_few_kernel(const float* part, const float* stats, int kv_lora,
+                                                                     int n_head, int n_split, int64_t t0, float* ctx,
+                                                                     int8_t* q, q8::XDs* qd, L2Ahead weights_ahead) {
+    const MergeArgs a{part, stats, kv_lora, n_head, n_split, t0, ctx, q, qd};
+    extern __shared__ float w_s[];  // [n_split]
+    __shared__ float red[kMergeThreads / 32];
+    prefetch_l2(weights_ahead, static_cast<int64_t>(blockIdx.y * gridDim.x + blockIdx.x) * kMergeThreads + threadIdx.x,
+                static_cast<int64_t>(gridDim.x) * gridDim.y * kMergeThreads);
+    dep_wait();
+    dep_trigger();
+    const int h = blockIdx.x, lane = threadIdx.x & 31;
+    const int64_t tl = blockIdx.y;
+    const float* p0 = a.part + (tl * a.n_split * a.n_head + h) * static_cast<int64_t>(a.kv_lora);
+    const int64_t step = static_cast<int64_t>(a.n_head) * a.kv_lora;  // from one split to the next
+    float held[2][kMergeHoist];
+#pragma unroll
+    for (int j = 0; j < 2; ++j)
+#pragma unroll
+        for (int i = 0; i < kMergeHoist; ++i) {
+            const int d = threadIdx.x + j * kMergeThreads;
+            held[j][i] = i < a.n_split && d < a.kv_lora ? p0[i * step + d] : 0.0f;
+        }
+    const float inv = merge_weights(a, tl, h, w_s, red);
+    // Each dimension's sum over the splits in split order. The bound is the warp's first
+    // dimension, so a warp's lanes run the quantisation's shuffles together.
+    float v[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int i = 0; i < kMergeHoist; ++i)
+        if (i < a.n_split) {
+#pragma unroll
+            for (int j = 0; j < 2; ++j) v[j] += w_s[i] * held[j][i];
+        }
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+        const int d = threadIdx.x + j * kMergeThreads;
+        if (d - lane < a.kv_lora) merge_emit(a, a.t0 + tl, h, d, v[j], inv);
+    }
+}
+
+__global__ void __launch_bounds__(kMergeThreads) mla_merge_many_kernel(const float* part, const float* stats, int kv_lora,
+                                                                     int n_head, int n_split, int64_t t0, float* ctx,
+                                                                     int8_t* q, q8::XDs* qd, L2Ahead weights_ahead) {
+    const MergeArgs a{part, stats, kv_lora, n_head, n_split, t0, ctx, q, qd};
+    extern __shared__ float w_s[];  // [n_split]
+    __shared__ float red[kMergeThreads / 32];
+    __shared__ float sums[kMergeGroups][kMergeDims];
+    prefetch_l2(weights_ahead,
+                (static_cast<int64_t>(blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x) * kMergeThreads +
+                    threadIdx.x,
+                static_cast<int64_t>(gridDim.x) * gridDim.y * gridDim.z * kMergeThreads);
+    dep_wait();
+    dep_trigger();
+    const int h = blockIdx.x, lane = threadIdx.x & 31;
+    const int64_t tl = blockIdx.y;
+    const int dl = threadIdx.x % kMergeDims, g = threadIdx.x / kMergeDims;
+    const int d = static_cast<int>(blockIdx.z) * kMergeDims + dl;
+    const float inv = merge_weights(a, tl, h, w_s, red);
+    const int64_t step = static_cast<int64_t>(a.n_head) * a.kv_lora;  // from one split to the next
+    float v = 0.0f;
+    if (d < a.kv_lora) {
+        const float* p = a.part + (tl * a.n_split * a.n_head + h) * static_cast<int64_t>(a.kv_lora) + d;
+#pragma unroll 16
+        for (int i = g; i < a.n_split; i += kMergeGroups) v += w_s[i] * p[i * step];
+    }
+    sums[g][dl] = v;
+    __syncthreads();
+    if (g != 0) return;  // group 0 is whole warps (kMergeDims a multiple of 32)
+    float s = sums[0][dl];
+#pragma unroll
+    for (int k = 1; k < kMergeGroups; ++k) s += sums[k][dl];
+    if (d - lane < a.kv_lora) merge_emit(a, a.t0 + tl, h, d, s, inv);
 }
 
 }  // namespace
@@ -489,13 +531,13 @@ void mla_attend(const MlaPlan& p, const float* q_abs, const float* q_pe, int64_t
         launch_pdl(split_kernel, grid, dim3(kMlaThreads), smem, s, q_abs, q_pe, pe_ld, cache, width, kv_lora, n_head, t0,
                    positions, n_ctx, scale, p.chunk, p.n_split, part, stats, ahead, t0 == 0 ? split_ahead : L2Ahead{},
                    T == 1 ? pe_cs : nullptr);
-        dim3 mgrid(static_cast<unsigned>(n_head), static_cast<unsigned>(nt));
-        auto* merge_kernel = p.n_split <= kMergeHoist && kv_lora <= 2 * kMergeThreads
-                                 ? mla_merge_kernel<kMergeHoist>
-                                 : mla_merge_kernel<0>;
-        launch_pdl(merge_kernel, mgrid, dim3(kMergeThreads), static_cast<size_t>(p.n_split) * sizeof(float), s,
-                   static_cast<const float*>(part), static_cast<const float*>(stats), kv_lora, n_head, p.n_split, t0, ctx,
-                   cq, cd, t0 == 0 ? merge_ahead : L2Ahead{});
+        const bool few = p.n_split <= kMergeHoist && kv_lora <= 2 * kMergeThreads;
+        const dim3 mgrid(static_cast<unsigned>(n_head), static_cast<unsigned>(nt),
+                         few ? 1u : static_cast<unsigned>((kv_lora + kMergeDims - 1) / kMergeDims));
+        launch_pdl(few ? mla_merge_few_kernel : mla_merge_many_kernel, mgrid, dim3(kMergeThreads),
+                   static_cast<size_t>(p.n_split) * sizeof(float), s, static_cast<const float*>(part),
+                   static_cast<const float*>(stats), kv_lora, n_head, p.n_split, t0, ctx, cq, cd,
+                   t0 == 0 ? merge_ahead : L2Ahead{});
     }
 }
 

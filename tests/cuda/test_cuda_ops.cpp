@@ -183,6 +183,9 @@ TEST_CASE("cuda: mla_attn over the latent cache, batches then decode steps", "[c
         {3, 16, 8, 16, 64, {1, 1, 5}, TypeId::BF16},
         {9, 12, 4, 7, 129, {5, 1, 1}, TypeId::F16},
         {16, 32, 16, 32, 128, {600, 1, 9}, TypeId::BF16},  // long: several splits per query
+        // V2-Lite's shape (16 heads, 512 + 64): two head groups, so decode steps of ~130
+        // splits, which the merge takes in blocks of 64 latent dimensions.
+        {16, 128, 64, 128, 512, {300, 1, 1}, TypeId::BF16},
         // DeepSeek-V3's shape (128 heads, 512 + 64): decode steps over a context of 300+.
         {128, 128, 64, 128, 512, {300, 1, 1, 3}, TypeId::BF16},
         // A partial head group, and decode splits of one position or none; then 32 head
@@ -190,7 +193,7 @@ TEST_CASE("cuda: mla_attn over the latent cache, batches then decode steps", "[c
         {12, 16, 16, 16, 64, {5, 1, 1, 2, 1}, TypeId::F32},
         {256, 16, 16, 16, 64, {401, 1, 3}, TypeId::F32},
         // Rows wider than DeepSeek's 576 (the split kernel's other instance) and a latent
-        // wider than two dimensions a merge thread (the merge's loop form).
+        // wider than two dimensions a merge thread (the merge's form for many splits).
         {8, 16, 64, 16, 640, {40, 1, 1, 2}, TypeId::F32},
     };
     for (const Case& c : cases) {
