@@ -304,15 +304,19 @@ constexpr auto kSplitWide = mla_split_kernel<kMlaMaxWidth / 32, 1, 2>;
 // - otherwise (V2-Lite's 132 splits of 16 heads, wide rows): a block per (head, query,
 //   kMergeDims latent dimensions), whose kMergeGroups thread groups sum every
 //   kMergeGroups-th split of a dimension, added in group order. 16 heads then make 128
-//   blocks, and a thread has 33 of the 132 splits. (One block a head, each thread summing
-//   two dimensions over all 132 splits, took ~15 µs a merge on the H200; the same loads
-//   in chunks of 16, 27 µs.)
+//   blocks, and a thread has 33 of the 132 splits. On the H200 the merge now ends ~3.8 µs
+//   after the split; one block a head, each thread summing two dimensions over all 132
+//   splits, took ~15 µs (the same loads in chunks of 16, 27 µs), and V2-Lite's tg128 rose
+//   505 → 576 tok/s (docs/performance.md, slice 18). V3's merge in this form (1024 blocks)
+//   ended 5.6 µs after the split against the few-split form's 5.0.
 // q (a single query, kv_lora a multiple of 32): ctx also quantised there as the rows of
 // the per-head v_b GEMV (gemv_q8.h's layout with H rows), a 32-block per warp and step.
 constexpr int kMergeThreads = 256;
 constexpr int kMergeHoist = 16;
 constexpr int kMergeDims = 64, kMergeGroups = kMergeThreads / kMergeDims;
 
+// The merge's inputs: the many-split kernel takes them as one argument, the few-split
+// kernel one by one (its code as before the many-split form was added, PTX and all).
 struct MergeArgs {
     const float* part = nullptr;
     const float* stats = nullptr;
@@ -405,10 +409,7 @@ __global__ void __launch_bounds__(kMergeThreads) mla_merge_few_kernel(const floa
     }
 }
 
-__global__ void __launch_bounds__(kMergeThreads) mla_merge_many_kernel(const float* part, const float* stats, int kv_lora,
-                                                                     int n_head, int n_split, int64_t t0, float* ctx,
-                                                                     int8_t* q, q8::XDs* qd, L2Ahead weights_ahead) {
-    const MergeArgs a{part, stats, kv_lora, n_head, n_split, t0, ctx, q, qd};
+__global__ void __launch_bounds__(kMergeThreads) mla_merge_many_kernel(MergeArgs a, L2Ahead weights_ahead) {
     extern __shared__ float w_s[];  // [n_split]
     __shared__ float red[kMergeThreads / 32];
     __shared__ float sums[kMergeGroups][kMergeDims];
@@ -534,10 +535,14 @@ void mla_attend(const MlaPlan& p, const float* q_abs, const float* q_pe, int64_t
         const bool few = p.n_split <= kMergeHoist && kv_lora <= 2 * kMergeThreads;
         const dim3 mgrid(static_cast<unsigned>(n_head), static_cast<unsigned>(nt),
                          few ? 1u : static_cast<unsigned>((kv_lora + kMergeDims - 1) / kMergeDims));
-        launch_pdl(few ? mla_merge_few_kernel : mla_merge_many_kernel, mgrid, dim3(kMergeThreads),
-                   static_cast<size_t>(p.n_split) * sizeof(float), s, static_cast<const float*>(part),
-                   static_cast<const float*>(stats), kv_lora, n_head, p.n_split, t0, ctx, cq, cd,
-                   t0 == 0 ? merge_ahead : L2Ahead{});
+        const size_t w_bytes = static_cast<size_t>(p.n_split) * sizeof(float);
+        const L2Ahead ahead_w = t0 == 0 ? merge_ahead : L2Ahead{};
+        if (few)
+            launch_pdl(mla_merge_few_kernel, mgrid, dim3(kMergeThreads), w_bytes, s, static_cast<const float*>(part),
+                       static_cast<const float*>(stats), kv_lora, n_head, p.n_split, t0, ctx, cq, cd, ahead_w);
+        else
+            launch_pdl(mla_merge_many_kernel, mgrid, dim3(kMergeThreads), w_bytes, s,
+                       MergeArgs{part, stats, kv_lora, n_head, p.n_split, t0, ctx, cq, cd}, ahead_w);
     }
 }
 
