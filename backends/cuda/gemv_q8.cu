@@ -29,6 +29,8 @@ namespace ds3::cuda {
 namespace {
 
 constexpr int kWarps = 4, kThreads = 32 * kWarps;
+// Weight rows a CTA takes: its warps (parts to a row) hold 32 / lpr lane groups of rw rows.
+__host__ __device__ constexpr int rows_per_cta(int parts, int lpr, int rw) { return kWarps / parts * (32 / lpr) * rw; }
 constexpr int kMaxDevices = 64;
 
 // Quantised rows of K values: int8 values [rows][K], then block scales [rows][K/32].
@@ -196,7 +198,7 @@ __global__ void __launch_bounds__(kThreads) gemv_q8_kernel(QArgs a) {
             // The block's rows asked of L2 first (their first loads now follow the wait), then
             // batch row b quantised as quantize_q8_kernel does, a 32-block per warp and step.
             extern __shared__ __align__(16) uint8_t xs[];
-            const int64_t per_cta = kWarps / parts * (32 / lpr) * RW;
+            const int64_t per_cta = rows_per_cta(parts, lpr, RW);
             const int64_t n0 = static_cast<int64_t>(blockIdx.x) * per_cta;
             const int64_t bytes = (n0 + per_cta < a.N ? per_cta : a.N - n0) * rb;
             prefetch_l2_run(w[0] + n0 * rb, bytes, threadIdx.x, kThreads);
@@ -316,7 +318,7 @@ void launch_u(QArgs a, unsigned pairs, cudaStream_t s, int lane_div = 1) {
     a.parts = Mode == kPlain && RW == 1 && a.lpr == 32 && parts_on() && a.N * static_cast<int64_t>(pairs) < 1024
                   ? kWarps
                   : 1;
-    const int64_t per_cta = kWarps / a.parts * (32 / a.lpr) * RW;
+    const int64_t per_cta = rows_per_cta(a.parts, a.lpr, RW);
     const dim3 grid(static_cast<unsigned>((a.N + per_cta - 1) / per_cta), pairs);
     const dim3 block(kThreads);
     if constexpr (Mode == kMoeGateUp || Mode == kMoeDown) {
@@ -372,7 +374,10 @@ template <typename Q>
 int one_wave_rw(int64_t N, int rw) {
     static const bool on = env_on("DS3_CUDA_Q8_ONE_WAVE");
     if (!on || rw != 4) return rw;
-    auto fits = [&](int r, int64_t slots) { return slots > 0 && (N + kWarps * r - 1) / (kWarps * r) <= slots; };
+    // (As if each row took a whole warp: more CTAs than short rows make, so a conservative test.)
+    auto fits = [&](int r, int64_t slots) {
+        return slots > 0 && (N + rows_per_cta(1, 32, r) - 1) / rows_per_cta(1, 32, r) <= slots;
+    };
     if (!fits(4, plain_slots<Q, 4>())) return rw;
     if (fits(2, plain_slots<Q, 2>())) return 2;
     if (fits(3, plain_slots<Q, 3>())) return 3;
@@ -390,7 +395,7 @@ int fewer_lanes(int64_t N, int64_t K) {
     static const bool on = env_on("DS3_CUDA_Q8_HALF_LANES");
     if (!on) return 1;
     const int lpr = pick_lpr(K / Q::QK * Q::NC, unroll_of<Q, 4>());
-    const int64_t slots = plain_slots<Q, 4>(), per_cta = int64_t(kWarps) * (32 / lpr) * 4;
+    const int64_t slots = plain_slots<Q, 4>(), per_cta = rows_per_cta(1, lpr, 4);
     const int64_t ctas = (N + per_cta - 1) / per_cta;
     return lpr >= 2 && slots > 0 && ctas > slots && (ctas + 1) / 2 <= slots ? 2 : 1;
 }
