@@ -8,11 +8,14 @@
 #   cmake -S . -B build-cuda -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES="80;90"
 #   cmake --build build-cuda -j2 --target ds3 test_cuda_ops test_cuda_model test_cuda_golden test_cuda_quant
 #   tests/cuda/device_run.sh --pack      # writes .devdata/bin.tar.xz (git-ignored)
-# then run with carry [".devdata"]:  DS3_FIXTURES=.devdata/fixtures tests/cuda/device_run.sh
-# .devdata/lib holds the shared libraries the binaries need (xxhash, pcre2, gomp, ...);
-# .devdata/fixtures a copy of ../shared/fixtures. An optional ds3-old in the archive (an
-# earlier build) is timed too, for before/after numbers on the same machine.
-# DS3_DEVICE_STEPS (default "tests bench") picks the parts.
+# then run with carry [".devdata"]:  tests/cuda/device_run.sh
+# --pack also fills the rest of .devdata where it is missing: lib/ with the shared libraries
+# the binaries need that the device image lacks (xxhash, pcre2, gomp), fixtures.tar.xz (the
+# fixtures, ../shared/fixtures or DS3_FIXTURES_SRC, as one xz archive: ~26 MB of the 64 MiB
+# carry; a plain .devdata/fixtures copy is used as it is) and, where CUPTI was found at the
+# build, tools/ with the kernel-trace library and CUPTI for the "trace" step. An optional
+# ds3-old in the archive (an earlier build: OLD_DS3) is timed too, for before/after numbers
+# on the same machine. DS3_DEVICE_STEPS (default "tests bench") picks the parts.
 set -uo pipefail
 if [ "${1:-}" = --pack ]; then
   B=${BUILD:-build-cuda}
@@ -23,6 +26,20 @@ if [ "${1:-}" = --pack ]; then
   mkdir -p .devdata && tar -C "$d" -cf - . | xz -9 -T1 >.devdata/bin.tar.xz
   rm -rf "$d"
   ls -la .devdata/bin.tar.xz
+  mkdir -p .devdata/lib
+  for l in $(ldd "$B/bin/ds3" | awk '/=> \//{print $3}' | grep -E 'libxxhash|libpcre2|libgomp'); do
+    cp -L "$l" .devdata/lib/
+  done
+  F=${DS3_FIXTURES_SRC:-../shared/fixtures}
+  if [ -d "$F" ] && [ ! -d .devdata/fixtures ] && [ ! -f .devdata/fixtures.tar.xz ]; then
+    tar -C "$(dirname "$F")" -cf - "$(basename "$F")" | xz -6 -T2 >.devdata/fixtures.tar.xz
+  fi
+  if [ -f "$B/lib/libds3_kernel_trace.so" ]; then
+    mkdir -p .devdata/tools && cp "$B/lib/libds3_kernel_trace.so" .devdata/tools/
+    c=$(ls /usr/local/cuda/lib*/libcupti.so.* 2>/dev/null | grep -E 'libcupti\.so\.[0-9]+$' | head -1)
+    if [ -n "$c" ] && [ ! -f ".devdata/tools/$(basename "$c").xz" ]; then xz -9 -c "$c" >".devdata/tools/$(basename "$c").xz"; fi
+  fi
+  du -sh .devdata
   exit 0
 fi
 OUT=${OUT:-$PWD/device-out}
@@ -35,12 +52,17 @@ STEPS=${DS3_DEVICE_STEPS:-tests bench}
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
 
 BIN=/tmp/ds3-bin
-mkdir -p $BIN && tar -C $BIN -xJf .devdata/bin.tar.xz || exit 1
-export LD_LIBRARY_PATH=$PWD/.devdata/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+rm -rf $BIN && mkdir -p $BIN && tar -C $BIN -xJf .devdata/bin.tar.xz || exit 1
+if [ ! -d .devdata/fixtures ] && [ -f .devdata/fixtures.tar.xz ]; then tar -C .devdata -xJf .devdata/fixtures.tar.xz; fi
+for c in .devdata/tools/libcupti.so.*.xz; do [ -f "$c" ] && xz -dc "$c" >"$W/$(basename "${c%.xz}")"; done
+export LD_LIBRARY_PATH=$PWD/.devdata/lib:$W${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 # The golden test runs the CLI at the path baked in at build time (DS3_BINARY in
-# tests/CMakeLists.txt): put the carried binary there.
+# tests/CMakeLists.txt): put the carried binary there, also over one that an earlier call
+# put there on a warm machine (marked by BAKED.carried), never over a build of this machine.
 BAKED=${DS3_BAKED_BIN:-/work/main/build-cuda/bin/ds3}
-mkdir -p "$(dirname "$BAKED")" && { [ -e "$BAKED" ] || cp $BIN/ds3 "$BAKED"; }
+if [ ! -e "$BAKED" ] || [ -e "$BAKED.carried" ]; then
+  mkdir -p "$(dirname "$BAKED")" && cp -f $BIN/ds3 "$BAKED" && touch "$BAKED.carried"
+fi
 
 if [[ " $STEPS " == *" tests "* ]]; then
   for t in test_cuda_quant test_cuda_ops test_cuda_model test_cuda_golden; do
@@ -124,6 +146,47 @@ fi
 if [[ " $STEPS " == *" v3bench "* ]]; then
   for t in ${DS3_BENCH_TYPES:-Q4_K_M}; do
     timeout 240 "$BIN/ds3" bench --backend cuda --synthetic v3 --layers 8 --type "$t" -r 2 2>&1 | tee -a "$OUT/bench.txt"
+  done
+fi
+
+# "ab": ds3 bench on the V3-width slice (8 layers, DS3_AB_TYPE or Q4_K_M), ds3 and ds3-old
+# (when packed) alternating DS3_AB_ROUNDS times (default 3): a ~1 % difference between
+# two binaries is not resolved by fewer (docs/performance.md, slice 18). DS3_AB_ENV:
+# VAR=value settings for ds3's runs; with no ds3-old packed, the rounds then alternate ds3
+# with and without them. One line a run in $OUT/ab.txt.
+if [[ " $STEPS " == *" ab "* ]]; then
+  ab() {  # label binary [VAR=value ...]
+    local label=$1 bin=$2
+    shift 2
+    env "$@" timeout 300 "$bin" bench --backend cuda --synthetic v3 --layers 8 --type "${DS3_AB_TYPE:-Q4_K_M}" -r 2 \
+      -p 512 >"$W/ab.out" 2>"$W/ab.err"
+    echo "$label rc=$? $(grep -E '\| (pp|tg)[0-9]+ \|' "$W/ab.out" | awk -F'|' '{printf "%s%s; ", $7, $8}')" |
+      tee -a "$OUT/ab.txt"
+  }
+  read -ra abenv <<<"${DS3_AB_ENV:-}"
+  for r in $(seq "${DS3_AB_ROUNDS:-3}"); do
+    ab "new$r" "$BIN/ds3" "${abenv[@]}"
+    if [ -x "$BIN/ds3-old" ]; then
+      ab "old$r" "$BIN/ds3-old"
+    elif [ ${#abenv[@]} -gt 0 ]; then
+      ab "plain$r" "$BIN/ds3"
+    fi
+  done
+fi
+
+# "trace": a CUPTI timeline of the replayed decode steps on the V3-width slice at Q4_K_M
+# (tests/cuda/kernel_trace.cpp, carried in .devdata/tools by --pack), for ds3 and ds3-old
+# when packed: $OUT/charge_<binary>.txt, each kernel's charge over the step, and
+# $OUT/timeline_<binary>.txt, one step's kernels in start order (tests/cuda/trace_step.py).
+if [[ " $STEPS " == *" trace "* ]]; then
+  for b in ds3 ds3-old; do
+    [ -x "$BIN/$b" ] || continue
+    CUDA_INJECTION64_PATH=$PWD/.devdata/tools/libds3_kernel_trace.so DS3_TRACE_OUT="$W/trace_$b.csv" \
+      timeout 300 "$BIN/$b" bench --backend cuda --synthetic v3 --layers 8 --type Q4_K_M -n 32 -p 512 -r 1 \
+      >/dev/null 2>"$W/trace_$b.err"
+    echo "trace $b rc=$?: $(tail -1 "$W/trace_$b.err")"
+    python3 tests/cuda/trace_step.py "$W/trace_$b.csv" --top 45 >"$OUT/charge_$b.txt" 2>&1
+    python3 tests/cuda/trace_step.py "$W/trace_$b.csv" --timeline >"$OUT/timeline_$b.txt" 2>&1
   done
 fi
 
