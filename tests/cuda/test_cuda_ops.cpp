@@ -4,6 +4,7 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -384,6 +385,38 @@ TEST_CASE("cuda: moe_route picks the CPU's experts and weights (V3 and V2 method
                     CHECK(got[w] == Approx(want[w]).epsilon(1e-5));
                 }
         }
+}
+
+// Ties everywhere: a zero router leaves every score at sigmoid(0) and the correction bias
+// takes four values, so groups tie on their best two and experts on their choice values;
+// the GPU's warp-per-group scores and kept-groups-only ranking must break them as the
+// CPU's sequential top-k does (lower index first).
+TEST_CASE("cuda: moe_route breaks ties as the CPU does", "[cuda][ops]") {
+    DS3_REQUIRE_CUDA(gpu);
+    for (auto [E, k, G, keep] : {std::array<int, 4>{256, 8, 8, 4}, {160, 6, 8, 3}, {64, 8, 4, 2}}) {
+        const int64_t T = 3, D = 32;
+        WeightStore s;
+        std::vector<float> bv(static_cast<size_t>(E));
+        for (int e = 0; e < E; ++e) bv[size_t(e)] = 0.25f * float((e * 7 + e / 5) % 4);
+        const Weight& gate = add_weight(s, "gate", TypeId::F32, {D, E}, std::vector<float>(size_t(D * E), 0.0f));
+        const Weight& bias = add_weight(s, "bias", TypeId::F32, {E}, bv);
+        RouteParams p{E, k, G, keep, ScoringFunc::sigmoid, TopkMethod::noaux_tc, true, 2.5f};
+        Graph g;
+        int x = g.input("x", DType::f32, T, D);
+        int r = g.moe_route("r", x, gate, &bias, p);
+        auto xv = randn(size_t(T * D), 13);
+        auto cpu = create_backend("cpu", {2});
+        auto want = run_on(*cpu, g, {{x, xv.data()}}, r);
+        auto got = run_on(*gpu, g, {{x, xv.data()}}, r);
+        INFO("E " << E << " k " << k << " groups " << G << " kept " << keep);
+        REQUIRE(got.size() == want.size());
+        for (int64_t t = 0; t < T; ++t)
+            for (int j = 0; j < k; ++j) {
+                const size_t w = size_t(t * 2 * k + j), id = w + size_t(k);
+                CHECK(got[id] == want[id]);
+                CHECK(got[w] == Approx(want[w]).epsilon(1e-6));
+            }
+    }
 }
 
 TEST_CASE("cuda: moe_ffn (decode pairs and grouped prefill), expert subsets, shared_ffn", "[cuda][ops]") {
