@@ -223,6 +223,9 @@ size_t moe_scratch_bytes(const MoeArgs& a);
 // tokens with 8 experts each (gate/up N×K, down K×N). int_path false: no scratch, the
 // f32-activation kernels. −1 without a device.
 double time_decode_us(int kind, WType t, int64_t M, int64_t N, int64_t K, bool int_path, int iters);
+// The same for a kernel that only reads `bytes` (32 KiB a block, 16-byte loads, launched as
+// the GEMVs are): the ceiling a decode product of that size could reach.
+double time_read_us(int64_t bytes, int iters);
 // Decode (few tokens): one (token, slot) pair per grid row, reading only the chosen
 // experts' rows. act [T·k][F], y [T·k][D].
 void moe_pairs_gate_up(const MoeArgs& a, const float* x, const float* route, float* act, DevError* err,

@@ -113,7 +113,8 @@ if [[ " $STEPS " == *" bench "* ]]; then
     tr '\n' ' ' | sed 's/^/q4km tensor types: /'; echo
 fi
 
-# "gemv": the hidden decode-GEMV timings at V3's shapes (test_cuda_quant [.bench]), once
+# "gemv": the hidden decode-GEMV timings at V3's shapes and the read ceiling of each
+# product's size (test_cuda_quant [.bench]: "gemv" and "read" lines), once
 # per entry of DS3_GEMV_ENVS (space-separated; an entry is comma-separated VAR=value
 # settings, e.g. "DS3_CUDA_Q8_RW=1 DS3_CUDA_Q8_RW=4,DS3_CUDA_PDL=0"; "-":
 # none); DS3_GEMV_FILTER: a regex on the printed lines.
@@ -121,7 +122,7 @@ if [[ " $STEPS " == *" gemv "* ]]; then
   for e in ${DS3_GEMV_ENVS:--}; do
     set=()
     [ "$e" != - ] && IFS=, read -ra set <<<"$e"
-    env "${set[@]}" timeout 200 "$BIN/test_cuda_quant" "[.bench]" -s 2>&1 | grep -E "^gemv" |
+    env "${set[@]}" timeout 200 "$BIN/test_cuda_quant" "[.bench]" -s 2>&1 | grep -E "^(gemv|read)" |
       grep -E "${DS3_GEMV_FILTER:-.}" | sed "s/^/$e /" | tee -a "$OUT/gemv.txt"
   done
 fi

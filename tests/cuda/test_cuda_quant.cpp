@@ -806,6 +806,25 @@ TEST_CASE("cuda quant: decode GEMV timings at V3 shapes", "[.bench]") {
             }
 }
 
+// Hidden (run it by name on the device): the time a kernel that only streams the bytes
+// takes at the sizes of V3's decode products (launched back to back under dependent launch,
+// as the GEMVs are), against which the GEMV timings above read as a share of what a product
+// of that size could reach (docs/performance.md, slice 20).
+TEST_CASE("cuda quant: decode read ceiling by product size", "[.bench]") {
+    DS3_REQUIRE_CUDA(gpu);
+    const std::pair<const char*, double> sizes[] = {
+        {"wkv_a q6_K", 576.0 * 7168 * 210 / 256},       {"wq_a q6_K", 1536.0 * 7168 * 210 / 256},
+        {"wq_b q6_K", 24576.0 * 1536 * 210 / 256},      {"moe down 8 x q6_K", 8.0 * 7168 * 2048 * 210 / 256},
+        {"wo q6_K", 7168.0 * 16384 * 210 / 256},        {"moe gate+up 8 x q4_K", 16.0 * 2048 * 7168 * 144 / 256},
+        {"ffn down q5_K", 7168.0 * 18432 * 176 / 256},  {"ffn gate+up q5_K", 2.0 * 18432 * 7168 * 176 / 256},
+        {"output q6_K", 129280.0 * 7168 * 210 / 256}};
+    for (const auto& [name, bytes] : sizes) {
+        const double us = cuda::time_read_us(static_cast<int64_t>(bytes), bytes > 1e8 ? 20 : 200);
+        std::printf("read %-22s %8.1f MB %8.1f us %7.0f GB/s\n", name, bytes / 1e6, us, bytes / us / 1e3);
+        CHECK(us > 0.0);
+    }
+}
+
 // Hidden (run it by name on the device): one integer GEMV kernel across grid sizes and row
 // lengths, M = 1. The output head (129,280 rows) streams at ~84 % of DRAM peak and `wo`
 // (7168 rows of 16384) at ~57 % with the same kernel and format (docs/performance.md,
