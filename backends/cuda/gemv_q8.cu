@@ -590,6 +590,32 @@ __global__ void __launch_bounds__(kThreads) read_run_kernel(const int4* p, int64
     }
     if (acc == 0x5eed5eed) *sink = acc;
 }
+
+// Copies of a timed product's bytes, cycled so that L2 holds none of them: ~512 MiB in all,
+// 2 to 64 copies.
+int64_t cycled_copies(int64_t per_copy) {
+    return std::max<int64_t>(2, std::min<int64_t>(64, ((int64_t(1) << 29) + per_copy - 1) / per_copy));
+}
+
+// Mean µs of one(c) on s over iters launches, c cycling over the copies, after one warm-up
+// pass over them; −1 when the events fail.
+template <typename F>
+double time_cycled_us(cudaStream_t s, int64_t copies, int iters, F&& one) {
+    cudaEvent_t e0 = nullptr, e1 = nullptr;
+    double us = -1.0;
+    if (cudaEventCreate(&e0) == cudaSuccess && cudaEventCreate(&e1) == cudaSuccess) {
+        for (int64_t c = 0; c < copies; ++c) one(c);
+        cudaEventRecord(e0, s);
+        for (int i = 0; i < iters; ++i) one(i % copies);
+        cudaEventRecord(e1, s);
+        float ms = 0.0f;
+        if (cudaEventSynchronize(e1) == cudaSuccess && cudaEventElapsedTime(&ms, e0, e1) == cudaSuccess)
+            us = 1000.0 * ms / iters;
+    }
+    if (e0) cudaEventDestroy(e0);
+    if (e1) cudaEventDestroy(e1);
+    return us;
+}
 }  // namespace
 
 double time_read_us(int64_t bytes, int iters) {
@@ -599,29 +625,20 @@ double time_read_us(int64_t bytes, int iters) {
         return -1.0;
     }
     const int64_t n = bytes / 16, run = 2048;  // 32 KiB a block
-    const int64_t copies = std::max<int64_t>(2, std::min<int64_t>(64, ((int64_t(1) << 29) + bytes - 1) / bytes));
+    const int64_t copies = cycled_copies(bytes);
     int4* w = nullptr;
     int* sink = nullptr;
     cudaStream_t s = nullptr;
-    cudaEvent_t e0 = nullptr, e1 = nullptr;
     double us = -1.0;
     if (cudaMalloc(&w, static_cast<size_t>(copies * n) * sizeof(int4)) == cudaSuccess &&
-        cudaMalloc(&sink, sizeof(int)) == cudaSuccess && cudaStreamCreate(&s) == cudaSuccess &&
-        cudaEventCreate(&e0) == cudaSuccess && cudaEventCreate(&e1) == cudaSuccess) {
+        cudaMalloc(&sink, sizeof(int)) == cudaSuccess && cudaStreamCreate(&s) == cudaSuccess) {
         cudaMemset(w, 0x11, static_cast<size_t>(copies * n) * sizeof(int4));
         const dim3 grid(static_cast<unsigned>((n + run - 1) / run));
-        auto one = [&](int64_t c) { launch_pdl(read_run_kernel, grid, dim3(kThreads), 0, s, w + c * n, run, n, sink); };
-        for (int64_t c = 0; c < copies; ++c) one(c);
-        cudaEventRecord(e0, s);
-        for (int i = 0; i < iters; ++i) one(i % copies);
-        cudaEventRecord(e1, s);
-        float ms = 0.0f;
-        if (cudaEventSynchronize(e1) == cudaSuccess && cudaEventElapsedTime(&ms, e0, e1) == cudaSuccess)
-            us = 1000.0 * ms / iters;
+        us = time_cycled_us(s, copies, iters, [&](int64_t c) {
+            launch_pdl(read_run_kernel, grid, dim3(kThreads), 0, s, w + c * n, run, n, sink);
+        });
     }
     cudaGetLastError();
-    if (e0) cudaEventDestroy(e0);
-    if (e1) cudaEventDestroy(e1);
     if (s) cudaStreamDestroy(s);
     if (w) cudaFree(w);
     if (sink) cudaFree(sink);
@@ -639,13 +656,12 @@ double time_decode_us(int kind, WType t, int64_t M, int64_t N, int64_t K, bool i
     const int E = 8;
     const int64_t mat = N * rb;  // one N×K matrix
     const int64_t per_copy = kind == 0 ? mat : kind == 1 ? 2 * mat : E * (2 * mat + K * rb_down);
-    const int64_t copies = std::max<int64_t>(2, std::min<int64_t>(64, ((int64_t(1) << 29) + per_copy - 1) / per_copy));
+    const int64_t copies = cycled_copies(per_copy);
     uint8_t* w = nullptr;
     float *x = nullptr, *y = nullptr, *act = nullptr, *route = nullptr;
     void* scratch = nullptr;
     DevError* err = nullptr;
     cudaStream_t s = nullptr;
-    cudaEvent_t e0 = nullptr, e1 = nullptr;
     const int64_t T = M;
     bool ok = cudaMalloc(&w, static_cast<size_t>(copies * per_copy)) == cudaSuccess &&
               cudaMalloc(&x, static_cast<size_t>(M * std::max(K, N)) * 4) == cudaSuccess &&
@@ -653,8 +669,7 @@ double time_decode_us(int kind, WType t, int64_t M, int64_t N, int64_t K, bool i
               cudaMalloc(&act, static_cast<size_t>(M * E * N) * 4) == cudaSuccess &&
               cudaMalloc(&route, static_cast<size_t>(T * 2 * E) * 4) == cudaSuccess &&
               cudaMalloc(&scratch, q8_rows_bytes(M, std::max(K, N)) + q8_rows_bytes(M * E, N)) == cudaSuccess &&
-              cudaMalloc(&err, sizeof(DevError)) == cudaSuccess && cudaStreamCreate(&s) == cudaSuccess &&
-              cudaEventCreate(&e0) == cudaSuccess && cudaEventCreate(&e1) == cudaSuccess;
+              cudaMalloc(&err, sizeof(DevError)) == cudaSuccess && cudaStreamCreate(&s) == cudaSuccess;
     double us = -1.0;
     if (ok) {
         cudaMemset(w, 0x11, static_cast<size_t>(copies * per_copy));  // small finite scales and levels
@@ -686,17 +701,9 @@ double time_decode_us(int kind, WType t, int64_t M, int64_t N, int64_t K, bool i
             if (kind == 0) gemm(a, s);
             else gemv_swiglu(a, base + mat, s);
         };
-        for (int64_t c = 0; c < copies; ++c) one(c);
-        cudaEventRecord(e0, s);
-        for (int i = 0; i < iters; ++i) one(i % copies);
-        cudaEventRecord(e1, s);
-        float ms = 0.0f;
-        if (cudaEventSynchronize(e1) == cudaSuccess && cudaEventElapsedTime(&ms, e0, e1) == cudaSuccess)
-            us = 1000.0 * ms / iters;
+        us = time_cycled_us(s, copies, iters, one);
     }
     cudaGetLastError();
-    if (e0) cudaEventDestroy(e0);
-    if (e1) cudaEventDestroy(e1);
     if (s) cudaStreamDestroy(s);
     for (void* p : {static_cast<void*>(w), static_cast<void*>(x), static_cast<void*>(y), static_cast<void*>(act),
                     static_cast<void*>(route), scratch, static_cast<void*>(err)})
