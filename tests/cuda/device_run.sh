@@ -10,7 +10,8 @@
 #   tests/cuda/device_run.sh --pack      # writes .devdata/bin.tar.xz (git-ignored)
 # then run with carry [".devdata"]:  tests/cuda/device_run.sh
 # --pack also fills the rest of .devdata where it is missing: lib/ with the shared libraries
-# the binaries need that the device image lacks (xxhash, pcre2, gomp), fixtures.tar.xz (the
+# the binaries need that the device image lacks (all they resolve but the C/C++ runtimes and
+# the driver: today xxhash, pcre2, gomp), fixtures.tar.xz (the
 # fixtures, ../shared/fixtures or DS3_FIXTURES_SRC, as one xz archive: ~26 MB of the 64 MiB
 # carry; a plain .devdata/fixtures copy is used as it is) and, where CUPTI was found at the
 # build, tools/ with the kernel-trace library and CUPTI for the "trace" step. An optional
@@ -26,8 +27,11 @@ if [ "${1:-}" = --pack ]; then
   mkdir -p .devdata && tar -C "$d" -cf - . | xz -9 -T1 >.devdata/bin.tar.xz
   rm -rf "$d"
   ls -la .devdata/bin.tar.xz
+  # Every shared library the binaries resolve here, but the C and C++ runtimes and the
+  # driver, which the device image has (its own copies must win).
   mkdir -p .devdata/lib
-  for l in $(ldd "$B/bin/ds3" | awk '/=> \//{print $3}' | grep -E 'libxxhash|libpcre2|libgomp'); do
+  for l in $(ldd "$B/bin/ds3" "$B"/tests/cuda/test_cuda_{ops,model,golden,quant} | awk '/=> \//{print $3}' | sort -u |
+    grep -vE '/(libc|libm|libstdc\+\+|libgcc_s|libdl|libpthread|librt|ld-linux[^/]*|libcuda|libnvidia[^/]*)\.so'); do
     cp -L "$l" .devdata/lib/
   done
   F=${DS3_FIXTURES_SRC:-../shared/fixtures}
