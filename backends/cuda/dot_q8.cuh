@@ -347,6 +347,57 @@ DS3_UNROLL
     }
 };
 
+// Q6_K interleaved on upload (quant.cuh's Q6_KI): a lane's whole block of its group (its
+// row's 256 levels in 12 16-byte units, 16 scales, d), loaded at once; every lane of the
+// warp is on another row at the same block, so the activations are one broadcast.
+struct Q6_KI {
+    struct R {
+        uint32_t w[48];  // chunk pair p's twelve words at 12p (chunk 2p's six, then 2p + 1's)
+        uint32_t sc[4];  // the 16 int8 scales
+        float d;
+    };
+    DS3_QHD static uint4 ld16(const uint8_t* p) {
+#ifdef __CUDA_ARCH__
+        return __ldg(reinterpret_cast<const uint4*>(p));
+#else
+        uint4 v;
+        __builtin_memcpy(&v, p, 16);
+        return v;
+#endif
+    }
+    // Lane l's block of a group (blk: the group's block, 16-byte aligned).
+    DS3_QHD static void load(const uint8_t* blk, int l, R& r) {
+DS3_UNROLL
+        for (int u = 0; u < 12; ++u) {
+            const uint4 v = ld16(blk + 512 * u + 16 * l);
+            r.w[4 * u] = v.x, r.w[4 * u + 1] = v.y, r.w[4 * u + 2] = v.z, r.w[4 * u + 3] = v.w;
+        }
+        const uint4 s = ld16(blk + q::Q6_KI::SCALES + 16 * l);
+        r.sc[0] = s.x, r.sc[1] = s.y, r.sc[2] = s.z, r.sc[3] = s.w;
+        r.d = q::h2f(blk + q::Q6_KI::DS + 2 * l);
+    }
+    // Chunk c's levels − 32 (elements 4q..4q+3 in v[q], as Q6_KG's) and its two scales.
+    DS3_QHD static void levels(const R& r, int c, uint32_t (&v)[8], int& sc0, int& sc1) {
+        const uint32_t* w = r.w + 12 * (c >> 1) + 6 * (c & 1);
+        const uint32_t m4 = 0x0f0f0f0fu, m2 = 0x30303030u;
+        const uint32_t top[2][4] = {{w[4] << 4, w[4] << 2, w[4], w[4] >> 2}, {w[5] << 4, w[5] << 2, w[5], w[5] >> 2}};
+DS3_UNROLL
+        for (int q = 0; q < 4; ++q) {
+            v[q] = (((w[q] & m4) | (top[0][q] & m2)) + 0x60606060u) ^ 0x80808080u;
+            v[4 + q] = ((((w[q] >> 4) & m4) | (top[1][q] & m2)) + 0x60606060u) ^ 0x80808080u;
+        }
+        const uint32_t s = r.sc[c >> 1] >> (16 * (c & 1));
+        sc0 = static_cast<int8_t>(s & 0xff), sc1 = static_cast<int8_t>((s >> 8) & 0xff);
+    }
+    // Chunk c's levels against activation block xq (32 values) with scale xd: the block's
+    // sum is Σc of these, times r.d.
+    DS3_QHD static float dot(const uint32_t (&v)[8], int sc0, int sc1, const int8_t* xq, const XDs& xd) {
+        int x[8];
+        ld_x32(xq, x);
+        return xd.d * static_cast<float>(sc0 * dot4(v, x) + sc1 * dot4(v + 4, x + 4));
+    }
+};
+
 // The quantisation of one activation block, shared by the host check; the kernel does
 // the same per lane with warp reductions.
 DS3_QHD float block_scale(float amax) { return amax / 127.0f; }

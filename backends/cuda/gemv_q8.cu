@@ -266,6 +266,120 @@ __global__ void __launch_bounds__(kThreads) gemv_q8_kernel(QArgs a) {
         }
 }
 
+// Q6_K interleaved (q6_K_i, quant.cuh): a lane takes a row, a warp a group of 32 rows, and
+// the CTA's KP warps split the group's blocks (warp p the p-th run of about nb/KP blocks).
+// Each lane loads its row's whole block at once (12 + 1 16-byte loads, every one 512
+// contiguous bytes for the warp, and d); all lanes then read the same activation block (a
+// broadcast). The warps' sums meet in shared memory and warp 0 adds them in warp order.
+// NW 2: gate and up (SwiGLU) of the same rows. Like the dense GEMVs, the first block's
+// loads are issued before the wait for the kernel that wrote the activations.
+// Measured alone on the H200 against q6_K_g (docs/performance.md, slice 21): V3's wo 7168 x
+// 16384 30.9 → 26.9 µs (KP 8), the output head 129280 x 7168 196.1 → 176.2 (KP 2; its read
+// ceiling is 167), q_b 24576 x 1536 12.8 → 10.8 (KP 4); 4 rows: wo 83.6 → 46.2, the head
+// 346.1 → 282.8. Without the branch on M in the inner loop (rows past M read row M − 1)
+// and at ≤ 80 registers for one row: with either, the head took 218 µs.
+template <int MR, int NW, int KP>
+__global__ void __launch_bounds__(32 * KP, NW == 1 && MR <= 2 ? (MR == 1 ? 24 : 16) / KP : 1) gemv_q6i_kernel(QArgs a) {
+    using Q = q8::Q6_KI;
+    const int lane = threadIdx.x & 31, part = threadIdx.x >> 5;
+    const int nb = static_cast<int>(a.K / 256), b0 = part * nb / KP, b1 = (part + 1) * nb / KP;
+    const int64_t group = static_cast<int64_t>(blockIdx.x) * nb * q::Q6_KI::GROUP_BLOCK;
+    float acc[NW][MR];
+#pragma unroll
+    for (int i = 0; i < NW; ++i)
+#pragma unroll
+        for (int m = 0; m < MR; ++m) acc[i][m] = 0.0f;
+    if (b0 == b1) {  // no block (KP > nb): nothing to read, but the grid still waits
+        dep_wait();
+        dep_trigger();
+    }
+    for (int b = b0; b < b1; ++b) {
+        Q::R r[NW];
+#pragma unroll
+        for (int i = 0; i < NW; ++i) Q::load(a.w[i] + group + static_cast<int64_t>(b) * q::Q6_KI::GROUP_BLOCK, lane, r[i]);
+        if (b == b0) {  // the activations are read from here on
+            dep_wait();
+            dep_trigger();
+        }
+        float blk[NW][MR];
+#pragma unroll
+        for (int i = 0; i < NW; ++i)
+#pragma unroll
+            for (int m = 0; m < MR; ++m) blk[i][m] = 0.0f;
+#pragma unroll
+        for (int c = 0; c < 8; ++c) {
+#pragma unroll
+            for (int i = 0; i < NW; ++i) {
+                uint32_t v[8];
+                int sc0, sc1;
+                Q::levels(r[i], c, v, sc0, sc1);
+                // Rows past M read row M − 1 again (no branch, so that the loads of the
+                // activation blocks can all be issued at once); they are not written.
+#pragma unroll
+                for (int m = 0; m < MR; ++m) {
+                    const int64_t xm = m < a.M ? m : a.M - 1;
+                    blk[i][m] += Q::dot(v, sc0, sc1, a.x.q + xm * a.K + 256 * static_cast<int64_t>(b) + 32 * c,
+                                        a.x.d[xm * (a.K / 32) + 8 * b + c]);
+                }
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < NW; ++i)
+#pragma unroll
+            for (int m = 0; m < MR; ++m) acc[i][m] += r[i].d * blk[i][m];
+    }
+    __shared__ float red[KP][NW][MR][32];
+#pragma unroll
+    for (int i = 0; i < NW; ++i)
+#pragma unroll
+        for (int m = 0; m < MR; ++m) red[part][i][m][lane] = acc[i][m];
+    __syncthreads();
+    if (part != 0) return;
+    const int64_t n = static_cast<int64_t>(blockIdx.x) * 32 + lane;
+#pragma unroll
+    for (int m = 0; m < MR; ++m) {
+        if (m >= a.M) break;
+        float v[NW];
+#pragma unroll
+        for (int i = 0; i < NW; ++i) {
+            v[i] = 0.0f;
+#pragma unroll
+            for (int p = 0; p < KP; ++p) v[i] += red[p][i][m][lane];
+        }
+        float out = v[0];
+        if constexpr (NW == 2) out = silu(v[0]) * v[1];
+        a.y[m * a.ldy + n] = out;
+    }
+}
+
+// Warps a group for gemv_q6i_kernel: 2, or more (4, 8) while the grid has fewer than 2048
+// warps and each still has a block (V3: the output head 2, q_b 4, wo and the dense down 8).
+int q6i_parts(int64_t N, int64_t K) {
+    const int64_t groups = N / 32, nb = K / 256;
+    int kp = 2;
+    while (kp < 8 && groups * kp < 2048 && 2 * kp <= nb) kp *= 2;
+    return kp;
+}
+
+template <int NW, int KP>
+void launch_q6i_kp(const QArgs& a, cudaStream_t s) {
+    const dim3 grid(static_cast<unsigned>(a.N / 32)), block(32 * KP);
+    if (a.M == 1) launch_pdl(gemv_q6i_kernel<1, NW, KP>, grid, block, 0, s, a);
+    else if (a.M == 2) launch_pdl(gemv_q6i_kernel<2, NW, KP>, grid, block, 0, s, a);
+    else if (a.M <= 4) launch_pdl(gemv_q6i_kernel<4, NW, KP>, grid, block, 0, s, a);
+    else launch_pdl(gemv_q6i_kernel<8, NW, KP>, grid, block, 0, s, a);
+}
+
+// A q6_K_i product of ≤ 8 rows (N a multiple of 32: the layout's).
+template <int NW>
+void launch_q6i(const QArgs& a, cudaStream_t s) {
+    switch (q6i_parts(a.N, a.K)) {
+        case 2: return launch_q6i_kp<NW, 2>(a, s);
+        case 4: return launch_q6i_kp<NW, 4>(a, s);
+        default: return launch_q6i_kp<NW, 8>(a, s);
+    }
+}
+
 // Calls f(Q{}) with the integer-dot format of t; false for the other types.
 template <typename F>
 bool with_q8(WType t, F&& f) {
@@ -430,6 +544,7 @@ bool rows_inline(const GemmArgs& a) {
 
 // A batch of matrices only for single rows (decode's per-head products of MLA).
 bool gemv_applies(const GemmArgs& a) {
+    if (a.wt == WType::q6_K_i && (a.batch != 1 || a.N % 32 || rows_inline(a))) return false;  // one matrix only
     return (a.scratch || a.xq || rows_inline(a)) && !a.groups && (a.batch == 1 || (a.M == 1 && batched_on())) &&
            a.batch >= 1 && a.M >= 1 && a.M <= 8 && a.K > 0 && a.K % 32 == 0 && q8_supported(a.wt) &&
            a.K % wtype_block(a.wt) == 0;
@@ -441,7 +556,7 @@ bool q8_supported(WType t) {
     // DS3_CUDA_Q8=0 turns the integer path off (read once): before/after timings with one
     // binary; the scratch sizes are then 0 and the f32-activation kernels run.
     static const bool on = env_on("DS3_CUDA_Q8");
-    return on && with_q8(t, [](auto) {});
+    return on && (t == WType::q6_K_i || with_q8(t, [](auto) {}));
 }
 
 size_t q8_rows_bytes(int64_t rows, int64_t K) {
@@ -476,6 +591,7 @@ bool gemv_q8(const GemmArgs& a, cudaStream_t s) {
     q.N = a.N, q.K = a.K, q.M = static_cast<int>(a.M);
     q.y = a.y, q.ldy = a.ldy;
     q.w_bstride = a.w_bstride, q.y_bstride = a.y_bstride;
+    if (a.wt == WType::q6_K_i) return launch_q6i<1>(q, s), true;
     return with_q8(a.wt, [&](auto l) { launch<decltype(l), kPlain>(q, static_cast<unsigned>(a.batch), s); });
 }
 
@@ -488,6 +604,7 @@ bool gemv_swiglu_q8(const GemmArgs& a, const void* up, cudaStream_t s) {
     q.N = a.N, q.K = a.K, q.M = static_cast<int>(a.M);
     q.x = act_at(a.xq ? a.xq : a.scratch, a.M, a.K);
     q.y = a.y, q.ldy = a.ldy;
+    if (a.wt == WType::q6_K_i) return launch_q6i<2>(q, s), true;
     return with_q8(a.wt, [&](auto l) { launch<decltype(l), kSwiglu>(q, 1, s); });
 }
 
@@ -502,7 +619,7 @@ QArgs moe_qargs(const MoeArgs& a, const float* route) {
 }  // namespace
 
 bool moe_gate_up_q8(const MoeArgs& a, const float* x, const float* route, float* act, DevError* err, cudaStream_t s) {
-    if (!a.scratch || moe_scratch_bytes(a) == 0 || !q8_supported(a.wt)) return false;
+    if (!a.scratch || moe_scratch_bytes(a) == 0 || !q8_supported(a.wt) || a.wt == WType::q6_K_i) return false;
     if (!a.xq) quantize_rows(x, a.D, a.T, a.D, a.scratch, s);
     QArgs q = moe_qargs(a, route);
     q.w[0] = static_cast<const uint8_t*>(a.gate);
@@ -515,7 +632,7 @@ bool moe_gate_up_q8(const MoeArgs& a, const float* x, const float* route, float*
 }
 
 bool moe_down_q8(const MoeArgs& a, const float* act, const float* route, float* y, cudaStream_t s) {
-    if (!a.scratch || moe_scratch_bytes(a) == 0 || !q8_supported(a.wt_down)) return false;
+    if (!a.scratch || moe_scratch_bytes(a) == 0 || !q8_supported(a.wt_down) || a.wt_down == WType::q6_K_i) return false;
     void* base = static_cast<uint8_t*>(a.scratch) + (q8_supported(a.wt) ? q8_rows_bytes(a.T, a.D) : 0);
     const int64_t P = a.T * a.n_used;
     quantize_rows(act, a.F, P, a.F, base, s);
@@ -542,6 +659,26 @@ bool dot_q8_host(WType t, const void* row, int64_t K, const float* x, float* out
         int sq = 0;
         for (int i = 0; i < 32; ++i) sq += xq[32 * b + i] = q8::quant_one(x[32 * b + i], amax);
         xd[static_cast<size_t>(b)] = q8::block_xds(amax, nan, static_cast<float>(sq));
+    }
+    if (t == WType::q6_K_i) {  // as gemv_q6i_kernel with one warp: block by block
+        if (K % 256) return false;
+        const auto* r = static_cast<const uint8_t*>(row);
+        const int l = static_cast<int>(reinterpret_cast<uintptr_t>(r) & 31);
+        float acc = 0.0f;
+        for (int64_t b = 0; b < K / 256; ++b) {
+            q8::Q6_KI::R w;
+            q8::Q6_KI::load(r - l + b * q::Q6_KI::GROUP_BLOCK, l, w);
+            float blk = 0.0f;
+            for (int c = 0; c < 8; ++c) {
+                uint32_t v[8];
+                int sc0, sc1;
+                q8::Q6_KI::levels(w, c, v, sc0, sc1);
+                blk += q8::Q6_KI::dot(v, sc0, sc1, xq + 256 * b + 32 * c, xd[static_cast<size_t>(8 * b + c)]);
+            }
+            acc += w.d * blk;
+        }
+        *out = acc;
+        return true;
     }
     const uint8_t* rows[1] = {static_cast<const uint8_t*>(row)};
     float sum = 0.0f;

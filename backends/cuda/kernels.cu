@@ -16,6 +16,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <type_traits>
 
 namespace ds3::cuda {
 
@@ -37,7 +39,7 @@ int wtype_block_bytes(WType t) {
         case WType::q3_K: return q::Q3_K::TS;
         case WType::q4_K: return q::Q4_K::TS;
         case WType::q5_K: return q::Q5_K::TS;
-        case WType::q6_K: case WType::q6_K_g: return q::Q6_K::TS;
+        case WType::q6_K: case WType::q6_K_g: case WType::q6_K_i: return q::Q6_K::TS;
         case WType::q4_K_g: return q::Q4_KG::TS;
         case WType::q5_K_g: return q::Q5_KG::TS;
         case WType::iq4_xs: return q::IQ4_XS::TS;
@@ -119,6 +121,21 @@ struct WQ6G {
     __host__ __device__ static void chunk(const uint8_t* row, int64_t i, float (&o)[16]) { q::Q6_KG::chunk(row, i, o); }
 };
 
+// Q6_K interleaved (q6_K_i): rows are named by row() (a group's start plus the lane), and
+// row_bytes(k) is the offset of element k along a row, not the distance between rows.
+struct WQ6I {
+    static constexpr bool kQuant = true;
+    __host__ __device__ static constexpr int64_t row_bytes(int64_t K) { return q::Q6_KI::row_bytes(K); }
+    __host__ __device__ static void chunk(const uint8_t* row, int64_t i, float (&o)[16]) { q::Q6_KI::chunk(row, i, o); }
+};
+
+// Row n of matrix w (rows of K values) for loader L.
+template <typename L>
+__host__ __device__ inline const uint8_t* row_of(const void* w, int64_t n, int64_t K) {
+    if constexpr (std::is_same_v<L, WQ6I>) return q::Q6_KI::row(static_cast<const uint8_t*>(w), n, K);
+    else return static_cast<const uint8_t*>(w) + n * L::row_bytes(K);
+}
+
 // Calls f(L{}) with the loader of type t (host side: picks the kernel instantiation).
 template <typename F>
 void with_loader(WType t, F&& f) {
@@ -134,6 +151,7 @@ void with_loader(WType t, F&& f) {
         case WType::q5_K: return f(WQ<q::Q5_K>{});
         case WType::q6_K: return f(WQ<q::Q6_K>{});
         case WType::q6_K_g: return f(WQ6G{});
+        case WType::q6_K_i: return f(WQ6I{});
         case WType::q4_K_g: return f(WQ<q::Q4_KG>{});
         case WType::q5_K_g: return f(WQ<q::Q5_KG>{});
         case WType::iq4_xs: return f(WQ<q::IQ4_XS>{});
@@ -233,7 +251,8 @@ __global__ void __launch_bounds__(256) gemv_kernel(GemmArgs a, int parts, bool l
     const int64_t run = (a.K + parts - 1) / parts + 511 & ~int64_t(511);
     const int64_t k0 = part * run, left = a.K > k0 ? a.K - k0 : 0, kn = left < run ? left : run;
     if (l2_ahead && n < a.N && kn > 0) {
-        const char* p = static_cast<const char*>(a.w) + b * a.w_bstride + n * L::row_bytes(a.K) + L::row_bytes(k0);
+        const char* p = reinterpret_cast<const char*>(row_of<L>(static_cast<const char*>(a.w) + b * a.w_bstride, n, a.K)) +
+                        L::row_bytes(k0);
         for (int64_t o = 128 * lane; o < L::row_bytes(kn); o += 32 * 128)
             asm volatile("prefetch.global.L2 [%0];" ::"l"(p + o));
     }
@@ -243,7 +262,7 @@ __global__ void __launch_bounds__(256) gemv_kernel(GemmArgs a, int parts, bool l
 #pragma unroll
     for (int m = 0; m < MR; ++m) acc[m] = 0.0f;
     if (n < a.N && kn > 0) {
-        const uint8_t* wrow = static_cast<const uint8_t*>(a.w) + b * a.w_bstride + n * L::row_bytes(a.K);
+        const uint8_t* wrow = row_of<L>(static_cast<const uint8_t*>(a.w) + b * a.w_bstride, n, a.K);
         warp_dot<L, MR>(wrow + L::row_bytes(k0), kn, a.x + b * a.x_bstride + k0, a.ldx, static_cast<int>(a.M), acc);
     }
 #pragma unroll
@@ -276,12 +295,11 @@ __global__ void gemv_swiglu_kernel(GemmArgs a, const void* up) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int64_t n = static_cast<int64_t>(blockIdx.x) * 8 + warp;
     if (n >= a.N) return;
-    const int64_t rb = L::row_bytes(a.K);
     float ag[MR], au[MR];
 #pragma unroll
     for (int m = 0; m < MR; ++m) ag[m] = au[m] = 0.0f;
-    warp_dot<L, MR>(static_cast<const uint8_t*>(a.w) + n * rb, a.K, a.x, a.ldx, static_cast<int>(a.M), ag);
-    warp_dot<L, MR>(static_cast<const uint8_t*>(up) + n * rb, a.K, a.x, a.ldx, static_cast<int>(a.M), au);
+    warp_dot<L, MR>(row_of<L>(a.w, n, a.K), a.K, a.x, a.ldx, static_cast<int>(a.M), ag);
+    warp_dot<L, MR>(row_of<L>(up, n, a.K), a.K, a.x, a.ldx, static_cast<int>(a.M), au);
 #pragma unroll
     for (int m = 0; m < MR; ++m) {
         if (m >= a.M) break;
@@ -329,8 +347,6 @@ __global__ void __launch_bounds__(256, 3) gemm_kernel(GemmArgs a) {
     const int64_t n0 = static_cast<int64_t>(blockIdx.x) * BN;
     const int64_t m0 = static_cast<int64_t>(blockIdx.y) * BM;
     const int z = blockIdx.z;
-    const int64_t row_bytes = L::row_bytes(a.K);
-
     int64_t rows = a.M, y_off = 0, x_off = 0;
     const uint8_t* w = static_cast<const uint8_t*>(a.w);
     if (a.groups) {
@@ -357,7 +373,7 @@ __global__ void __launch_bounds__(256, 3) gemm_kernel(GemmArgs a) {
     }
     const bool xvec = xrow && (reinterpret_cast<uintptr_t>(xrow) & 15) == 0;  // kc is a multiple of 16
     const int64_t wn = n0 + lr;
-    const uint8_t* wrow = wn < a.N ? w + wn * row_bytes : nullptr;
+    const uint8_t* wrow = wn < a.N ? row_of<L>(w, wn, a.K) : nullptr;
 
     // Warp w computes rows wm = 32·(w / 4).. (two 16-row MMA tiles) × columns wc = 16·(w % 4)..
     // (two 8-column tiles) of the 64 × 64 output tile; acc[i][j] holds MMA tile (i, j)'s four
@@ -508,7 +524,7 @@ __global__ void get_rows_kernel(const void* w, int64_t cols, int64_t n_vocab, co
         for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) y[r * cols + c] = 0.0f;
         return;
     }
-    const uint8_t* row = static_cast<const uint8_t*>(w) + static_cast<int64_t>(id) * L::row_bytes(cols);
+    const uint8_t* row = row_of<L>(w, id, cols);
     if constexpr (L::kQuant) {
         for (int64_t c = threadIdx.x; c < cols / 16; c += blockDim.x) {
             float v[16];
@@ -565,9 +581,8 @@ __global__ void moe_gate_up_kernel(MoeArgs a, const float* x, const float* route
         return;
     }
     if (!expert_in(a.mask, e)) return;
-    const int64_t rb = L::row_bytes(a.D);
-    const uint8_t* g = static_cast<const uint8_t*>(a.gate) + (e * a.F + f) * rb;
-    const uint8_t* u = static_cast<const uint8_t*>(a.up) + (e * a.F + f) * rb;
+    const uint8_t* g = row_of<L>(a.gate, e * a.F + f, a.D);
+    const uint8_t* u = row_of<L>(a.up, e * a.F + f, a.D);
     const float* xr = x + t * a.D;
     float ag[1] = {0.0f}, au[1] = {0.0f};
     warp_dot<L, 1>(g, a.D, xr, 0, 1, ag);
@@ -586,8 +601,7 @@ __global__ void moe_down_kernel(MoeArgs a, const float* act, const float* route,
     if (d >= a.D) return;
     const int e = static_cast<int>(route[t * 2 * a.n_used + a.n_used + j]);
     if (e < 0 || e >= a.n_expert || !expert_in(a.mask, e)) return;
-    const int64_t rb = L::row_bytes(a.F);
-    const uint8_t* w = static_cast<const uint8_t*>(a.down) + (e * a.D + d) * rb;
+    const uint8_t* w = row_of<L>(a.down, e * a.D + d, a.F);
     const float* xr = act + pair * a.F;
     float acc[1] = {0.0f};
     warp_dot<L, 1>(w, a.F, xr, 0, 1, acc);
@@ -634,30 +648,47 @@ bool decode_row_host(WType t, const void* row, int64_t K, float* out) {
     return true;
 }
 
-WType gpu_layout(WType t, int64_t K) {
+int64_t q6k_interleave_rows() {
+    const char* e = std::getenv("DS3_CUDA_Q6I_ROWS");
+    return e && *e ? std::max<int64_t>(0, std::atoll(e)) : 4096;
+}
+
+WType gpu_layout(WType t, int64_t K, int64_t N, int64_t stack) {
     switch (t) {
         case WType::q4_K: return WType::q4_K_g;
         case WType::q5_K: return WType::q5_K_g;
-        case WType::q6_K: return q6k_groupable(K) ? WType::q6_K_g : t;
+        case WType::q6_K: {
+            const int64_t from = q6k_interleave_rows();
+            if (stack == 1 && K > 0 && K % 256 == 0 && N > 0 && N % 32 == 0 && from > 0 && N >= from)
+                return WType::q6_K_i;
+            return q6k_groupable(K) ? WType::q6_K_g : t;
+        }
         default: return t;
     }
 }
 
-int64_t regroup_unit(WType g) {
+int64_t regroup_unit(WType g, int64_t K) {
     switch (g) {
         case WType::q4_K_g: return q::Q4_KG::TS;
         case WType::q5_K_g: return q::Q5_KG::TS;
         case WType::q6_K_g: return q::Q6_KG::PAIR;
+        case WType::q6_K_i: return K > 0 && K % 256 == 0 ? q::Q6_KI::ROWS * (K / 256) * q::Q6_K::TS : 0;
         default: return 0;
     }
 }
 
-void regroup_host(WType g, const void* src, void* dst, int64_t units) {
-    const int64_t u = regroup_unit(g);
+void regroup_host(WType g, const void* src, void* dst, int64_t units, int64_t K) {
+    const int64_t u = regroup_unit(g, K);
     const auto* in = static_cast<const uint8_t*>(src);
     auto* out = static_cast<uint8_t*>(dst);
+    if (u == 0) return;
     for (int64_t i = 0; i < units; ++i) {
-        if (g == WType::q6_K_g) q::Q6_KG::pack_pair(in + i * u, out + i * u);
+        if (g == WType::q6_K_i) {  // a group of 32 rows: block b of row l to the group's block b
+            const int64_t nb = K / 256, rb = nb * q::Q6_K::TS;
+            for (int64_t b = 0; b < nb; ++b)
+                for (int l = 0; l < q::Q6_KI::ROWS; ++l)
+                    q::Q6_KI::pack_lane(in + i * u + l * rb + b * q::Q6_K::TS, l, out + i * u + b * q::Q6_KI::GROUP_BLOCK);
+        } else if (g == WType::q6_K_g) q::Q6_KG::pack_pair(in + i * u, out + i * u);
         else if (g == WType::q4_K_g) q::Q4_KG::pack_block(in + i * u, out + i * u);
         else if (g == WType::q5_K_g) q::Q5_KG::pack_block(in + i * u, out + i * u);
     }
@@ -679,6 +710,14 @@ __global__ void q6k_group_kernel(const uint8_t* src, uint8_t* dst, int64_t pairs
     reinterpret_cast<uint16_t*>(d + 384)[L] = sc;
     if (L < 2) reinterpret_cast<uint16_t*>(d + 416)[L] = *reinterpret_cast<const uint16_t*>(s + L * q::Q6_KG::TS + 208);
 }
+// A thread per (group block, lane) of q6_K_i: row l's GGUF block b to the group's block b.
+__global__ void q6k_interleave_kernel(const uint8_t* src, uint8_t* dst, int64_t groups, int64_t nb) {
+    const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x, gb = t >> 5;
+    if (gb >= groups * nb) return;
+    const int l = static_cast<int>(t & 31);
+    const int64_t g = gb / nb, b = gb % nb, rb = nb * q::Q6_K::TS;
+    q::Q6_KI::pack_lane(src + (g * q::Q6_KI::ROWS + l) * rb + b * q::Q6_K::TS, l, dst + gb * q::Q6_KI::GROUP_BLOCK);
+}
 // A thread per block (their bytes are read many times each, from L1).
 template <typename G>
 __global__ void k4_group_kernel(const uint8_t* src, uint8_t* dst, int64_t blocks) {
@@ -687,11 +726,15 @@ __global__ void k4_group_kernel(const uint8_t* src, uint8_t* dst, int64_t blocks
 }
 }  // namespace
 
-void regroup(WType g, const void* src, void* dst, int64_t units, cudaStream_t s) {
+void regroup(WType g, const void* src, void* dst, int64_t units, cudaStream_t s, int64_t K) {
     if (units <= 0) return;
     const auto* in = static_cast<const uint8_t*>(src);
     auto* out = static_cast<uint8_t*>(dst);
-    if (g == WType::q6_K_g) {
+    if (g == WType::q6_K_i) {
+        if (regroup_unit(g, K) == 0) return;
+        const int64_t nb = K / 256, threads = units * nb * q::Q6_KI::ROWS;
+        q6k_interleave_kernel<<<static_cast<unsigned>((threads + 255) / 256), 256, 0, s>>>(in, out, units, nb);
+    } else if (g == WType::q6_K_g) {
         q6k_group_kernel<<<static_cast<unsigned>((units * 16 + 255) / 256), 256, 0, s>>>(in, out, units);
     } else if (g == WType::q4_K_g) {
         k4_group_kernel<q::Q4_KG><<<static_cast<unsigned>((units + 127) / 128), 128, 0, s>>>(in, out, units);
@@ -701,7 +744,7 @@ void regroup(WType g, const void* src, void* dst, int64_t units, cudaStream_t s)
 }
 
 bool decode_chunk_host(WType t, const void* block, int c, float out[16]) {
-    if (t == WType::q6_K_g) return false;  // row-addressed: decode_row_host
+    if (t == WType::q6_K_g || t == WType::q6_K_i) return false;  // row-addressed: decode_row_host
     if (!wtype_quantized(t)) return false;
     float o[16] = {};
     const auto* b = static_cast<const uint8_t*>(block);

@@ -308,6 +308,63 @@ DS3_UNROLL
     }
 };
 
+// Q6_K interleaved on upload (WType::q6_K_i) for matrices of a multiple of 32 rows, so
+// that a single-token GEMV can give each lane a row and a warp 32 rows: the lanes then
+// read every activation block at the same time (one broadcast load) and each 16-byte load
+// of the warp is 512 contiguous bytes. Rows are taken 32 at a time (a group); a group's
+// blocks follow one another, GROUP_BLOCK = 32 · 210 bytes each, so a matrix keeps its
+// size. Within the block of a group, row l of the group (its lane) owns:
+//   units 0..11 (16 bytes at 512·u + 16·l): the levels of chunks 2p and 2p + 1 (elements
+//           64p..64p+63) in units 3p..3p+2, as Q6_KG's six words of each (chunk 2p's
+//           words 0..5, then chunk 2p + 1's);
+//   unit 12 (at 6144 + 16·l): the block's 16 int8 scales, as GGUF keeps them;
+//   d (f16) at 6656 + 2·l.
+// Row-addressed: a row is named by its group's start plus its lane (0..31) in bytes, so
+// the group's start must be 32-byte aligned (device allocations are; a matrix's groups
+// are 6720·blocks bytes apart). Offsets along a row add row_bytes(k) = k/256 · 6720.
+struct Q6_KI {
+    static constexpr int QK = 256, TS = 210, ROWS = 32, GROUP_BLOCK = ROWS * TS, SCALES = 12 * 512, DS = 13 * 512;
+    DS3_QHD static constexpr int64_t row_bytes(int64_t K) { return K / QK * GROUP_BLOCK; }
+    // Row n of a matrix w with rows of K values.
+    DS3_QHD static const uint8_t* row(const uint8_t* w, int64_t n, int64_t K) {
+        return w + (n / ROWS) * ROWS * (K / QK * TS) + (n % ROWS);
+    }
+    // Byte offset of word k (0..5) of chunk c (0..7) of lane l in a group's block.
+    DS3_QHD static int word_at(int l, int c, int k) {
+        const int i = 6 * (c & 1) + k;
+        return 512 * (3 * (c >> 1) + (i >> 2)) + 16 * l + 4 * (i & 3);
+    }
+    // One group's block: GGUF blocks src + l·src_stride (l = 0..31) to dst[0..6720).
+    DS3_QHD static void pack_lane(const uint8_t* src, int l, uint8_t* dst) {
+        for (int c = 0; c < 8; ++c) {
+            uint32_t w[6];
+            uint16_t sc;
+            Q6_KG::pack_lane(src, c, w, sc);
+            for (int k = 0; k < 6; ++k)
+                for (int j = 0; j < 4; ++j) dst[word_at(l, c, k) + j] = static_cast<uint8_t>(w[k] >> (8 * j));
+        }
+        for (int j = 0; j < 16; ++j) dst[SCALES + 16 * l + j] = src[192 + j];
+        dst[DS + 2 * l] = src[208], dst[DS + 2 * l + 1] = src[209];
+    }
+    // Elements 16i..16i+15 of a row (row() of it).
+    DS3_QHD static void chunk(const uint8_t* row, int64_t i, float (&o)[16]) {
+        const int l = static_cast<int>(reinterpret_cast<uintptr_t>(row) & (ROWS - 1));
+        const uint8_t* p = row - l + (i >> 4) * GROUP_BLOCK;
+        const int s16 = static_cast<int>(i & 15), c = s16 >> 1, half = s16 & 1;
+        uint32_t q[4];
+DS3_UNROLL
+        for (int k = 0; k < 4; ++k) q[k] = *reinterpret_cast<const uint32_t*>(p + word_at(l, c, k));
+        const uint32_t hb = *reinterpret_cast<const uint32_t*>(p + word_at(l, c, 4 + half));
+        const float dl = h2f(p + DS + 2 * l) * static_cast<float>(static_cast<int8_t>(p[SCALES + 16 * l + 2 * c + half]));
+DS3_UNROLL
+        for (int t = 0; t < 16; ++t) {
+            const int k = t >> 2, j = t & 3;
+            const int v = (((q[k] >> (4 * half + 8 * j)) & 0xF) | (((hb >> (8 * j + 2 * k)) & 3) << 4)) - 32;
+            o[t] = dl * static_cast<float>(v);
+        }
+    }
+};
+
 struct IQ4_XS {  // d @0, scales_h @2, scales_l[4] @4, qs[128] @8
     static constexpr int QK = 256, TS = 136;
     DS3_QHD static void chunk(const uint8_t* b, int c, float (&o)[16]) {

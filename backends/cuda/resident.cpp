@@ -50,12 +50,13 @@ Resident::~Resident() {
     for (auto& [k, e] : entries_) cudaFree(e.ptr);
 }
 
-// The layout w is kept in on the device: q4_K, q5_K and (rows of an even block count)
-// q6_K are regrouped on upload for the kernels (kernels.h). DS3_CUDA_REGROUP=0 keeps
+// The layout w is kept in on the device: q4_K, q5_K and q6_K are regrouped on upload for
+// the kernels (kernels.h's gpu_layout: q6_K_i for one matrix of many rows, else q6_K_g for
+// rows of an even block count). DS3_CUDA_REGROUP=0 keeps
 // every plain layout; a comma-separated list of type names (q4_K,q6_K) regroups those
 // only (read once).
 WType Resident::layout_of(const Weight& w) {
-    const WType t = wtype(w.type), g = gpu_layout(t, w.ne[0]);
+    const WType t = wtype(w.type), g = gpu_layout(t, w.ne[0], w.ne[1], w.ne[2] * w.ne[3]);
     if (g == t) return t;
     static const std::string only = [] {
         std::string list;
@@ -72,7 +73,7 @@ WType Resident::layout_of(const Weight& w) {
 // slice of whole units at a time. False (nothing written) when the staging buffer
 // cannot be had; the caller then uploads the plain layout.
 bool Resident::upload_regrouped(void* dst, const Weight& w, WType g) {
-    const uint64_t unit = static_cast<uint64_t>(regroup_unit(g)), units = w.nbytes / unit;
+    const uint64_t unit = static_cast<uint64_t>(regroup_unit(g, w.ne[0])), units = w.nbytes / unit;
     const uint64_t step = std::max<uint64_t>(1, std::min<uint64_t>(units, (64ull << 20) / unit));
     void* tmp = nullptr;
     if (cudaMalloc(&tmp, step * unit) != cudaSuccess) {
@@ -84,7 +85,7 @@ bool Resident::upload_regrouped(void* dst, const Weight& w, WType g) {
         const uint64_t n = std::min(step, units - p);
         e = cudaMemcpyAsync(tmp, w.data + p * unit, n * unit, cudaMemcpyHostToDevice, stream_);
         if (e == cudaSuccess) {
-            regroup(g, tmp, static_cast<uint8_t*>(dst) + p * unit, static_cast<int64_t>(n), stream_);
+            regroup(g, tmp, static_cast<uint8_t*>(dst) + p * unit, static_cast<int64_t>(n), stream_, w.ne[0]);
             e = cudaGetLastError();
         }
     }
@@ -117,7 +118,8 @@ const Resident::Entry& Resident::get(const Weight& w, bool& replaced) {
     if (e != cudaSuccess)
         throw Error("cuda", w.name + ": cannot keep the weight on the device (" + std::to_string(w.nbytes) +
                                 " bytes): " + cudaGetErrorString(e));
-    if (const WType g = layout_of(w); g != d.wt && w.nbytes % regroup_unit(g) == 0) {
+    if (const WType g = layout_of(w); g != d.wt && regroup_unit(g, w.ne[0]) > 0 &&
+                                        w.nbytes % regroup_unit(g, w.ne[0]) == 0) {
         try {
             if (upload_regrouped(d.ptr, w, g)) {
                 d.wt = g;

@@ -255,6 +255,91 @@ TEST_CASE("cuda quant: the layouts regrouped on upload (q4_K_g, q5_K_g, q6_K_g) 
     CHECK_FALSE(cuda::decode_row_host(cuda::WType::f32, row.data(), 16, out.data()));
 }
 
+// Sets an environment variable for one scope (the backend reads DS3_CUDA_Q6I_ROWS at each
+// upload).
+struct EnvGuard {
+    std::string name, old;
+    bool had = false;
+    EnvGuard(const char* n, const char* v) : name(n) {
+        if (const char* o = std::getenv(n)) had = true, old = o;
+        setenv(n, v, 1);
+    }
+    ~EnvGuard() {
+        if (had) setenv(name.c_str(), old.c_str(), 1);
+        else unsetenv(name.c_str());
+    }
+};
+
+// Row n of a q6_K_i matrix (rows of K values) at `base` (32-byte aligned), as the kernels
+// name it: its group's start plus its index in the group.
+const uint8_t* q6i_row(const uint8_t* base, int64_t n, int64_t K) { return base + (n / 32) * 32 * (K / 256 * 210) + n % 32; }
+
+TEST_CASE("cuda quant: q6_K_i (32 rows interleaved) decodes and dots as the plain layout", "[cuda][quant]") {
+    // No GPU needed: the interleaving, its row decoder and its block dot are host and device code.
+    const TypeTraits& tr = type_traits(TypeId::Q6_K);
+    for (int64_t K : {256, 768, 7168})
+        for (int64_t N : {32, 96}) {
+            const int64_t rb = K / 256 * int64_t(tr.type_size);
+            REQUIRE(cuda::regroup_unit(cuda::WType::q6_K_i, K) == 32 * rb);
+            for (float scale : {1.0f, 1e-3f, 300.0f}) {
+                auto v = randn(size_t(N * K), 56, scale);
+                std::vector<uint8_t> bytes(size_t(N * rb)), store(bytes.size() + 32, 0xAB);
+                uint8_t* grouped = store.data() + (32 - reinterpret_cast<uintptr_t>(store.data()) % 32) % 32;
+                std::vector<float> ref(v.size()), got(v.size(), -1.0f);
+                for (int64_t r = 0; r < N; ++r) {
+                    quantize_row(TypeId::Q6_K, v.data() + r * K, bytes.data() + r * rb, K);
+                    dequantize_row(TypeId::Q6_K, bytes.data() + r * rb, ref.data() + r * K, K);
+                }
+                cuda::regroup_host(cuda::WType::q6_K_i, bytes.data(), grouped, N / 32, K);
+                CHECK(!std::equal(bytes.begin(), bytes.end(), grouped));
+                for (int64_t r = 0; r < N; ++r)
+                    REQUIRE(cuda::decode_row_host(cuda::WType::q6_K_i, q6i_row(grouped, r, K), K, got.data() + r * K));
+                INFO("K " << K << " N " << N << " scale " << scale);
+                CHECK(got == ref);
+                // The integer dot: the plain layout's sums up to order; exact on integer activations.
+                auto x = randn(size_t(K), 57);
+                auto xi = int_rows(1, K, 58);
+                std::vector<float> a, b, ai, exact_i;
+                for (int64_t r = 0; r < N; ++r) {
+                    float fa = 0.0f, fb = 0.0f, fi = 0.0f;
+                    REQUIRE(cuda::dot_q8_host(cuda::WType::q6_K_i, q6i_row(grouped, r, K), K, x.data(), &fa));
+                    REQUIRE(cuda::dot_q8_host(cuda::WType::q6_K, bytes.data() + r * rb, K, x.data(), &fb));
+                    REQUIRE(cuda::dot_q8_host(cuda::WType::q6_K_i, q6i_row(grouped, r, K), K, xi.data(), &fi));
+                    double e = 0.0;
+                    for (int64_t i = 0; i < K; ++i) e += double(ref[size_t(r * K + i)]) * xi[size_t(i)];
+                    a.push_back(fa), b.push_back(fb), ai.push_back(fi), exact_i.push_back(float(e));
+                }
+                CHECK(nmse_root(a, b) <= 1e-5);
+                CHECK(nmse_root(ai, exact_i) <= 1e-6);
+            }
+        }
+    // Which matrices get it: one matrix of ≥ 4096 rows (DS3_CUDA_Q6I_ROWS) in whole groups of 32.
+    {
+        EnvGuard env("DS3_CUDA_Q6I_ROWS", "");
+        CHECK(cuda::q6k_interleave_rows() == 4096);
+        CHECK(cuda::gpu_layout(cuda::WType::q6_K, 7168, 129280) == cuda::WType::q6_K_i);
+        CHECK(cuda::gpu_layout(cuda::WType::q6_K, 768, 4096) == cuda::WType::q6_K_i);  // an odd block count is fine
+        CHECK(cuda::gpu_layout(cuda::WType::q6_K, 7168, 4064) == cuda::WType::q6_K_g);  // too few rows
+        CHECK(cuda::gpu_layout(cuda::WType::q6_K, 7168, 4100) == cuda::WType::q6_K_g);  // not whole groups
+        CHECK(cuda::gpu_layout(cuda::WType::q6_K, 2048, 7168, 8) == cuda::WType::q6_K_g);  // a stack (experts)
+        CHECK(cuda::gpu_layout(cuda::WType::q6_K, 768, 4100) == cuda::WType::q6_K);
+        CHECK(cuda::gpu_layout(cuda::WType::q4_K, 7168, 4096) == cuda::WType::q4_K_g);
+    }
+    {
+        EnvGuard env("DS3_CUDA_Q6I_ROWS", "0");
+        CHECK(cuda::gpu_layout(cuda::WType::q6_K, 7168, 129280) == cuda::WType::q6_K_g);
+    }
+    {
+        EnvGuard env("DS3_CUDA_Q6I_ROWS", "32");
+        CHECK(cuda::gpu_layout(cuda::WType::q6_K, 256, 32) == cuda::WType::q6_K_i);
+    }
+    CHECK(cuda::regroup_unit(cuda::WType::q6_K_i, 0) == 0);
+    CHECK(cuda::regroup_unit(cuda::WType::q6_K_i, 300) == 0);
+    float o[16];
+    std::vector<uint8_t> blk(210 * 32 + 32);
+    CHECK_FALSE(cuda::decode_chunk_host(cuda::WType::q6_K_i, blk.data(), 0, o));  // row-addressed
+}
+
 TEST_CASE("cuda quant: the integer block dots, run on the host, match the exact and CPU dots", "[cuda][quant]") {
     // No GPU needed: dot_q8.cuh is host and device code (dp4a emulated on the host).
     const std::pair<TypeId, cuda::WType> types[] = {{TypeId::Q8_0, cuda::WType::q8_0},
@@ -768,6 +853,53 @@ TEST_CASE("cuda quant: moe_ffn and shared_ffn with down in another type (the Q4_
     }
 }
 
+// q6_K_i on the device (DS3_CUDA_Q6I_ROWS lowered so that small matrices take it): the
+// single-token and few-row GEMVs (2, 4 and 8 warps a group: 1, 3, 6 and 28 blocks a row,
+// so some warps have no block), gate+up (shared_ffn), the tiled path (> 8 rows), logits and
+// get_rows, which read it through the row loader.
+TEST_CASE("cuda quant: q6_K_i products: GEMVs of 1 to 8 rows and gate+up, tiled, logits and get_rows", "[cuda][quant]") {
+    DS3_REQUIRE_CUDA(gpu);
+    EnvGuard env("DS3_CUDA_Q6I_ROWS", "32");
+    const TypeId t = TypeId::Q6_K;
+    for (auto [in, out] : {std::pair<int64_t, int64_t>{256, 32}, {768, 96}, {1536, 4096}, {7168, 64}})
+        for (int64_t rows : {1, 2, 3, 5, 8, 9}) {
+            if (in == 7168 && rows > 2) continue;
+            WeightStore s;
+            QWeight w = add_qweight(s, "w", t, {in, out}, 63, 0.3f);
+            auto xv = randn(size_t(rows * in), 64);
+            INFO("in " << in << " out " << out << " rows " << rows);
+            check_mul_mat(*gpu, t, w, rows, in, xv, 0.05, 1e-5, rows <= 8);
+            if (rows <= 8) check_mul_mat(*gpu, t, w, rows, in, int_rows(rows, in, 65), 0.05);
+            check_op(*gpu, t, {{0, xv.data()}}, [&](Graph& g, bool q) {
+                int x = g.input("x", DType::f32, rows, in);
+                return g.logits("l", x, q ? *w.q : *w.f, true);
+            }, 0.05, 1e-5, true);
+        }
+    {
+        const int64_t D = 512, F = 256;
+        WeightStore s;
+        QWeight sg = add_qweight(s, "sg", t, {D, F}, 66, 0.3f), su = add_qweight(s, "su", t, {D, F}, 67, 0.3f),
+                sd = add_qweight(s, "sd", t, {F, D}, 68, 0.3f);
+        for (int64_t T : {1, 3, 8, 17}) {
+            auto xv = randn(size_t(T * D), 69);
+            INFO("shared_ffn T " << T);
+            check_op(*gpu, t, {{0, xv.data()}}, [&](Graph& gr, bool q) {
+                int x = gr.input("x", DType::f32, T, D);
+                return gr.shared_ffn("sh", x, q ? *sg.q : *sg.f, q ? *su.q : *su.f, q ? *sd.q : *sd.f);
+            }, 0.05, 1e-5, T <= 8);
+        }
+    }
+    {
+        WeightStore s;
+        QWeight e = add_qweight(s, "embd", t, {512, 64}, 70);
+        std::vector<int32_t> ids = {63, 0, 31, 32, 5};
+        check_op(*gpu, t, {{0, ids.data()}}, [&](Graph& g, bool q) {
+            int in = g.input("ids", DType::i32, 5, 1);
+            return g.get_rows("y", q ? *e.q : *e.f, in);
+        }, 1e-6, 1e-6);
+    }
+}
+
 // Hidden (run it by name on the device): timings of the decode products at DeepSeek-V3's
 // shapes, integer path against the f32-activation kernels, as effective bandwidth.
 TEST_CASE("cuda quant: decode GEMV timings at V3 shapes", "[.bench]") {
@@ -785,11 +917,12 @@ TEST_CASE("cuda quant: decode GEMV timings at V3 shapes", "[.bench]") {
     const std::pair<TypeId, cuda::WType> types[] = {
         {TypeId::Q4_K, cuda::WType::q4_K}, {TypeId::Q4_K, cuda::WType::q4_K_g}, {TypeId::Q5_K, cuda::WType::q5_K},
         {TypeId::Q5_K, cuda::WType::q5_K_g}, {TypeId::Q6_K, cuda::WType::q6_K}, {TypeId::Q6_K, cuda::WType::q6_K_g},
-        {TypeId::Q8_0, cuda::WType::q8_0},   {TypeId::Q4_0, cuda::WType::q4_0}};
+        {TypeId::Q6_K, cuda::WType::q6_K_i}, {TypeId::Q8_0, cuda::WType::q8_0}, {TypeId::Q4_0, cuda::WType::q4_0}};
     for (auto [t, wt] : types)
         for (const Shape& sh : shapes)
             for (int64_t M : {1, 4}) {
                 if (M > 1 && sh.kind == 2) continue;
+                if (wt == cuda::WType::q6_K_i && sh.kind == 2) continue;  // single matrices only
                 const TypeTraits& tr = type_traits(t);
                 const double mats = sh.kind == 0 ? 1 : sh.kind == 1 ? 2 : 24;
                 const double bytes = mats * double(sh.N) * double(sh.K) / double(tr.block_size) * double(tr.type_size);
@@ -798,6 +931,7 @@ TEST_CASE("cuda quant: decode GEMV timings at V3 shapes", "[.bench]") {
                 const double tf = cuda::time_decode_us(sh.kind, wt, M, sh.N, sh.K, false, iters);
                 std::printf("gemv %-6s M=%lld %-28s int %8.1f us %7.0f GB/s | f32 %8.1f us %7.0f GB/s\n",
                             wt == cuda::WType::q6_K_g   ? "q6_K_g"
+                            : wt == cuda::WType::q6_K_i ? "q6_K_i"
                             : wt == cuda::WType::q5_K_g ? "q5_K_g"
                             : wt == cuda::WType::q4_K_g ? "q4_K_g"
                                                         : tname(t),
