@@ -271,19 +271,38 @@ __global__ void __launch_bounds__(kThreads) gemv_q8_kernel(QArgs a) {
 // Each lane loads its row's whole block at once (12 + 1 16-byte loads, every one 512
 // contiguous bytes for the warp, and d); all lanes then read the same activation block (a
 // broadcast). The warps' sums meet in shared memory and warp 0 adds them in warp order.
-// NW 2: gate and up (SwiGLU) of the same rows. Like the dense GEMVs, the first block's
-// loads are issued before the wait for the kernel that wrote the activations.
+// Modes as gemv_q8_kernel's: plain, gate and up (SwiGLU) of the same rows, and the MoE
+// pairs' gate/up and down (grid.y the pair, its expert's matrix from the route). Like the
+// dense GEMVs, the dense modes issue the first block's loads before the wait for the
+// kernel that wrote the activations; the MoE modes wait first (the route picks the rows).
 // Measured alone on the H200 against q6_K_g (docs/performance.md, slice 21): V3's wo 7168 x
 // 16384 30.9 → 26.9 µs (KP 8), the output head 129280 x 7168 196.1 → 176.2 (KP 2; its read
 // ceiling is 167), q_b 24576 x 1536 12.8 → 10.8 (KP 4); 4 rows: wo 83.6 → 46.2, the head
 // 346.1 → 282.8. Without the branch on M in the inner loop (rows past M read row M − 1)
 // and at ≤ 80 registers for one row: with either, the head took 218 µs.
-template <int MR, int NW, int KP>
+template <int MR, int Mode, int KP, int NW = matrices_of<Mode>()>
 __global__ void __launch_bounds__(32 * KP, NW == 1 && MR <= 2 ? (MR == 1 ? 24 : 16) / KP : 1) gemv_q6i_kernel(QArgs a) {
     using Q = q8::Q6_KI;
     const int lane = threadIdx.x & 31, part = threadIdx.x >> 5;
     const int nb = static_cast<int>(a.K / 256), b0 = part * nb / KP, b1 = (part + 1) * nb / KP;
-    const int64_t group = static_cast<int64_t>(blockIdx.x) * nb * q::Q6_KI::GROUP_BLOCK;
+    const uint8_t* w[NW];
+#pragma unroll
+    for (int i = 0; i < NW; ++i) w[i] = a.w[i] + static_cast<int64_t>(blockIdx.x) * nb * q::Q6_KI::GROUP_BLOCK;
+    Act x = a.x;
+    int64_t yoff = 0;
+    if constexpr (Mode == kMoeGateUp || Mode == kMoeDown) {
+        dep_wait();  // the route, like the activations, comes from an earlier kernel
+        dep_trigger();
+        const int64_t pair = blockIdx.y, t = pair / a.n_used;
+        const int e = pair_expert(a.route, pair, a.n_used, a.n_expert, a.mask, a.err, Mode == kMoeGateUp);
+        if (e < 0) return;  // the whole block
+#pragma unroll
+        for (int i = 0; i < NW; ++i) w[i] += static_cast<int64_t>(e) * a.N * (a.K / 256 * q::Q6_K::TS);
+        const int64_t xr = Mode == kMoeGateUp ? t : pair;
+        x.q += xr * a.K;
+        x.d += xr * (a.K / 32);
+        yoff = pair * a.ldy;
+    }
     float acc[NW][MR];
 #pragma unroll
     for (int i = 0; i < NW; ++i)
@@ -296,7 +315,7 @@ __global__ void __launch_bounds__(32 * KP, NW == 1 && MR <= 2 ? (MR == 1 ? 24 : 
     for (int b = b0; b < b1; ++b) {
         Q::R r[NW];
 #pragma unroll
-        for (int i = 0; i < NW; ++i) Q::load(a.w[i] + group + static_cast<int64_t>(b) * q::Q6_KI::GROUP_BLOCK, lane, r[i]);
+        for (int i = 0; i < NW; ++i) Q::load(w[i] + static_cast<int64_t>(b) * q::Q6_KI::GROUP_BLOCK, lane, r[i]);
         if (b == b0) {  // the activations are read from here on
             dep_wait();
             dep_trigger();
@@ -318,8 +337,8 @@ __global__ void __launch_bounds__(32 * KP, NW == 1 && MR <= 2 ? (MR == 1 ? 24 : 
 #pragma unroll
                 for (int m = 0; m < MR; ++m) {
                     const int64_t xm = m < a.M ? m : a.M - 1;
-                    blk[i][m] += Q::dot(v, sc0, sc1, a.x.q + xm * a.K + 256 * static_cast<int64_t>(b) + 32 * c,
-                                        a.x.d[xm * (a.K / 32) + 8 * b + c]);
+                    blk[i][m] += Q::dot(v, sc0, sc1, x.q + xm * a.K + 256 * static_cast<int64_t>(b) + 32 * c,
+                                        x.d[xm * (a.K / 32) + 8 * b + c]);
                 }
             }
         }
@@ -348,12 +367,13 @@ __global__ void __launch_bounds__(32 * KP, NW == 1 && MR <= 2 ? (MR == 1 ? 24 : 
         }
         float out = v[0];
         if constexpr (NW == 2) out = silu(v[0]) * v[1];
-        a.y[m * a.ldy + n] = out;
+        a.y[yoff + m * a.ldy + n] = out;
     }
 }
 
 // Warps a group for gemv_q6i_kernel: 2, or more (4, 8) while the grid has fewer than 2048
-// warps and each still has a block (V3: the output head 2, q_b 4, wo and the dense down 8).
+// warps and each still has a block (V3: the output head 2, q_b 4, wo and the dense down 8,
+// the 8 routed experts' down 2). N: rows of all the grid's matrices.
 int q6i_parts(int64_t N, int64_t K) {
     const int64_t groups = N / 32, nb = K / 256;
     int kp = 2;
@@ -361,22 +381,25 @@ int q6i_parts(int64_t N, int64_t K) {
     return kp;
 }
 
-template <int NW, int KP>
-void launch_q6i_kp(const QArgs& a, cudaStream_t s) {
-    const dim3 grid(static_cast<unsigned>(a.N / 32)), block(32 * KP);
-    if (a.M == 1) launch_pdl(gemv_q6i_kernel<1, NW, KP>, grid, block, 0, s, a);
-    else if (a.M == 2) launch_pdl(gemv_q6i_kernel<2, NW, KP>, grid, block, 0, s, a);
-    else if (a.M <= 4) launch_pdl(gemv_q6i_kernel<4, NW, KP>, grid, block, 0, s, a);
-    else launch_pdl(gemv_q6i_kernel<8, NW, KP>, grid, block, 0, s, a);
+template <int Mode, int KP>
+void launch_q6i_kp(const QArgs& a, unsigned pairs, cudaStream_t s) {
+    const dim3 grid(static_cast<unsigned>(a.N / 32), pairs), block(32 * KP);
+    if (Mode == kMoeGateUp || Mode == kMoeDown || a.M == 1) launch_pdl(gemv_q6i_kernel<1, Mode, KP>, grid, block, 0, s, a);
+    else if constexpr (Mode == kPlain || Mode == kSwiglu) {
+        if (a.M == 2) launch_pdl(gemv_q6i_kernel<2, Mode, KP>, grid, block, 0, s, a);
+        else if (a.M <= 4) launch_pdl(gemv_q6i_kernel<4, Mode, KP>, grid, block, 0, s, a);
+        else launch_pdl(gemv_q6i_kernel<8, Mode, KP>, grid, block, 0, s, a);
+    }
 }
 
-// A q6_K_i product of ≤ 8 rows (N a multiple of 32: the layout's).
-template <int NW>
-void launch_q6i(const QArgs& a, cudaStream_t s) {
-    switch (q6i_parts(a.N, a.K)) {
-        case 2: return launch_q6i_kp<NW, 2>(a, s);
-        case 4: return launch_q6i_kp<NW, 4>(a, s);
-        default: return launch_q6i_kp<NW, 8>(a, s);
+// A q6_K_i product of ≤ 8 rows (N a multiple of 32: the layout's), or of the MoE pairs
+// (grid.y; one row each).
+template <int Mode>
+void launch_q6i(const QArgs& a, unsigned pairs, cudaStream_t s) {
+    switch (q6i_parts(a.N * pairs, a.K)) {
+        case 2: return launch_q6i_kp<Mode, 2>(a, pairs, s);
+        case 4: return launch_q6i_kp<Mode, 4>(a, pairs, s);
+        default: return launch_q6i_kp<Mode, 8>(a, pairs, s);
     }
 }
 
@@ -544,7 +567,8 @@ bool rows_inline(const GemmArgs& a) {
 
 // A batch of matrices only for single rows (decode's per-head products of MLA).
 bool gemv_applies(const GemmArgs& a) {
-    if (a.wt == WType::q6_K_i && (a.batch != 1 || a.N % 32 || rows_inline(a))) return false;  // one matrix only
+    // q6_K_i: not the batched per-head products (they stay on the f32 kernels).
+    if (a.wt == WType::q6_K_i && (a.batch != 1 || a.N % 32 || rows_inline(a))) return false;
     return (a.scratch || a.xq || rows_inline(a)) && !a.groups && (a.batch == 1 || (a.M == 1 && batched_on())) &&
            a.batch >= 1 && a.M >= 1 && a.M <= 8 && a.K > 0 && a.K % 32 == 0 && q8_supported(a.wt) &&
            a.K % wtype_block(a.wt) == 0;
@@ -591,7 +615,7 @@ bool gemv_q8(const GemmArgs& a, cudaStream_t s) {
     q.N = a.N, q.K = a.K, q.M = static_cast<int>(a.M);
     q.y = a.y, q.ldy = a.ldy;
     q.w_bstride = a.w_bstride, q.y_bstride = a.y_bstride;
-    if (a.wt == WType::q6_K_i) return launch_q6i<1>(q, s), true;
+    if (a.wt == WType::q6_K_i) return launch_q6i<kPlain>(q, 1, s), true;
     return with_q8(a.wt, [&](auto l) { launch<decltype(l), kPlain>(q, static_cast<unsigned>(a.batch), s); });
 }
 
@@ -604,7 +628,7 @@ bool gemv_swiglu_q8(const GemmArgs& a, const void* up, cudaStream_t s) {
     q.N = a.N, q.K = a.K, q.M = static_cast<int>(a.M);
     q.x = act_at(a.xq ? a.xq : a.scratch, a.M, a.K);
     q.y = a.y, q.ldy = a.ldy;
-    if (a.wt == WType::q6_K_i) return launch_q6i<2>(q, s), true;
+    if (a.wt == WType::q6_K_i) return launch_q6i<kSwiglu>(q, 1, s), true;
     return with_q8(a.wt, [&](auto l) { launch<decltype(l), kSwiglu>(q, 1, s); });
 }
 
@@ -619,7 +643,7 @@ QArgs moe_qargs(const MoeArgs& a, const float* route) {
 }  // namespace
 
 bool moe_gate_up_q8(const MoeArgs& a, const float* x, const float* route, float* act, DevError* err, cudaStream_t s) {
-    if (!a.scratch || moe_scratch_bytes(a) == 0 || !q8_supported(a.wt) || a.wt == WType::q6_K_i) return false;
+    if (!a.scratch || moe_scratch_bytes(a) == 0 || !q8_supported(a.wt) || (a.wt == WType::q6_K_i && a.F % 32)) return false;
     if (!a.xq) quantize_rows(x, a.D, a.T, a.D, a.scratch, s);
     QArgs q = moe_qargs(a, route);
     q.w[0] = static_cast<const uint8_t*>(a.gate);
@@ -628,11 +652,13 @@ bool moe_gate_up_q8(const MoeArgs& a, const float* x, const float* route, float*
     q.x = act_at(a.xq ? a.xq : a.scratch, a.T, a.D);
     q.y = act, q.ldy = a.F;
     q.err = err;
+    if (a.wt == WType::q6_K_i) return launch_q6i<kMoeGateUp>(q, static_cast<unsigned>(a.T * a.n_used), s), true;
     return with_q8(a.wt, [&](auto l) { launch<decltype(l), kMoeGateUp>(q, static_cast<unsigned>(a.T * a.n_used), s); });
 }
 
 bool moe_down_q8(const MoeArgs& a, const float* act, const float* route, float* y, cudaStream_t s) {
-    if (!a.scratch || moe_scratch_bytes(a) == 0 || !q8_supported(a.wt_down) || a.wt_down == WType::q6_K_i) return false;
+    if (!a.scratch || moe_scratch_bytes(a) == 0 || !q8_supported(a.wt_down) || (a.wt_down == WType::q6_K_i && a.D % 32))
+        return false;
     void* base = static_cast<uint8_t*>(a.scratch) + (q8_supported(a.wt) ? q8_rows_bytes(a.T, a.D) : 0);
     const int64_t P = a.T * a.n_used;
     quantize_rows(act, a.F, P, a.F, base, s);
@@ -641,6 +667,7 @@ bool moe_down_q8(const MoeArgs& a, const float* act, const float* route, float* 
     q.N = a.D, q.K = a.F;
     q.x = act_at(base, P, a.F);
     q.y = y, q.ldy = a.D;
+    if (a.wt_down == WType::q6_K_i) return launch_q6i<kMoeDown>(q, static_cast<unsigned>(P), s), true;
     return with_q8(a.wt_down, [&](auto l) { launch<decltype(l), kMoeDown>(q, static_cast<unsigned>(P), s); });
 }
 

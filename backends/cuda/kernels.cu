@@ -659,7 +659,7 @@ WType gpu_layout(WType t, int64_t K, int64_t N, int64_t stack) {
         case WType::q5_K: return WType::q5_K_g;
         case WType::q6_K: {
             const int64_t from = q6k_interleave_rows();
-            if (stack == 1 && K > 0 && K % 256 == 0 && N > 0 && N % 32 == 0 && from > 0 && N >= from)
+            if (stack >= 1 && K > 0 && K % 256 == 0 && N > 0 && N % 32 == 0 && from > 0 && N >= from)
                 return WType::q6_K_i;
             return q6k_groupable(K) ? WType::q6_K_g : t;
         }

@@ -34,10 +34,10 @@ bool decode_row_host(WType t, const void* row, int64_t K, float* out);
 // Q6_K rows of K values can be regrouped for q6_K_g: K a multiple of 512 (an even number
 // of blocks per row, so pairs never straddle rows and rows stay 4-byte aligned).
 inline bool q6k_groupable(int64_t K) { return K > 0 && K % 512 == 0; }
-// The layout the upload gives `stack` matrices of type t with N rows of K values each:
-// q4_K → q4_K_g, q5_K → q5_K_g; q6_K → q6_K_i for one matrix (stack 1) of a multiple of 32
-// rows and at least q6k_interleave_rows() of them (its single-token GEMV has a warp a group
-// of 32 rows: enough of them to fill the GPU), else q6_K_g where q6k_groupable; or t itself.
+// The layout the upload gives `stack` matrices (experts) of type t with N rows of K values
+// each: q4_K → q4_K_g, q5_K → q5_K_g; q6_K → q6_K_i for matrices of a multiple of 32 rows
+// and at least q6k_interleave_rows() of them (its single-token GEMV has a warp a group of
+// 32 rows: enough of them to fill the GPU), else q6_K_g where q6k_groupable; or t itself.
 WType gpu_layout(WType t, int64_t K, int64_t N = 0, int64_t stack = 1);
 // The fewest rows a q6_K matrix needs for q6_K_i: DS3_CUDA_Q6I_ROWS (read at every call, so
 // that tests can lower it; 0: never), default 4096.

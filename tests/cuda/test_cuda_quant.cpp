@@ -313,7 +313,7 @@ TEST_CASE("cuda quant: q6_K_i (32 rows interleaved) decodes and dots as the plai
                 CHECK(nmse_root(ai, exact_i) <= 1e-6);
             }
         }
-    // Which matrices get it: one matrix of ≥ 4096 rows (DS3_CUDA_Q6I_ROWS) in whole groups of 32.
+    // Which matrices get it: matrices of ≥ 4096 rows (DS3_CUDA_Q6I_ROWS) in whole groups of 32.
     {
         EnvGuard env("DS3_CUDA_Q6I_ROWS", "");
         CHECK(cuda::q6k_interleave_rows() == 4096);
@@ -321,7 +321,8 @@ TEST_CASE("cuda quant: q6_K_i (32 rows interleaved) decodes and dots as the plai
         CHECK(cuda::gpu_layout(cuda::WType::q6_K, 768, 4096) == cuda::WType::q6_K_i);  // an odd block count is fine
         CHECK(cuda::gpu_layout(cuda::WType::q6_K, 7168, 4064) == cuda::WType::q6_K_g);  // too few rows
         CHECK(cuda::gpu_layout(cuda::WType::q6_K, 7168, 4100) == cuda::WType::q6_K_g);  // not whole groups
-        CHECK(cuda::gpu_layout(cuda::WType::q6_K, 2048, 7168, 8) == cuda::WType::q6_K_g);  // a stack (experts)
+        CHECK(cuda::gpu_layout(cuda::WType::q6_K, 2048, 7168, 8) == cuda::WType::q6_K_i);  // a stack (experts' down)
+        CHECK(cuda::gpu_layout(cuda::WType::q6_K, 7168, 2048, 8) == cuda::WType::q6_K_g);  // their gate, up
         CHECK(cuda::gpu_layout(cuda::WType::q6_K, 768, 4100) == cuda::WType::q6_K);
         CHECK(cuda::gpu_layout(cuda::WType::q4_K, 7168, 4096) == cuda::WType::q4_K_g);
     }
@@ -855,9 +856,11 @@ TEST_CASE("cuda quant: moe_ffn and shared_ffn with down in another type (the Q4_
 
 // q6_K_i on the device (DS3_CUDA_Q6I_ROWS lowered so that small matrices take it): the
 // single-token and few-row GEMVs (2, 4 and 8 warps a group: 1, 3, 6 and 28 blocks a row,
-// so some warps have no block), gate+up (shared_ffn), the tiled path (> 8 rows), logits and
-// get_rows, which read it through the row loader.
-TEST_CASE("cuda quant: q6_K_i products: GEMVs of 1 to 8 rows and gate+up, tiled, logits and get_rows", "[cuda][quant]") {
+// so some warps have no block), gate+up (shared_ffn), the MoE pairs' gate/up and down and
+// the grouped prefill (moe_ffn), the tiled path (> 8 rows), logits and get_rows, which read
+// it through the row loader.
+TEST_CASE("cuda quant: q6_K_i products: GEMVs of 1 to 8 rows and gate+up, MoE, tiled, logits and get_rows",
+          "[cuda][quant]") {
     DS3_REQUIRE_CUDA(gpu);
     EnvGuard env("DS3_CUDA_Q6I_ROWS", "32");
     const TypeId t = TypeId::Q6_K;
@@ -886,6 +889,25 @@ TEST_CASE("cuda quant: q6_K_i products: GEMVs of 1 to 8 rows and gate+up, tiled,
             check_op(*gpu, t, {{0, xv.data()}}, [&](Graph& gr, bool q) {
                 int x = gr.input("x", DType::f32, T, D);
                 return gr.shared_ffn("sh", x, q ? *sg.q : *sg.f, q ? *su.q : *su.f, q ? *sd.q : *sd.f);
+            }, 0.05, 1e-5, T <= 8);
+        }
+        // Routed experts: stacks of 5 (gate and up of 256 rows, down of 512), 2 a token.
+        const int E = 5, k = 2;
+        const FfnWeights fw = add_ffn_weights(s, t, D, F, E, 71);
+        RouteParams p{E, k, 1, 1, ScoringFunc::softmax, TopkMethod::greedy, false, 1.0f};
+        for (int64_t T : {1, 2, 17}) {
+            std::vector<float> route(size_t(T * 2 * k));
+            for (int64_t i = 0; i < T; ++i)
+                for (int j = 0; j < k; ++j) {
+                    route[size_t(i * 2 * k + j)] = 0.4f + 0.3f * float(j);
+                    route[size_t(i * 2 * k + k + j)] = float((i * 2 + j * 3) % E);
+                }
+            auto xv = randn(size_t(T * D), 72);
+            INFO("moe_ffn T " << T);
+            check_op(*gpu, t, {{0, xv.data()}, {1, route.data()}}, [&](Graph& gr, bool q) {
+                int x = gr.input("x", DType::f32, T, D);
+                int r = gr.input("r", DType::f32, T, 2 * k);
+                return gr.moe_ffn("m", x, r, q ? *fw.g.q : *fw.g.f, q ? *fw.u.q : *fw.u.f, q ? *fw.d.q : *fw.d.f, p);
             }, 0.05, 1e-5, T <= 8);
         }
     }
@@ -922,7 +944,6 @@ TEST_CASE("cuda quant: decode GEMV timings at V3 shapes", "[.bench]") {
         for (const Shape& sh : shapes)
             for (int64_t M : {1, 4}) {
                 if (M > 1 && sh.kind == 2) continue;
-                if (wt == cuda::WType::q6_K_i && sh.kind == 2) continue;  // single matrices only
                 const TypeTraits& tr = type_traits(t);
                 const double mats = sh.kind == 0 ? 1 : sh.kind == 1 ? 2 : 24;
                 const double bytes = mats * double(sh.N) * double(sh.K) / double(tr.block_size) * double(tr.type_size);
