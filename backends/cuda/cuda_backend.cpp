@@ -410,8 +410,8 @@ void CudaBackend::mla_attend(const Node& n, const float* q, const float* q_abs, 
         split_ahead = {vb.ptr, 1, static_cast<int64_t>(vb.nbytes), static_cast<int64_t>(vb.nbytes)};
         if (attn_out_ && attn_out_->ne[1] > 0) {
             const cuda::Resident::Entry& wo = resident(*attn_out_);
-            // (q6_K_i: a group of 32 rows stands for a row, its blocks one after another.)
-            const int64_t rows = attn_out_->ne[1] / (wo.wt == cuda::WType::q6_K_i ? 32 : 1),
+            // (Interleaved types: a group of 32 rows stands for a row, its blocks one after another.)
+            const int64_t rows = attn_out_->ne[1] / (cuda::wtype_interleaved(wo.wt) ? 32 : 1),
                           row_bytes = static_cast<int64_t>(wo.nbytes) / rows;
             merge_ahead = {wo.ptr, rows, row_bytes, std::min(row_bytes, ahead_bytes / rows / 128 * 128)};
         }

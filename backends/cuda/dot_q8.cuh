@@ -351,6 +351,7 @@ DS3_UNROLL
 // row's 256 levels in 12 16-byte units, 16 scales, d), loaded at once; every lane of the
 // warp is on another row at the same block, so the activations are one broadcast.
 struct Q6_KI {
+    static constexpr int TS = 210, WARPS = 24;  // warps an SM for one row (gemv_i_kernel: ≤ 80 registers)
     struct R {
         uint32_t w[48];  // chunk pair p's twelve words at 12p (chunk 2p's six, then 2p + 1's)
         uint32_t sc[4];  // the 16 int8 scales
@@ -396,7 +397,82 @@ DS3_UNROLL
         ld_x32(xq, x);
         return xd.d * static_cast<float>(sc0 * dot4(v, x) + sc1 * dot4(v + 4, x + 4));
     }
+    // acc[m] += the block's dot with activation row m (xq[m]: its 256 values, xd[m]: their
+    // 8 blocks' scales); each chunk decoded once for all rows.
+    template <int MR>
+    DS3_QHD static void block(const R& r, const int8_t* const (&xq)[MR], const XDs* const (&xd)[MR], float (&acc)[MR]) {
+        float t[MR];
+DS3_UNROLL
+        for (int m = 0; m < MR; ++m) t[m] = 0.0f;
+DS3_UNROLL
+        for (int c = 0; c < 8; ++c) {
+            uint32_t v[8];
+            int sc0, sc1;
+            levels(r, c, v, sc0, sc1);
+DS3_UNROLL
+            for (int m = 0; m < MR; ++m) t[m] += dot(v, sc0, sc1, xq[m] + 32 * c, xd[m][c]);
+        }
+DS3_UNROLL
+        for (int m = 0; m < MR; ++m) acc[m] += r.d * t[m];
+    }
 };
+
+// Q4_K and Q5_K interleaved on upload (quant.cuh's K4GI): a lane's whole K4G block of its
+// group (9 or 11 16-byte units), loaded at once; sub-block s is one activation block, as
+// in K4GDot.
+template <bool kFive>
+struct K4GIDot {
+    static constexpr int TS = q::K4GI<kFive>::TS, UNITS = q::K4GI<kFive>::UNITS, QS = q::K4G<kFive>::QS / 16;
+    static constexpr int WARPS = kFive ? 20 : 24;  // as Q6_KI's (Q5_K spilled at 80 registers)
+    struct R {
+        uint32_t w[4 * UNITS];  // the K4G block's bytes
+    };
+    DS3_QHD static void load(const uint8_t* blk, int l, R& r) {
+DS3_UNROLL
+        for (int u = 0; u < UNITS; ++u) {
+            const uint4 v = Q6_KI::ld16(blk + 512 * u + 16 * l);
+            r.w[4 * u] = v.x, r.w[4 * u + 1] = v.y, r.w[4 * u + 2] = v.z, r.w[4 * u + 3] = v.w;
+        }
+    }
+    template <int MR>
+    DS3_QHD static void block(const R& r, const int8_t* const (&xq)[MR], const XDs* const (&xd)[MR], float (&acc)[MR]) {
+        const uint32_t h[4] = {r.w[0], r.w[1], r.w[2], r.w[3]};  // d, dmin, scales[12]
+        const float d = h2f_bits(h[0]), dmin = h2f_bits(h[0] >> 16);
+DS3_UNROLL
+        for (int s = 0; s < 8; ++s) {
+            int sc, mn;
+            QK45<kFive>::scale_min(s, h, sc, mn);
+            const float dl = d * static_cast<float>(sc), ml = dmin * static_cast<float>(mn);
+            const uint32_t* q = r.w + 4 * (QS + s);
+            const uint32_t fb = kFive ? r.w[4 * (1 + (s >> 2)) + (s & 3)] : 0u;
+            const uint32_t m4 = 0x0f0f0f0fu;
+            uint32_t lo[4], hi[4];
+DS3_UNROLL
+            for (int k = 0; k < 4; ++k) {
+                lo[k] = q[k] & m4, hi[k] = (q[k] >> 4) & m4;
+                if constexpr (kFive) {
+                    lo[k] |= ((fb >> k) & 0x01010101u) << 4;
+                    hi[k] |= ((fb >> (4 + k)) & 0x01010101u) << 4;
+                }
+            }
+DS3_UNROLL
+            for (int m = 0; m < MR; ++m) {
+                int x[8];
+                ld_x32(xq[m] + 32 * s, x);
+                int v = 0;
+DS3_UNROLL
+                for (int k = 0; k < 4; ++k) {
+                    v = dp4a(static_cast<int>(lo[k]), x[k], v);
+                    v = dp4a(static_cast<int>(hi[k]), x[4 + k], v);
+                }
+                const XDs a = xd[m][s];
+                acc[m] += dl * a.d * static_cast<float>(v) - ml * a.s;
+            }
+        }
+    }
+};
+using Q4_KI = K4GIDot<false>;
+using Q5_KI = K4GIDot<true>;
 
 // The quantisation of one activation block, shared by the host check; the kernel does
 // the same per lane with warp reductions.

@@ -266,28 +266,38 @@ __global__ void __launch_bounds__(kThreads) gemv_q8_kernel(QArgs a) {
         }
 }
 
-// Q6_K interleaved (q6_K_i, quant.cuh): a lane takes a row, a warp a group of 32 rows, and
-// the CTA's KP warps split the group's blocks (warp p the p-th run of about nb/KP blocks).
-// Each lane loads its row's whole block at once (12 + 1 16-byte loads, every one 512
-// contiguous bytes for the warp, and d); all lanes then read the same activation block (a
-// broadcast). The warps' sums meet in shared memory and warp 0 adds them in warp order.
-// Modes as gemv_q8_kernel's: plain, gate and up (SwiGLU) of the same rows, and the MoE
-// pairs' gate/up and down (grid.y the pair, its expert's matrix from the route). Like the
-// dense GEMVs, the dense modes issue the first block's loads before the wait for the
-// kernel that wrote the activations; the MoE modes wait first (the route picks the rows).
+// The interleaved layouts (q4_K_i, q5_K_i, q6_K_i; quant.cuh): a lane takes a row, a warp
+// a group of 32 rows, and the CTA's KP warps split the group's blocks (warp p the p-th run
+// of about nb/KP blocks). Each lane loads its row's whole block at once (9, 11 or 13
+// 16-byte loads, every one 512 contiguous bytes for the warp); all lanes then read the
+// same activation block (a broadcast). The warps' sums meet in shared memory and warp 0
+// adds them in warp order. Modes as gemv_q8_kernel's: plain, gate and up (SwiGLU) of the
+// same rows (KP more warps for up), and the MoE pairs' gate/up and down (grid.y the pair,
+// its expert's matrix from the route). Like the dense GEMVs, the dense modes issue the first block's loads
+// before the wait for the kernel that wrote the activations; the MoE modes wait first (the
+// route picks the rows). Rows past M read row M − 1 again (no branch in the inner loop, so
+// that the loads of the activation blocks can all be issued at once); they are not written.
 // Measured alone on the H200 against q6_K_g (docs/performance.md, slice 21): V3's wo 7168 x
 // 16384 30.9 → 26.9 µs (KP 8), the output head 129280 x 7168 196.1 → 176.2 (KP 2; its read
 // ceiling is 167), q_b 24576 x 1536 12.8 → 10.8 (KP 4); 4 rows: wo 83.6 → 46.2, the head
-// 346.1 → 282.8. Without the branch on M in the inner loop (rows past M read row M − 1)
-// and at ≤ 80 registers for one row: with either, the head took 218 µs.
-template <int MR, int Mode, int KP, int NW = matrices_of<Mode>()>
-__global__ void __launch_bounds__(32 * KP, NW == 1 && MR <= 2 ? (MR == 1 ? 24 : 16) / KP : 1) gemv_q6i_kernel(QArgs a) {
-    using Q = q8::Q6_KI;
-    const int lane = threadIdx.x & 31, part = threadIdx.x >> 5;
+// 346.1 → 282.8. With a branch on M in the inner loop, or above 80 registers for one row,
+// the head took 218 µs.
+// Registers: ≤ 80 for one row of q4_K_i or q6_K_i (24 warps an SM), ≤ ~96 for q5_K_i
+// (QI::WARPS), 4 warps fewer for the MoE modes (the route's code; they spilled), ≤ 128 for
+// 2 rows; 4 and 8 rows uncapped (at 128 they spilled).
+template <int MR, int W, int WARPS>
+constexpr int i_min_blocks() {
+    constexpr int n = (MR == 1 ? WARPS : MR == 2 ? 16 : 8) / W;
+    return n > 0 ? n : 1;
+}
+template <typename QI, int MR, int Mode, int KP, int NW = matrices_of<Mode>()>
+__global__ void __launch_bounds__(32 * KP * NW,
+                                  i_min_blocks<MR, KP * NW, QI::WARPS - (Mode == kMoeGateUp || Mode == kMoeDown ? 4 : 0)>())
+    gemv_i_kernel(QArgs a) {
+    constexpr int64_t GB = 32 * QI::TS;  // a group's block
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, mat = warp / KP, part = warp % KP;
     const int nb = static_cast<int>(a.K / 256), b0 = part * nb / KP, b1 = (part + 1) * nb / KP;
-    const uint8_t* w[NW];
-#pragma unroll
-    for (int i = 0; i < NW; ++i) w[i] = a.w[i] + static_cast<int64_t>(blockIdx.x) * nb * q::Q6_KI::GROUP_BLOCK;
+    const uint8_t* w = a.w[NW == 2 ? mat : 0] + static_cast<int64_t>(blockIdx.x) * nb * GB;
     Act x = a.x;
     int64_t yoff = 0;
     if constexpr (Mode == kMoeGateUp || Mode == kMoeDown) {
@@ -296,64 +306,41 @@ __global__ void __launch_bounds__(32 * KP, NW == 1 && MR <= 2 ? (MR == 1 ? 24 : 
         const int64_t pair = blockIdx.y, t = pair / a.n_used;
         const int e = pair_expert(a.route, pair, a.n_used, a.n_expert, a.mask, a.err, Mode == kMoeGateUp);
         if (e < 0) return;  // the whole block
-#pragma unroll
-        for (int i = 0; i < NW; ++i) w[i] += static_cast<int64_t>(e) * a.N * (a.K / 256 * q::Q6_K::TS);
+        w += static_cast<int64_t>(e) * a.N * (a.K / 256 * QI::TS);
         const int64_t xr = Mode == kMoeGateUp ? t : pair;
         x.q += xr * a.K;
         x.d += xr * (a.K / 32);
         yoff = pair * a.ldy;
     }
-    float acc[NW][MR];
+    float acc[MR];
 #pragma unroll
-    for (int i = 0; i < NW; ++i)
-#pragma unroll
-        for (int m = 0; m < MR; ++m) acc[i][m] = 0.0f;
+    for (int m = 0; m < MR; ++m) acc[m] = 0.0f;
     if (b0 == b1) {  // no block (KP > nb): nothing to read, but the grid still waits
         dep_wait();
         dep_trigger();
     }
     for (int b = b0; b < b1; ++b) {
-        Q::R r[NW];
-#pragma unroll
-        for (int i = 0; i < NW; ++i) Q::load(w[i] + static_cast<int64_t>(b) * q::Q6_KI::GROUP_BLOCK, lane, r[i]);
+        typename QI::R r;
+        QI::load(w + static_cast<int64_t>(b) * GB, lane, r);
         if (b == b0) {  // the activations are read from here on
             dep_wait();
             dep_trigger();
         }
-        float blk[NW][MR];
+        const int8_t* xq[MR];
+        const q8::XDs* xd[MR];
 #pragma unroll
-        for (int i = 0; i < NW; ++i)
-#pragma unroll
-            for (int m = 0; m < MR; ++m) blk[i][m] = 0.0f;
-#pragma unroll
-        for (int c = 0; c < 8; ++c) {
-#pragma unroll
-            for (int i = 0; i < NW; ++i) {
-                uint32_t v[8];
-                int sc0, sc1;
-                Q::levels(r[i], c, v, sc0, sc1);
-                // Rows past M read row M − 1 again (no branch, so that the loads of the
-                // activation blocks can all be issued at once); they are not written.
-#pragma unroll
-                for (int m = 0; m < MR; ++m) {
-                    const int64_t xm = m < a.M ? m : a.M - 1;
-                    blk[i][m] += Q::dot(v, sc0, sc1, x.q + xm * a.K + 256 * static_cast<int64_t>(b) + 32 * c,
-                                        x.d[xm * (a.K / 32) + 8 * b + c]);
-                }
-            }
+        for (int m = 0; m < MR; ++m) {
+            const int64_t xm = m < a.M ? m : a.M - 1;
+            xq[m] = x.q + xm * a.K + 256 * static_cast<int64_t>(b);
+            xd[m] = x.d + xm * (a.K / 32) + 8 * b;
         }
-#pragma unroll
-        for (int i = 0; i < NW; ++i)
-#pragma unroll
-            for (int m = 0; m < MR; ++m) acc[i][m] += r[i].d * blk[i][m];
+        QI::template block<MR>(r, xq, xd, acc);
     }
-    __shared__ float red[KP][NW][MR][32];
+    __shared__ float red[NW][KP][MR][32];
 #pragma unroll
-    for (int i = 0; i < NW; ++i)
-#pragma unroll
-        for (int m = 0; m < MR; ++m) red[part][i][m][lane] = acc[i][m];
+    for (int m = 0; m < MR; ++m) red[mat][part][m][lane] = acc[m];
     __syncthreads();
-    if (part != 0) return;
+    if (warp != 0) return;
     const int64_t n = static_cast<int64_t>(blockIdx.x) * 32 + lane;
 #pragma unroll
     for (int m = 0; m < MR; ++m) {
@@ -363,7 +350,7 @@ __global__ void __launch_bounds__(32 * KP, NW == 1 && MR <= 2 ? (MR == 1 ? 24 : 
         for (int i = 0; i < NW; ++i) {
             v[i] = 0.0f;
 #pragma unroll
-            for (int p = 0; p < KP; ++p) v[i] += red[p][i][m][lane];
+            for (int p = 0; p < KP; ++p) v[i] += red[i][p][m][lane];
         }
         float out = v[0];
         if constexpr (NW == 2) out = silu(v[0]) * v[1];
@@ -371,35 +358,44 @@ __global__ void __launch_bounds__(32 * KP, NW == 1 && MR <= 2 ? (MR == 1 ? 24 : 
     }
 }
 
-// Warps a group for gemv_q6i_kernel: 2, or more (4, 8) while the grid has fewer than 2048
+// Warps a group for gemv_i_kernel: 2, or more (4, 8) while the grid has fewer than 2048
 // warps and each still has a block (V3: the output head 2, q_b 4, wo and the dense down 8,
 // the 8 routed experts' down 2). N: rows of all the grid's matrices.
-int q6i_parts(int64_t N, int64_t K) {
+int interleaved_parts(int64_t N, int64_t K) {
     const int64_t groups = N / 32, nb = K / 256;
     int kp = 2;
     while (kp < 8 && groups * kp < 2048 && 2 * kp <= nb) kp *= 2;
     return kp;
 }
 
-template <int Mode, int KP>
-void launch_q6i_kp(const QArgs& a, unsigned pairs, cudaStream_t s) {
-    const dim3 grid(static_cast<unsigned>(a.N / 32), pairs), block(32 * KP);
-    if (Mode == kMoeGateUp || Mode == kMoeDown || a.M == 1) launch_pdl(gemv_q6i_kernel<1, Mode, KP>, grid, block, 0, s, a);
+template <typename QI, int Mode, int KP>
+void launch_i_kp(const QArgs& a, unsigned pairs, cudaStream_t s) {
+    const dim3 grid(static_cast<unsigned>(a.N / 32), pairs), block(32 * KP * matrices_of<Mode>());
+    if (Mode == kMoeGateUp || Mode == kMoeDown || a.M == 1) launch_pdl(gemv_i_kernel<QI, 1, Mode, KP>, grid, block, 0, s, a);
     else if constexpr (Mode == kPlain || Mode == kSwiglu) {
-        if (a.M == 2) launch_pdl(gemv_q6i_kernel<2, Mode, KP>, grid, block, 0, s, a);
-        else if (a.M <= 4) launch_pdl(gemv_q6i_kernel<4, Mode, KP>, grid, block, 0, s, a);
-        else launch_pdl(gemv_q6i_kernel<8, Mode, KP>, grid, block, 0, s, a);
+        if (a.M == 2) launch_pdl(gemv_i_kernel<QI, 2, Mode, KP>, grid, block, 0, s, a);
+        else if (a.M <= 4) launch_pdl(gemv_i_kernel<QI, 4, Mode, KP>, grid, block, 0, s, a);
+        else launch_pdl(gemv_i_kernel<QI, 8, Mode, KP>, grid, block, 0, s, a);
     }
 }
 
-// A q6_K_i product of ≤ 8 rows (N a multiple of 32: the layout's), or of the MoE pairs
-// (grid.y; one row each).
+// A product of ≤ 8 rows of an interleaved type t (N a multiple of 32: the layout's), or of
+// the MoE pairs (grid.y; one row each). False for the other types.
 template <int Mode>
-void launch_q6i(const QArgs& a, unsigned pairs, cudaStream_t s) {
-    switch (q6i_parts(a.N * pairs, a.K)) {
-        case 2: return launch_q6i_kp<Mode, 2>(a, pairs, s);
-        case 4: return launch_q6i_kp<Mode, 4>(a, pairs, s);
-        default: return launch_q6i_kp<Mode, 8>(a, pairs, s);
+bool launch_interleaved(WType t, const QArgs& a, unsigned pairs, cudaStream_t s) {
+    auto go = [&](auto l) {
+        using QI = decltype(l);
+        switch (interleaved_parts(a.N * pairs, a.K)) {
+            case 2: return launch_i_kp<QI, Mode, 2>(a, pairs, s);
+            case 4: return launch_i_kp<QI, Mode, 4>(a, pairs, s);
+            default: return launch_i_kp<QI, Mode, 8>(a, pairs, s);
+        }
+    };
+    switch (t) {
+        case WType::q6_K_i: go(q8::Q6_KI{}); return true;
+        case WType::q4_K_i: go(q8::Q4_KI{}); return true;
+        case WType::q5_K_i: go(q8::Q5_KI{}); return true;
+        default: return false;
     }
 }
 
@@ -567,8 +563,8 @@ bool rows_inline(const GemmArgs& a) {
 
 // A batch of matrices only for single rows (decode's per-head products of MLA).
 bool gemv_applies(const GemmArgs& a) {
-    // q6_K_i: not the batched per-head products (they stay on the f32 kernels).
-    if (a.wt == WType::q6_K_i && (a.batch != 1 || a.N % 32 || rows_inline(a))) return false;
+    // Interleaved types: not the batched per-head products (they stay on the f32 kernels).
+    if (wtype_interleaved(a.wt) && (a.batch != 1 || a.N % 32 || rows_inline(a))) return false;
     return (a.scratch || a.xq || rows_inline(a)) && !a.groups && (a.batch == 1 || (a.M == 1 && batched_on())) &&
            a.batch >= 1 && a.M >= 1 && a.M <= 8 && a.K > 0 && a.K % 32 == 0 && q8_supported(a.wt) &&
            a.K % wtype_block(a.wt) == 0;
@@ -580,7 +576,7 @@ bool q8_supported(WType t) {
     // DS3_CUDA_Q8=0 turns the integer path off (read once): before/after timings with one
     // binary; the scratch sizes are then 0 and the f32-activation kernels run.
     static const bool on = env_on("DS3_CUDA_Q8");
-    return on && (t == WType::q6_K_i || with_q8(t, [](auto) {}));
+    return on && (wtype_interleaved(t) || with_q8(t, [](auto) {}));
 }
 
 size_t q8_rows_bytes(int64_t rows, int64_t K) {
@@ -615,7 +611,7 @@ bool gemv_q8(const GemmArgs& a, cudaStream_t s) {
     q.N = a.N, q.K = a.K, q.M = static_cast<int>(a.M);
     q.y = a.y, q.ldy = a.ldy;
     q.w_bstride = a.w_bstride, q.y_bstride = a.y_bstride;
-    if (a.wt == WType::q6_K_i) return launch_q6i<kPlain>(q, 1, s), true;
+    if (launch_interleaved<kPlain>(a.wt, q, 1, s)) return true;
     return with_q8(a.wt, [&](auto l) { launch<decltype(l), kPlain>(q, static_cast<unsigned>(a.batch), s); });
 }
 
@@ -628,7 +624,7 @@ bool gemv_swiglu_q8(const GemmArgs& a, const void* up, cudaStream_t s) {
     q.N = a.N, q.K = a.K, q.M = static_cast<int>(a.M);
     q.x = act_at(a.xq ? a.xq : a.scratch, a.M, a.K);
     q.y = a.y, q.ldy = a.ldy;
-    if (a.wt == WType::q6_K_i) return launch_q6i<kSwiglu>(q, 1, s), true;
+    if (launch_interleaved<kSwiglu>(a.wt, q, 1, s)) return true;
     return with_q8(a.wt, [&](auto l) { launch<decltype(l), kSwiglu>(q, 1, s); });
 }
 
@@ -643,7 +639,7 @@ QArgs moe_qargs(const MoeArgs& a, const float* route) {
 }  // namespace
 
 bool moe_gate_up_q8(const MoeArgs& a, const float* x, const float* route, float* act, DevError* err, cudaStream_t s) {
-    if (!a.scratch || moe_scratch_bytes(a) == 0 || !q8_supported(a.wt) || (a.wt == WType::q6_K_i && a.F % 32)) return false;
+    if (!a.scratch || moe_scratch_bytes(a) == 0 || !q8_supported(a.wt) || (wtype_interleaved(a.wt) && a.F % 32)) return false;
     if (!a.xq) quantize_rows(x, a.D, a.T, a.D, a.scratch, s);
     QArgs q = moe_qargs(a, route);
     q.w[0] = static_cast<const uint8_t*>(a.gate);
@@ -652,12 +648,12 @@ bool moe_gate_up_q8(const MoeArgs& a, const float* x, const float* route, float*
     q.x = act_at(a.xq ? a.xq : a.scratch, a.T, a.D);
     q.y = act, q.ldy = a.F;
     q.err = err;
-    if (a.wt == WType::q6_K_i) return launch_q6i<kMoeGateUp>(q, static_cast<unsigned>(a.T * a.n_used), s), true;
+    if (launch_interleaved<kMoeGateUp>(a.wt, q, static_cast<unsigned>(a.T * a.n_used), s)) return true;
     return with_q8(a.wt, [&](auto l) { launch<decltype(l), kMoeGateUp>(q, static_cast<unsigned>(a.T * a.n_used), s); });
 }
 
 bool moe_down_q8(const MoeArgs& a, const float* act, const float* route, float* y, cudaStream_t s) {
-    if (!a.scratch || moe_scratch_bytes(a) == 0 || !q8_supported(a.wt_down) || (a.wt_down == WType::q6_K_i && a.D % 32))
+    if (!a.scratch || moe_scratch_bytes(a) == 0 || !q8_supported(a.wt_down) || (wtype_interleaved(a.wt_down) && a.D % 32))
         return false;
     void* base = static_cast<uint8_t*>(a.scratch) + (q8_supported(a.wt) ? q8_rows_bytes(a.T, a.D) : 0);
     const int64_t P = a.T * a.n_used;
@@ -667,7 +663,7 @@ bool moe_down_q8(const MoeArgs& a, const float* act, const float* route, float* 
     q.N = a.D, q.K = a.F;
     q.x = act_at(base, P, a.F);
     q.y = y, q.ldy = a.D;
-    if (a.wt_down == WType::q6_K_i) return launch_q6i<kMoeDown>(q, static_cast<unsigned>(P), s), true;
+    if (launch_interleaved<kMoeDown>(a.wt_down, q, static_cast<unsigned>(P), s)) return true;
     return with_q8(a.wt_down, [&](auto l) { launch<decltype(l), kMoeDown>(q, static_cast<unsigned>(P), s); });
 }
 
@@ -687,24 +683,24 @@ bool dot_q8_host(WType t, const void* row, int64_t K, const float* x, float* out
         for (int i = 0; i < 32; ++i) sq += xq[32 * b + i] = q8::quant_one(x[32 * b + i], amax);
         xd[static_cast<size_t>(b)] = q8::block_xds(amax, nan, static_cast<float>(sq));
     }
-    if (t == WType::q6_K_i) {  // as gemv_q6i_kernel with one warp: block by block
-        if (K % 256) return false;
+    if (wtype_interleaved(t)) {  // as gemv_i_kernel with one warp: block by block
         const auto* r = static_cast<const uint8_t*>(row);
         const int l = static_cast<int>(reinterpret_cast<uintptr_t>(r) & 31);
-        float acc = 0.0f;
-        for (int64_t b = 0; b < K / 256; ++b) {
-            q8::Q6_KI::R w;
-            q8::Q6_KI::load(r - l + b * q::Q6_KI::GROUP_BLOCK, l, w);
-            float blk = 0.0f;
-            for (int c = 0; c < 8; ++c) {
-                uint32_t v[8];
-                int sc0, sc1;
-                q8::Q6_KI::levels(w, c, v, sc0, sc1);
-                blk += q8::Q6_KI::dot(v, sc0, sc1, xq + 256 * b + 32 * c, xd[static_cast<size_t>(8 * b + c)]);
+        auto run = [&](auto fmt) {
+            using QI = decltype(fmt);
+            float acc[1] = {0.0f};
+            for (int64_t b = 0; b < K / 256; ++b) {
+                typename QI::R w;
+                QI::load(r - l + b * 32 * QI::TS, l, w);
+                const int8_t* xqb[1] = {xq + 256 * b};
+                const q8::XDs* xdb[1] = {xd.data() + 8 * b};
+                QI::template block<1>(w, xqb, xdb, acc);
             }
-            acc += w.d * blk;
-        }
-        *out = acc;
+            *out = acc[0];
+        };
+        if (t == WType::q6_K_i) run(q8::Q6_KI{});
+        else if (t == WType::q4_K_i) run(q8::Q4_KI{});
+        else run(q8::Q5_KI{});
         return true;
     }
     const uint8_t* rows[1] = {static_cast<const uint8_t*>(row)};

@@ -40,8 +40,8 @@ int wtype_block_bytes(WType t) {
         case WType::q4_K: return q::Q4_K::TS;
         case WType::q5_K: return q::Q5_K::TS;
         case WType::q6_K: case WType::q6_K_g: case WType::q6_K_i: return q::Q6_K::TS;
-        case WType::q4_K_g: return q::Q4_KG::TS;
-        case WType::q5_K_g: return q::Q5_KG::TS;
+        case WType::q4_K_g: case WType::q4_K_i: return q::Q4_KG::TS;
+        case WType::q5_K_g: case WType::q5_K_i: return q::Q5_KG::TS;
         case WType::iq4_xs: return q::IQ4_XS::TS;
         case WType::fp8_b128: return q::FP8_B128::TS;
     }
@@ -121,18 +121,25 @@ struct WQ6G {
     __host__ __device__ static void chunk(const uint8_t* row, int64_t i, float (&o)[16]) { q::Q6_KG::chunk(row, i, o); }
 };
 
-// Q6_K interleaved (q6_K_i): rows are named by row() (a group's start plus the lane), and
-// row_bytes(k) is the offset of element k along a row, not the distance between rows.
-struct WQ6I {
+// The interleaved layouts (q4_K_i, q5_K_i, q6_K_i): rows are named by row() (a group's
+// start plus the lane), and row_bytes(k) is the offset of element k along a row, not the
+// distance between rows.
+template <typename QI>
+struct WQI {
+    using Fmt = QI;
     static constexpr bool kQuant = true;
-    __host__ __device__ static constexpr int64_t row_bytes(int64_t K) { return q::Q6_KI::row_bytes(K); }
-    __host__ __device__ static void chunk(const uint8_t* row, int64_t i, float (&o)[16]) { q::Q6_KI::chunk(row, i, o); }
+    __host__ __device__ static constexpr int64_t row_bytes(int64_t K) { return QI::row_bytes(K); }
+    __host__ __device__ static void chunk(const uint8_t* row, int64_t i, float (&o)[16]) { QI::chunk(row, i, o); }
 };
+template <typename L>
+struct is_wqi : std::false_type {};
+template <typename QI>
+struct is_wqi<WQI<QI>> : std::true_type {};
 
 // Row n of matrix w (rows of K values) for loader L.
 template <typename L>
 __host__ __device__ inline const uint8_t* row_of(const void* w, int64_t n, int64_t K) {
-    if constexpr (std::is_same_v<L, WQ6I>) return q::Q6_KI::row(static_cast<const uint8_t*>(w), n, K);
+    if constexpr (is_wqi<L>::value) return L::Fmt::row(static_cast<const uint8_t*>(w), n, K);
     else return static_cast<const uint8_t*>(w) + n * L::row_bytes(K);
 }
 
@@ -151,7 +158,9 @@ void with_loader(WType t, F&& f) {
         case WType::q5_K: return f(WQ<q::Q5_K>{});
         case WType::q6_K: return f(WQ<q::Q6_K>{});
         case WType::q6_K_g: return f(WQ6G{});
-        case WType::q6_K_i: return f(WQ6I{});
+        case WType::q6_K_i: return f(WQI<q::Q6_KI>{});
+        case WType::q4_K_i: return f(WQI<q::Q4_KI>{});
+        case WType::q5_K_i: return f(WQI<q::Q5_KI>{});
         case WType::q4_K_g: return f(WQ<q::Q4_KG>{});
         case WType::q5_K_g: return f(WQ<q::Q5_KG>{});
         case WType::iq4_xs: return f(WQ<q::IQ4_XS>{});
@@ -648,23 +657,21 @@ bool decode_row_host(WType t, const void* row, int64_t K, float* out) {
     return true;
 }
 
-int64_t q6k_interleave_rows() {
-    const char* e = std::getenv("DS3_CUDA_Q6I_ROWS");
+int64_t interleave_rows(WType t) {
+    const char* e = std::getenv(t == WType::q6_K ? "DS3_CUDA_Q6I_ROWS" : "DS3_CUDA_Q45I_ROWS");
     return e && *e ? std::max<int64_t>(0, std::atoll(e)) : 4096;
 }
 
 WType gpu_layout(WType t, int64_t K, int64_t N, int64_t stack) {
-    switch (t) {
-        case WType::q4_K: return WType::q4_K_g;
-        case WType::q5_K: return WType::q5_K_g;
-        case WType::q6_K: {
-            const int64_t from = q6k_interleave_rows();
-            if (stack >= 1 && K > 0 && K % 256 == 0 && N > 0 && N % 32 == 0 && from > 0 && N >= from)
-                return WType::q6_K_i;
-            return q6k_groupable(K) ? WType::q6_K_g : t;
-        }
-        default: return t;
-    }
+    if (t != WType::q4_K && t != WType::q5_K && t != WType::q6_K) return t;
+    // A stack's decode product reads up to n_used of its matrices at once (V3 and Kimi-K2
+    // route 8, V2 6): counted as eight.
+    const int64_t from = interleave_rows(t), rows = N * std::clamp<int64_t>(stack, 1, 8);
+    if (K > 0 && K % 256 == 0 && N > 0 && N % 32 == 0 && from > 0 && rows >= from)
+        return t == WType::q4_K ? WType::q4_K_i : t == WType::q5_K ? WType::q5_K_i : WType::q6_K_i;
+    if (t == WType::q4_K) return WType::q4_K_g;
+    if (t == WType::q5_K) return WType::q5_K_g;
+    return q6k_groupable(K) ? WType::q6_K_g : t;
 }
 
 int64_t regroup_unit(WType g, int64_t K) {
@@ -672,7 +679,8 @@ int64_t regroup_unit(WType g, int64_t K) {
         case WType::q4_K_g: return q::Q4_KG::TS;
         case WType::q5_K_g: return q::Q5_KG::TS;
         case WType::q6_K_g: return q::Q6_KG::PAIR;
-        case WType::q6_K_i: return K > 0 && K % 256 == 0 ? q::Q6_KI::ROWS * (K / 256) * q::Q6_K::TS : 0;
+        case WType::q6_K_i: case WType::q4_K_i: case WType::q5_K_i:
+            return K > 0 && K % 256 == 0 ? 32 * (K / 256) * wtype_block_bytes(g) : 0;
         default: return 0;
     }
 }
@@ -683,11 +691,16 @@ void regroup_host(WType g, const void* src, void* dst, int64_t units, int64_t K)
     auto* out = static_cast<uint8_t*>(dst);
     if (u == 0) return;
     for (int64_t i = 0; i < units; ++i) {
-        if (g == WType::q6_K_i) {  // a group of 32 rows: block b of row l to the group's block b
-            const int64_t nb = K / 256, rb = nb * q::Q6_K::TS;
+        if (wtype_interleaved(g)) {  // a group of 32 rows: block b of row l to the group's block b
+            const int64_t nb = K / 256, ts = wtype_block_bytes(g), rb = nb * ts;
             for (int64_t b = 0; b < nb; ++b)
-                for (int l = 0; l < q::Q6_KI::ROWS; ++l)
-                    q::Q6_KI::pack_lane(in + i * u + l * rb + b * q::Q6_K::TS, l, out + i * u + b * q::Q6_KI::GROUP_BLOCK);
+                for (int l = 0; l < 32; ++l) {
+                    const uint8_t* src_b = in + i * u + l * rb + b * ts;
+                    uint8_t* dst_b = out + i * u + b * 32 * ts;
+                    if (g == WType::q6_K_i) q::Q6_KI::pack_lane(src_b, l, dst_b);
+                    else if (g == WType::q4_K_i) q::Q4_KI::pack_lane(src_b, l, dst_b);
+                    else q::Q5_KI::pack_lane(src_b, l, dst_b);
+                }
         } else if (g == WType::q6_K_g) q::Q6_KG::pack_pair(in + i * u, out + i * u);
         else if (g == WType::q4_K_g) q::Q4_KG::pack_block(in + i * u, out + i * u);
         else if (g == WType::q5_K_g) q::Q5_KG::pack_block(in + i * u, out + i * u);
@@ -710,13 +723,15 @@ __global__ void q6k_group_kernel(const uint8_t* src, uint8_t* dst, int64_t pairs
     reinterpret_cast<uint16_t*>(d + 384)[L] = sc;
     if (L < 2) reinterpret_cast<uint16_t*>(d + 416)[L] = *reinterpret_cast<const uint16_t*>(s + L * q::Q6_KG::TS + 208);
 }
-// A thread per (group block, lane) of q6_K_i: row l's GGUF block b to the group's block b.
-__global__ void q6k_interleave_kernel(const uint8_t* src, uint8_t* dst, int64_t groups, int64_t nb) {
+// A thread per (group block, lane) of an interleaved layout QI: row l's GGUF block b to the
+// group's block b.
+template <typename QI>
+__global__ void interleave_kernel(const uint8_t* src, uint8_t* dst, int64_t groups, int64_t nb) {
     const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x, gb = t >> 5;
     if (gb >= groups * nb) return;
     const int l = static_cast<int>(t & 31);
-    const int64_t g = gb / nb, b = gb % nb, rb = nb * q::Q6_K::TS;
-    q::Q6_KI::pack_lane(src + (g * q::Q6_KI::ROWS + l) * rb + b * q::Q6_K::TS, l, dst + gb * q::Q6_KI::GROUP_BLOCK);
+    const int64_t g = gb / nb, b = gb % nb, rb = nb * QI::TS;
+    QI::pack_lane(src + (g * 32 + l) * rb + b * QI::TS, l, dst + gb * QI::GROUP_BLOCK);
 }
 // A thread per block (their bytes are read many times each, from L1).
 template <typename G>
@@ -730,10 +745,13 @@ void regroup(WType g, const void* src, void* dst, int64_t units, cudaStream_t s,
     if (units <= 0) return;
     const auto* in = static_cast<const uint8_t*>(src);
     auto* out = static_cast<uint8_t*>(dst);
-    if (g == WType::q6_K_i) {
+    if (wtype_interleaved(g)) {
         if (regroup_unit(g, K) == 0) return;
-        const int64_t nb = K / 256, threads = units * nb * q::Q6_KI::ROWS;
-        q6k_interleave_kernel<<<static_cast<unsigned>((threads + 255) / 256), 256, 0, s>>>(in, out, units, nb);
+        const int64_t nb = K / 256, threads = units * nb * 32;
+        const unsigned grid = static_cast<unsigned>((threads + 255) / 256);
+        if (g == WType::q6_K_i) interleave_kernel<q::Q6_KI><<<grid, 256, 0, s>>>(in, out, units, nb);
+        else if (g == WType::q4_K_i) interleave_kernel<q::Q4_KI><<<grid, 256, 0, s>>>(in, out, units, nb);
+        else interleave_kernel<q::Q5_KI><<<grid, 256, 0, s>>>(in, out, units, nb);
     } else if (g == WType::q6_K_g) {
         q6k_group_kernel<<<static_cast<unsigned>((units * 16 + 255) / 256), 256, 0, s>>>(in, out, units);
     } else if (g == WType::q4_K_g) {
@@ -744,7 +762,7 @@ void regroup(WType g, const void* src, void* dst, int64_t units, cudaStream_t s,
 }
 
 bool decode_chunk_host(WType t, const void* block, int c, float out[16]) {
-    if (t == WType::q6_K_g || t == WType::q6_K_i) return false;  // row-addressed: decode_row_host
+    if (t == WType::q6_K_g || wtype_interleaved(t)) return false;  // row-addressed: decode_row_host
     if (!wtype_quantized(t)) return false;
     float o[16] = {};
     const auto* b = static_cast<const uint8_t*>(block);

@@ -17,33 +17,38 @@ namespace ds3::cuda {
 
 // The *_g and *_i types are block formats regrouped on upload for the kernels (quant.cuh):
 // q4_K_g and q5_K_g permute the levels inside each block, q6_K_g regroups pairs of blocks
-// (rows of an even number of blocks), q6_K_i interleaves 32 rows block by block (matrices
-// of a multiple of 32 rows; a row is then named by Q6_KI::row). Same bytes per block and
-// per matrix as the plain types.
+// (rows of an even number of blocks), the *_i types interleave 32 rows block by block
+// (matrices of a multiple of 32 rows; a row is then named by its group's start plus its
+// index in the group, quant.cuh's Q6_KI::row). Same bytes per block and per matrix as the
+// plain types.
 enum class WType : uint8_t {
-    f32, bf16, f16, q8_0, q4_0, q2_K, q3_K, q4_K, q5_K, q6_K, iq4_xs, fp8_b128, q4_K_g, q5_K_g, q6_K_g, q6_K_i
+    f32, bf16, f16, q8_0, q4_0, q2_K, q3_K, q4_K, q5_K, q6_K, iq4_xs, fp8_b128, q4_K_g, q5_K_g, q6_K_g, q6_K_i,
+    q4_K_i, q5_K_i
 };
+inline bool wtype_interleaved(WType t) { return t == WType::q4_K_i || t == WType::q5_K_i || t == WType::q6_K_i; }
 // Elements 16c..16c+15 of one block of a block format, decoded on the host by the same
 // code the kernels run (quant.cuh is host and device): lets tests hold the decoders to
 // the CPU references on machines without a GPU. Plain types: not block formats, false.
 bool decode_chunk_host(WType t, const void* block, int c, float out[16]);
 // One row of K values of any block format (q6_K_g included) decoded on the host by the
-// kernels' row loader; false for the plain types. A q6_K_i row is its group's start (32-byte
-// aligned) plus its index in the group.
+// kernels' row loader; false for the plain types. An interleaved (*_i) row is its group's
+// start (32-byte aligned) plus its index in the group.
 bool decode_row_host(WType t, const void* row, int64_t K, float* out);
 // Q6_K rows of K values can be regrouped for q6_K_g: K a multiple of 512 (an even number
 // of blocks per row, so pairs never straddle rows and rows stay 4-byte aligned).
 inline bool q6k_groupable(int64_t K) { return K > 0 && K % 512 == 0; }
 // The layout the upload gives `stack` matrices (experts) of type t with N rows of K values
-// each: q4_K → q4_K_g, q5_K → q5_K_g; q6_K → q6_K_i for matrices of a multiple of 32 rows
-// and at least q6k_interleave_rows() of them (its single-token GEMV has a warp a group of
-// 32 rows: enough of them to fill the GPU), else q6_K_g where q6k_groupable; or t itself.
+// each: q4_K, q5_K and q6_K → q4_K_i, q5_K_i, q6_K_i for matrices of a multiple of 32 rows
+// and at least interleave_rows(t) of them, a stack's counted eight times (their
+// single-token GEMV has a warp a group of 32 rows: enough of them to fill the GPU); else q4_K_g, q5_K_g, and q6_K_g where
+// q6k_groupable; other types stay as they are.
 WType gpu_layout(WType t, int64_t K, int64_t N = 0, int64_t stack = 1);
-// The fewest rows a q6_K matrix needs for q6_K_i: DS3_CUDA_Q6I_ROWS (read at every call, so
-// that tests can lower it; 0: never), default 4096.
-int64_t q6k_interleave_rows();
+// The fewest rows a matrix of plain type t (q4_K, q5_K, q6_K) needs for its interleaved
+// layout: DS3_CUDA_Q6I_ROWS for q6_K, DS3_CUDA_Q45I_ROWS for q4_K and q5_K (read at every
+// call, so that tests can lower them; 0: never), default 4096.
+int64_t interleave_rows(WType t);
 // Bytes of one unit of regrouped type g (a block; a pair of blocks for q6_K_g; 32 rows of
-// K values for q6_K_i): a matrix of its plain type is a whole number of them. 0 when g is
+// K values for the *_i types): a matrix of its plain type is a whole number of them. 0 when g is
 // not a regrouped type (or K does not suit it).
 int64_t regroup_unit(WType g, int64_t K = 0);
 // `units` units of g's plain type from src to g's layout in dst (not overlapping), on the
@@ -52,7 +57,7 @@ void regroup_host(WType g, const void* src, void* dst, int64_t units, int64_t K 
 void regroup(WType g, const void* src, void* dst, int64_t units, cudaStream_t s, int64_t K = 0);
 // Σ w·x over one weight row of K values on the host, by the decode GEMV's integer path
 // (x quantised to 8-bit blocks of 32, dp4a emulated): the same block code the kernels
-// run, with the lane split of a row read among `rw` = 1, 2 or 4 rows per lane group (q6_K_i:
+// run, with the lane split of a row read among `rw` = 1, 2 or 4 rows per lane group (*_i:
 // a row as decode_row_host takes it, read block by block as one warp of its kernel does).
 // False for the types the integer path does not cover.
 bool dot_q8_host(WType t, const void* row, int64_t K, const float* x, float* out, int rw = 1);

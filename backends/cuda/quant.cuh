@@ -226,14 +226,20 @@ struct K4G {
         }
     }
     DS3_QHD static void chunk(const uint8_t* b, int c, float (&o)[16]) {
+        const int s = c >> 1;
+        chunk_at(b, b + QS + 16 * s, b + 16 + 4 * s, c, o);
+    }
+    // The same from the block's header (16 bytes), sub-block c/2's 16 level bytes and (Q5_K)
+    // its word of fifth bits, wherever they lie (K4GI's interleaved blocks).
+    DS3_QHD static void chunk_at(const uint8_t* b, const uint8_t* qs, const uint8_t* qh, int c, float (&o)[16]) {
         const int s = c >> 1, half = c & 1;
         int sc, mn;
         k4_scale_min(s, b + 4, sc, mn);
         const float dl = h2f(b) * static_cast<float>(sc), ml = h2f(b + 2) * static_cast<float>(mn);
         uint32_t w[4];
-        ld16<16>(b + QS + 16 * s, w);
+        ld16<16>(qs, w);
         uint32_t h = 0;
-        if constexpr (kFive) h = *reinterpret_cast<const uint32_t*>(b + 16 + 4 * s);
+        if constexpr (kFive) h = *reinterpret_cast<const uint32_t*>(qh);
 DS3_UNROLL
         for (int t = 0; t < 16; ++t) {
             int v = (byte_of(w, t) >> (4 * half)) & 0xF;
@@ -244,6 +250,36 @@ DS3_UNROLL
 };
 using Q4_KG = K4G<false>;
 using Q5_KG = K4G<true>;
+
+// Q4_K and Q5_K interleaved on upload (WType::q4_K_i, q5_K_i), as Q6_KI below: rows taken
+// 32 at a time (a group), the group's blocks one after another (32 · TS bytes each), and
+// in a group's block the 16-byte units of its rows' K4G blocks side by side: unit u of row
+// l (its lane) at 512·u + 16·l holds bytes 16u..16u+15 of that row's K4G block (9 units for
+// Q4_K, 11 for Q5_K). Row-addressed as Q6_KI (a group's start, 32-byte aligned, plus the
+// lane); offsets along a row add row_bytes(k) = k/256 · 32 · TS.
+template <bool kFive>
+struct K4GI {
+    static constexpr int QK = 256, TS = K4G<kFive>::TS, UNITS = TS / 16, ROWS = 32, GROUP_BLOCK = ROWS * TS;
+    DS3_QHD static constexpr int64_t row_bytes(int64_t K) { return K / QK * GROUP_BLOCK; }
+    DS3_QHD static const uint8_t* row(const uint8_t* w, int64_t n, int64_t K) {
+        return w + (n / ROWS) * ROWS * (K / QK * TS) + (n % ROWS);
+    }
+    // Row l's plain GGUF block src into a group's block dst.
+    DS3_QHD static void pack_lane(const uint8_t* src, int l, uint8_t* dst) {
+        uint8_t g[TS];
+        K4G<kFive>::pack_block(src, g);
+        for (int u = 0; u < UNITS; ++u)
+            for (int j = 0; j < 16; ++j) dst[512 * u + 16 * l + j] = g[16 * u + j];
+    }
+    DS3_QHD static void chunk(const uint8_t* row, int64_t i, float (&o)[16]) {
+        const int l = static_cast<int>(reinterpret_cast<uintptr_t>(row) & (ROWS - 1));
+        const uint8_t* p = row - l + (i >> 4) * GROUP_BLOCK + 16 * l;  // unit 0 of the row's block
+        const int c = static_cast<int>(i & 15), s = c >> 1;
+        K4G<kFive>::chunk_at(p, p + 512 * (K4G<kFive>::QS / 16 + s), p + 512 * (1 + (s >> 2)) + 4 * (s & 3), c, o);
+    }
+};
+using Q4_KI = K4GI<false>;
+using Q5_KI = K4GI<true>;
 
 // Q6_K regrouped on upload (WType::q6_K_g) for rows of an even number of blocks, so that
 // a lane's bytes come in whole, coalesced 32-bit words: the same 210 bytes a block, the

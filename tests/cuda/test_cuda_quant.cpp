@@ -270,31 +270,43 @@ struct EnvGuard {
     }
 };
 
-// Row n of a q6_K_i matrix (rows of K values) at `base` (32-byte aligned), as the kernels
-// name it: its group's start plus its index in the group.
-const uint8_t* q6i_row(const uint8_t* base, int64_t n, int64_t K) { return base + (n / 32) * 32 * (K / 256 * 210) + n % 32; }
+// Row n of an interleaved matrix (rows of K values, ts bytes a block) at `base` (32-byte
+// aligned), as the kernels name it: its group's start plus its index in the group.
+const uint8_t* irow(const uint8_t* base, int64_t n, int64_t K, int64_t ts) {
+    return base + (n / 32) * 32 * (K / 256 * ts) + n % 32;
+}
 
-TEST_CASE("cuda quant: q6_K_i (32 rows interleaved) decodes and dots as the plain layout", "[cuda][quant]") {
+// The interleaved layouts and the plain block types they come from.
+const std::pair<TypeId, cuda::WType> kInterleaved[] = {
+    {TypeId::Q4_K, cuda::WType::q4_K_i}, {TypeId::Q5_K, cuda::WType::q5_K_i}, {TypeId::Q6_K, cuda::WType::q6_K_i}};
+cuda::WType plain_of(TypeId t) {
+    return t == TypeId::Q4_K ? cuda::WType::q4_K : t == TypeId::Q5_K ? cuda::WType::q5_K : cuda::WType::q6_K;
+}
+
+TEST_CASE("cuda quant: the interleaved layouts (q4_K_i q5_K_i q6_K_i) decode and dot as the plain ones",
+          "[cuda][quant]") {
     // No GPU needed: the interleaving, its row decoder and its block dot are host and device code.
-    const TypeTraits& tr = type_traits(TypeId::Q6_K);
+    for (auto [tq, wi] : kInterleaved)
     for (int64_t K : {256, 768, 7168})
         for (int64_t N : {32, 96}) {
-            const int64_t rb = K / 256 * int64_t(tr.type_size);
-            REQUIRE(cuda::regroup_unit(cuda::WType::q6_K_i, K) == 32 * rb);
+            const TypeTraits& tr = type_traits(tq);
+            const int64_t ts = int64_t(tr.type_size), rb = K / 256 * ts;
+            REQUIRE(cuda::regroup_unit(wi, K) == 32 * rb);
+            REQUIRE(cuda::wtype_block_bytes(wi) == int(ts));
             for (float scale : {1.0f, 1e-3f, 300.0f}) {
                 auto v = randn(size_t(N * K), 56, scale);
                 std::vector<uint8_t> bytes(size_t(N * rb)), store(bytes.size() + 32, 0xAB);
                 uint8_t* grouped = store.data() + (32 - reinterpret_cast<uintptr_t>(store.data()) % 32) % 32;
                 std::vector<float> ref(v.size()), got(v.size(), -1.0f);
                 for (int64_t r = 0; r < N; ++r) {
-                    quantize_row(TypeId::Q6_K, v.data() + r * K, bytes.data() + r * rb, K);
-                    dequantize_row(TypeId::Q6_K, bytes.data() + r * rb, ref.data() + r * K, K);
+                    quantize_row(tq, v.data() + r * K, bytes.data() + r * rb, K);
+                    dequantize_row(tq, bytes.data() + r * rb, ref.data() + r * K, K);
                 }
-                cuda::regroup_host(cuda::WType::q6_K_i, bytes.data(), grouped, N / 32, K);
+                cuda::regroup_host(wi, bytes.data(), grouped, N / 32, K);
                 CHECK(!std::equal(bytes.begin(), bytes.end(), grouped));
                 for (int64_t r = 0; r < N; ++r)
-                    REQUIRE(cuda::decode_row_host(cuda::WType::q6_K_i, q6i_row(grouped, r, K), K, got.data() + r * K));
-                INFO("K " << K << " N " << N << " scale " << scale);
+                    REQUIRE(cuda::decode_row_host(wi, irow(grouped, r, K, ts), K, got.data() + r * K));
+                INFO(tname(tq) << " K " << K << " N " << N << " scale " << scale);
                 CHECK(got == ref);
                 // The integer dot: the plain layout's sums up to order; exact on integer activations.
                 auto x = randn(size_t(K), 57);
@@ -302,9 +314,9 @@ TEST_CASE("cuda quant: q6_K_i (32 rows interleaved) decodes and dots as the plai
                 std::vector<float> a, b, ai, exact_i;
                 for (int64_t r = 0; r < N; ++r) {
                     float fa = 0.0f, fb = 0.0f, fi = 0.0f;
-                    REQUIRE(cuda::dot_q8_host(cuda::WType::q6_K_i, q6i_row(grouped, r, K), K, x.data(), &fa));
-                    REQUIRE(cuda::dot_q8_host(cuda::WType::q6_K, bytes.data() + r * rb, K, x.data(), &fb));
-                    REQUIRE(cuda::dot_q8_host(cuda::WType::q6_K_i, q6i_row(grouped, r, K), K, xi.data(), &fi));
+                    REQUIRE(cuda::dot_q8_host(wi, irow(grouped, r, K, ts), K, x.data(), &fa));
+                    REQUIRE(cuda::dot_q8_host(plain_of(tq), bytes.data() + r * rb, K, x.data(), &fb));
+                    REQUIRE(cuda::dot_q8_host(wi, irow(grouped, r, K, ts), K, xi.data(), &fi));
                     double e = 0.0;
                     for (int64_t i = 0; i < K; ++i) e += double(ref[size_t(r * K + i)]) * xi[size_t(i)];
                     a.push_back(fa), b.push_back(fb), ai.push_back(fi), exact_i.push_back(float(e));
@@ -316,15 +328,28 @@ TEST_CASE("cuda quant: q6_K_i (32 rows interleaved) decodes and dots as the plai
     // Which matrices get it: matrices of ≥ 4096 rows (DS3_CUDA_Q6I_ROWS) in whole groups of 32.
     {
         EnvGuard env("DS3_CUDA_Q6I_ROWS", "");
-        CHECK(cuda::q6k_interleave_rows() == 4096);
+        CHECK(cuda::interleave_rows(cuda::WType::q6_K) == 4096);
         CHECK(cuda::gpu_layout(cuda::WType::q6_K, 7168, 129280) == cuda::WType::q6_K_i);
         CHECK(cuda::gpu_layout(cuda::WType::q6_K, 768, 4096) == cuda::WType::q6_K_i);  // an odd block count is fine
         CHECK(cuda::gpu_layout(cuda::WType::q6_K, 7168, 4064) == cuda::WType::q6_K_g);  // too few rows
         CHECK(cuda::gpu_layout(cuda::WType::q6_K, 7168, 4100) == cuda::WType::q6_K_g);  // not whole groups
         CHECK(cuda::gpu_layout(cuda::WType::q6_K, 2048, 7168, 8) == cuda::WType::q6_K_i);  // a stack (experts' down)
-        CHECK(cuda::gpu_layout(cuda::WType::q6_K, 7168, 2048, 8) == cuda::WType::q6_K_g);  // their gate, up
+        CHECK(cuda::gpu_layout(cuda::WType::q6_K, 7168, 2048, 256) == cuda::WType::q6_K_i);  // their gate, up
+        CHECK(cuda::gpu_layout(cuda::WType::q6_K, 7168, 256, 8) == cuda::WType::q6_K_g);
         CHECK(cuda::gpu_layout(cuda::WType::q6_K, 768, 4100) == cuda::WType::q6_K);
-        CHECK(cuda::gpu_layout(cuda::WType::q4_K, 7168, 4096) == cuda::WType::q4_K_g);
+        CHECK(cuda::gpu_layout(cuda::WType::q4_K, 7168, 4064) == cuda::WType::q4_K_g);
+    }
+    {
+        EnvGuard env("DS3_CUDA_Q45I_ROWS", "");
+        CHECK(cuda::interleave_rows(cuda::WType::q4_K) == 4096);
+        CHECK(cuda::gpu_layout(cuda::WType::q4_K, 7168, 2048, 256) == cuda::WType::q4_K_i);  // V3's experts' gate, up
+        CHECK(cuda::gpu_layout(cuda::WType::q5_K, 18432, 7168) == cuda::WType::q5_K_i);  // a dense down
+        CHECK(cuda::gpu_layout(cuda::WType::q5_K, 7168, 2048) == cuda::WType::q5_K_g);  // a shared expert's gate
+        CHECK(cuda::gpu_layout(cuda::WType::q4_K, 7168, 4100) == cuda::WType::q4_K_g);
+    }
+    {
+        EnvGuard env("DS3_CUDA_Q45I_ROWS", "0");
+        CHECK(cuda::gpu_layout(cuda::WType::q4_K, 7168, 2048, 256) == cuda::WType::q4_K_g);
     }
     {
         EnvGuard env("DS3_CUDA_Q6I_ROWS", "0");
@@ -334,11 +359,15 @@ TEST_CASE("cuda quant: q6_K_i (32 rows interleaved) decodes and dots as the plai
         EnvGuard env("DS3_CUDA_Q6I_ROWS", "32");
         CHECK(cuda::gpu_layout(cuda::WType::q6_K, 256, 32) == cuda::WType::q6_K_i);
     }
-    CHECK(cuda::regroup_unit(cuda::WType::q6_K_i, 0) == 0);
-    CHECK(cuda::regroup_unit(cuda::WType::q6_K_i, 300) == 0);
     float o[16];
     std::vector<uint8_t> blk(210 * 32 + 32);
-    CHECK_FALSE(cuda::decode_chunk_host(cuda::WType::q6_K_i, blk.data(), 0, o));  // row-addressed
+    for (auto [tq, wi] : kInterleaved) {
+        CHECK(cuda::regroup_unit(wi, 0) == 0);
+        CHECK(cuda::regroup_unit(wi, 300) == 0);
+        CHECK_FALSE(cuda::decode_chunk_host(wi, blk.data(), 0, o));  // row-addressed
+        CHECK(cuda::wtype_interleaved(wi));
+    }
+    CHECK_FALSE(cuda::wtype_interleaved(cuda::WType::q6_K_g));
 }
 
 TEST_CASE("cuda quant: the integer block dots, run on the host, match the exact and CPU dots", "[cuda][quant]") {
@@ -854,16 +883,18 @@ TEST_CASE("cuda quant: moe_ffn and shared_ffn with down in another type (the Q4_
     }
 }
 
-// q6_K_i on the device (DS3_CUDA_Q6I_ROWS lowered so that small matrices take it): the
+// The interleaved layouts on the device (DS3_CUDA_Q6I_ROWS and DS3_CUDA_Q45I_ROWS lowered so
+// that small matrices take them): the
 // single-token and few-row GEMVs (2, 4 and 8 warps a group: 1, 3, 6 and 28 blocks a row,
 // so some warps have no block), gate+up (shared_ffn), the MoE pairs' gate/up and down and
 // the grouped prefill (moe_ffn), the tiled path (> 8 rows), logits and get_rows, which read
 // it through the row loader.
-TEST_CASE("cuda quant: q6_K_i products: GEMVs of 1 to 8 rows and gate+up, MoE, tiled, logits and get_rows",
+TEST_CASE("cuda quant: interleaved products: GEMVs of 1 to 8 rows and gate+up, MoE, tiled, logits and get_rows",
           "[cuda][quant]") {
     DS3_REQUIRE_CUDA(gpu);
-    EnvGuard env("DS3_CUDA_Q6I_ROWS", "32");
-    const TypeId t = TypeId::Q6_K;
+    EnvGuard env("DS3_CUDA_Q6I_ROWS", "32"), env45("DS3_CUDA_Q45I_ROWS", "32");
+    for (auto [t, wi] : kInterleaved) {
+    INFO(tname(t));
     for (auto [in, out] : {std::pair<int64_t, int64_t>{256, 32}, {768, 96}, {1536, 4096}, {7168, 64}})
         for (int64_t rows : {1, 2, 3, 5, 8, 9}) {
             if (in == 7168 && rows > 2) continue;
@@ -920,6 +951,7 @@ TEST_CASE("cuda quant: q6_K_i products: GEMVs of 1 to 8 rows and gate+up, MoE, t
             return g.get_rows("y", q ? *e.q : *e.f, in);
         }, 1e-6, 1e-6);
     }
+    }
 }
 
 // Hidden (run it by name on the device): timings of the decode products at DeepSeek-V3's
@@ -939,7 +971,8 @@ TEST_CASE("cuda quant: decode GEMV timings at V3 shapes", "[.bench]") {
     const std::pair<TypeId, cuda::WType> types[] = {
         {TypeId::Q4_K, cuda::WType::q4_K}, {TypeId::Q4_K, cuda::WType::q4_K_g}, {TypeId::Q5_K, cuda::WType::q5_K},
         {TypeId::Q5_K, cuda::WType::q5_K_g}, {TypeId::Q6_K, cuda::WType::q6_K}, {TypeId::Q6_K, cuda::WType::q6_K_g},
-        {TypeId::Q6_K, cuda::WType::q6_K_i}, {TypeId::Q8_0, cuda::WType::q8_0}, {TypeId::Q4_0, cuda::WType::q4_0}};
+        {TypeId::Q6_K, cuda::WType::q6_K_i}, {TypeId::Q4_K, cuda::WType::q4_K_i}, {TypeId::Q5_K, cuda::WType::q5_K_i},
+        {TypeId::Q8_0, cuda::WType::q8_0},   {TypeId::Q4_0, cuda::WType::q4_0}};
     for (auto [t, wt] : types)
         for (const Shape& sh : shapes)
             for (int64_t M : {1, 4}) {
@@ -953,6 +986,8 @@ TEST_CASE("cuda quant: decode GEMV timings at V3 shapes", "[.bench]") {
                 std::printf("gemv %-6s M=%lld %-28s int %8.1f us %7.0f GB/s | f32 %8.1f us %7.0f GB/s\n",
                             wt == cuda::WType::q6_K_g   ? "q6_K_g"
                             : wt == cuda::WType::q6_K_i ? "q6_K_i"
+                            : wt == cuda::WType::q4_K_i ? "q4_K_i"
+                            : wt == cuda::WType::q5_K_i ? "q5_K_i"
                             : wt == cuda::WType::q5_K_g ? "q5_K_g"
                             : wt == cuda::WType::q4_K_g ? "q4_K_g"
                                                         : tname(t),
