@@ -351,7 +351,7 @@ DS3_UNROLL
 // row's 256 levels in 12 16-byte units, 16 scales, d), loaded at once; every lane of the
 // warp is on another row at the same block, so the activations are one broadcast.
 struct Q6_KI {
-    static constexpr int TS = 210, WARPS = 24;  // warps an SM for one row (gemv_i_kernel: ≤ 80 registers)
+    static constexpr int TS = 210, WARPS = 24, WARPS2 = 24;  // warps an SM for one row, one or two matrices
     struct R {
         uint32_t w[48];  // chunk pair p's twelve words at 12p (chunk 2p's six, then 2p + 1's)
         uint32_t sc[4];  // the 16 int8 scales
@@ -423,7 +423,11 @@ DS3_UNROLL
 template <bool kFive>
 struct K4GIDot {
     static constexpr int TS = q::K4GI<kFive>::TS, UNITS = q::K4GI<kFive>::UNITS, QS = q::K4G<kFive>::QS / 16;
-    static constexpr int WARPS = kFive ? 20 : 24;  // as Q6_KI's (Q5_K spilled at 80 registers)
+    // Warps an SM for one row of one matrix, and for gate + up (gemv_i_kernel's register
+    // bound): Q5_K's down at 8 warps a group took 27.2 µs at 128 registers and 29.5 at 85
+    // (V3's dense down, H200), its gate + up at 4 warps a group each 57.4 at 128 and 55.0
+    // at 85.
+    static constexpr int WARPS = kFive ? 20 : 24, WARPS2 = 24;
     struct R {
         uint32_t w[4 * UNITS];  // the K4G block's bytes
     };

@@ -282,9 +282,9 @@ __global__ void __launch_bounds__(kThreads) gemv_q8_kernel(QArgs a) {
 // ceiling is 167), q_b 24576 x 1536 12.8 → 10.8 (KP 4); 4 rows: wo 83.6 → 46.2, the head
 // 346.1 → 282.8. With a branch on M in the inner loop, or above 80 registers for one row,
 // the head took 218 µs.
-// Registers: ≤ 80 for one row of q4_K_i or q6_K_i (24 warps an SM), ≤ ~96 for q5_K_i
-// (QI::WARPS), 4 warps fewer for the MoE modes (the route's code; they spilled), ≤ 128 for
-// 2 rows; 4 and 8 rows uncapped (at 128 they spilled).
+// Registers: ≤ 80 for one row (24 warps an SM; q5_K_i's single matrices ≤ 128: QI::WARPS
+// and WARPS2 for gate + up), 4 warps fewer for the MoE modes (the route's code; they
+// spilled), ≤ 128 for 2 rows; 4 and 8 rows uncapped (at 128 they spilled).
 template <int MR, int W, int WARPS>
 constexpr int i_min_blocks() {
     constexpr int n = (MR == 1 ? WARPS : MR == 2 ? 16 : 8) / W;
@@ -292,7 +292,9 @@ constexpr int i_min_blocks() {
 }
 template <typename QI, int MR, int Mode, int KP, int NW = matrices_of<Mode>()>
 __global__ void __launch_bounds__(32 * KP * NW,
-                                  i_min_blocks<MR, KP * NW, QI::WARPS - (Mode == kMoeGateUp || Mode == kMoeDown ? 4 : 0)>())
+                                  i_min_blocks<MR, KP * NW,
+                                               (NW == 2 ? QI::WARPS2 : QI::WARPS) -
+                                                   (Mode == kMoeGateUp || Mode == kMoeDown ? 4 : 0)>())
     gemv_i_kernel(QArgs a) {
     constexpr int64_t GB = 32 * QI::TS;  // a group's block
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, mat = warp / KP, part = warp % KP;
@@ -359,12 +361,17 @@ __global__ void __launch_bounds__(32 * KP * NW,
 }
 
 // Warps a group for gemv_i_kernel: 2, or more (4, 8) while the grid has fewer than 2048
-// warps and each still has a block (V3: the output head 2, q_b 4, wo and the dense down 8,
-// the 8 routed experts' down 2). N: rows of all the grid's matrices.
+// warps (DS3_CUDA_I_WARPS, read once) and each still has a block (V3: the output head 2,
+// q_b 4, wo and the dense down 8, the 8 routed experts' down 2). N: rows of all the grid's
+// matrices.
 int interleaved_parts(int64_t N, int64_t K) {
+    static const int64_t target = [] {
+        const int v = env_int("DS3_CUDA_I_WARPS");
+        return v > 0 ? int64_t(v) : int64_t(2048);
+    }();
     const int64_t groups = N / 32, nb = K / 256;
     int kp = 2;
-    while (kp < 8 && groups * kp < 2048 && 2 * kp <= nb) kp *= 2;
+    while (kp < 8 && groups * kp < target && 2 * kp <= nb) kp *= 2;
     return kp;
 }
 
