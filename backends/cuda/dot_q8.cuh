@@ -12,6 +12,7 @@
 #pragma once
 
 #include <limits>
+#include <type_traits>
 
 #include "backends/cuda/quant.cuh"
 #ifdef __CUDACC__
@@ -34,6 +35,19 @@ DS3_QHD int dp4a(int a, int b, int c) {
     for (int i = 0; i < 4; ++i)
         c += static_cast<int>(static_cast<int8_t>(a >> (8 * i))) * static_cast<int>(static_cast<int8_t>(b >> (8 * i)));
     return c;
+#endif
+}
+
+// A T (uint32_t or uint4) at p, aligned for it, through the read-only cache on the device.
+template <typename T>
+DS3_QHD T ldg(const uint8_t* p) {
+#ifdef __CUDA_ARCH__
+    if constexpr (std::is_same_v<T, uint4>) return __ldg(reinterpret_cast<const uint4*>(p));
+    else return __ldg(reinterpret_cast<const unsigned int*>(p));
+#else
+    T v;
+    __builtin_memcpy(&v, p, sizeof(T));
+    return v;
 #endif
 }
 
@@ -311,21 +325,12 @@ struct Q6_KG {
         int sc0, sc1;
         float d;
     };
-    DS3_QHD static uint32_t word(const uint8_t* p) {
-#ifdef __CUDA_ARCH__
-        return __ldg(reinterpret_cast<const unsigned int*>(p));
-#else
-        uint32_t w;
-        __builtin_memcpy(&w, p, 4);
-        return w;
-#endif
-    }
     DS3_QHD static void load_row(const uint8_t* row, int c, R& r) {
         const int blk = c >> 3, L = 8 * (blk & 1) + (c & 7);
         const uint8_t* p = row + static_cast<int64_t>(blk >> 1) * (2 * TS);
         uint32_t w[6];
 DS3_UNROLL
-        for (int k = 0; k < 6; ++k) w[k] = word(p + 4 * (16 * k + L));
+        for (int k = 0; k < 6; ++k) w[k] = ldg<uint32_t>(p + 4 * (16 * k + L));
         const uint32_t sc = *reinterpret_cast<const uint16_t*>(p + 384 + 2 * L);
         r.d = q::h2f(p + 416 + 2 * (blk & 1));
         r.sc0 = static_cast<int8_t>(sc & 0xff), r.sc1 = static_cast<int8_t>(sc >> 8);
@@ -357,23 +362,14 @@ struct Q6_KI {
         uint32_t sc[4];  // the 16 int8 scales
         float d;
     };
-    DS3_QHD static uint4 ld16(const uint8_t* p) {
-#ifdef __CUDA_ARCH__
-        return __ldg(reinterpret_cast<const uint4*>(p));
-#else
-        uint4 v;
-        __builtin_memcpy(&v, p, 16);
-        return v;
-#endif
-    }
     // Lane l's block of a group (blk: the group's block, 16-byte aligned).
     DS3_QHD static void load(const uint8_t* blk, int l, R& r) {
 DS3_UNROLL
         for (int u = 0; u < 12; ++u) {
-            const uint4 v = ld16(blk + 512 * u + 16 * l);
+            const uint4 v = ldg<uint4>(blk + 512 * u + 16 * l);
             r.w[4 * u] = v.x, r.w[4 * u + 1] = v.y, r.w[4 * u + 2] = v.z, r.w[4 * u + 3] = v.w;
         }
-        const uint4 s = ld16(blk + q::Q6_KI::SCALES + 16 * l);
+        const uint4 s = ldg<uint4>(blk + q::Q6_KI::SCALES + 16 * l);
         r.sc[0] = s.x, r.sc[1] = s.y, r.sc[2] = s.z, r.sc[3] = s.w;
         r.d = q::h2f(blk + q::Q6_KI::DS + 2 * l);
     }
@@ -434,7 +430,7 @@ struct K4GIDot {
     DS3_QHD static void load(const uint8_t* blk, int l, R& r) {
 DS3_UNROLL
         for (int u = 0; u < UNITS; ++u) {
-            const uint4 v = Q6_KI::ld16(blk + 512 * u + 16 * l);
+            const uint4 v = ldg<uint4>(blk + 512 * u + 16 * l);
             r.w[4 * u] = v.x, r.w[4 * u + 1] = v.y, r.w[4 * u + 2] = v.z, r.w[4 * u + 3] = v.w;
         }
     }

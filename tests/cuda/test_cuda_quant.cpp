@@ -131,6 +131,17 @@ std::vector<float> int_rows(int64_t rows, int64_t cols, uint32_t seed) {
     return v;
 }
 
+// A route for T tokens of k slots each among E experts ([T][2k]: weights, then ids).
+std::vector<float> test_route(int64_t T, int k, int E) {
+    std::vector<float> route(size_t(T * 2 * k));
+    for (int64_t i = 0; i < T; ++i)
+        for (int j = 0; j < k; ++j) {
+            route[size_t(i * 2 * k + j)] = 0.4f + 0.3f * float(j);
+            route[size_t(i * 2 * k + k + j)] = float((i * 2 + j * 3) % E);
+        }
+    return route;
+}
+
 // `rounds`: the GPU path rounds activations to 8 bits too, so the F32 twin gets `loose`.
 template <typename Build>
 void check_op(Backend& gpu, TypeId t, const std::vector<GraphInput>& ins, Build build, double loose,
@@ -575,12 +586,7 @@ TEST_CASE("cuda quant: decode GEMVs of every mode at V3-like row lengths", "[cud
         const QWeight &g = fw.g, &u = fw.u, &d = fw.d, &sg = fw.sg, &su = fw.su, &sd = fw.sd;
         RouteParams p{E, k, 1, 1, ScoringFunc::softmax, TopkMethod::greedy, false, 1.0f};
         for (int64_t T : {1, 2}) {
-            std::vector<float> route(size_t(T * 2 * k));
-            for (int64_t i = 0; i < T; ++i)
-                for (int j = 0; j < k; ++j) {
-                    route[size_t(i * 2 * k + j)] = 0.4f + 0.3f * float(j);
-                    route[size_t(i * 2 * k + k + j)] = float((i * 2 + j * 3) % E);
-                }
+            const std::vector<float> route = test_route(T, k, E);
             auto xv = randn(size_t(T * D), 46);
             const std::vector<GraphInput> ins = {{0, xv.data()}, {1, route.data()}};
             INFO(tname(t) << " T " << T);
@@ -927,12 +933,7 @@ TEST_CASE("cuda quant: interleaved products: GEMVs of 1 to 8 rows and gate+up, M
         const FfnWeights fw = add_ffn_weights(s, t, D, F, E, 71);
         RouteParams p{E, k, 1, 1, ScoringFunc::softmax, TopkMethod::greedy, false, 1.0f};
         for (int64_t T : {1, 2, 17}) {
-            std::vector<float> route(size_t(T * 2 * k));
-            for (int64_t i = 0; i < T; ++i)
-                for (int j = 0; j < k; ++j) {
-                    route[size_t(i * 2 * k + j)] = 0.4f + 0.3f * float(j);
-                    route[size_t(i * 2 * k + k + j)] = float((i * 2 + j * 3) % E);
-                }
+            const std::vector<float> route = test_route(T, k, E);
             auto xv = randn(size_t(T * D), 72);
             INFO("moe_ffn T " << T);
             check_op(*gpu, t, {{0, xv.data()}, {1, route.data()}}, [&](Graph& gr, bool q) {
