@@ -273,15 +273,15 @@ __global__ void __launch_bounds__(kThreads) gemv_q8_kernel(QArgs a) {
 // same activation block (a broadcast). The warps' sums meet in shared memory and warp 0
 // adds them in warp order. Modes as gemv_q8_kernel's: plain, gate and up (SwiGLU) of the
 // same rows (KP more warps for up), and the MoE pairs' gate/up and down (grid.y the pair,
-// its expert's matrix from the route). Like the dense GEMVs, the dense modes issue the first block's loads
-// before the wait for the kernel that wrote the activations; the MoE modes wait first (the
-// route picks the rows). Rows past M read row M − 1 again (no branch in the inner loop, so
-// that the loads of the activation blocks can all be issued at once); they are not written.
-// Measured alone on the H200 against q6_K_g (docs/performance.md, slice 21): V3's wo 7168 x
-// 16384 30.9 → 26.9 µs (KP 8), the output head 129280 x 7168 196.1 → 176.2 (KP 2; its read
-// ceiling is 167), q_b 24576 x 1536 12.8 → 10.8 (KP 4); 4 rows: wo 83.6 → 46.2, the head
-// 346.1 → 282.8. With a branch on M in the inner loop, or above 80 registers for one row,
-// the head took 218 µs.
+// its expert's matrix from the route). Like the dense GEMVs, the dense modes issue the
+// first block's loads before the wait for the kernel that wrote the activations; the MoE
+// modes wait first (the route picks the rows). Rows past M read row M − 1 again (no branch
+// in the inner loop, so that the loads of the activation blocks can all be issued at
+// once); they are not written. Measured alone on the H200 against q6_K_g
+// (docs/performance.md, slice 21): V3's wo 7168 x 16384 30.9 → 26.9 µs (KP 8), the output
+// head 129280 x 7168 196.1 → 176.2 (KP 2; its read ceiling is 167), q_b 24576 x 1536 12.8 →
+// 10.8 (KP 4); 4 rows: wo 83.6 → 46.2, the head 346.1 → 282.8. With a branch on M in the
+// inner loop the head took 218 µs.
 // Registers: ≤ 80 for one row (24 warps an SM; q5_K_i's single matrices ≤ 128: QI::WARPS
 // and WARPS2 for gate + up), 4 warps fewer for the MoE modes (the route's code; they
 // spilled), ≤ 128 for 2 rows; 4 and 8 rows uncapped (at 128 they spilled).

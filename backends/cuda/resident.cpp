@@ -51,10 +51,10 @@ Resident::~Resident() {
 }
 
 // The layout w is kept in on the device: q4_K, q5_K and q6_K are regrouped on upload for
-// the kernels (kernels.h's gpu_layout: q6_K_i for one matrix of many rows, else q6_K_g for
-// rows of an even block count). DS3_CUDA_REGROUP=0 keeps
-// every plain layout; a comma-separated list of type names (q4_K,q6_K) regroups those
-// only (read once).
+// the kernels (kernels.h's gpu_layout: interleaved 32 rows at a time for matrices of many
+// rows, else q4_K_g, q5_K_g, and q6_K_g for rows of an even block count).
+// DS3_CUDA_REGROUP=0 keeps every plain layout; a comma-separated list of type names
+// (q4_K,q6_K) regroups those only (read once).
 WType Resident::layout_of(const Weight& w) {
     const WType t = wtype(w.type), g = gpu_layout(t, w.ne[0], w.ne[1], w.ne[2] * w.ne[3]);
     if (g == t) return t;
