@@ -334,14 +334,19 @@ DS3_UNROLL
         const uint32_t sc = *reinterpret_cast<const uint16_t*>(p + 384 + 2 * L);
         r.d = q::h2f(p + 416 + 2 * (blk & 1));
         r.sc0 = static_cast<int8_t>(sc & 0xff), r.sc1 = static_cast<int8_t>(sc >> 8);
+        levels(w, r.v);
+    }
+    // A chunk's six words (four of low nibbles, two of top bits) to its levels − 32, four
+    // elements a word: v[q] elements 4q..4q+3, v[4 + q] elements 16 + 4q...
+    DS3_QHD static void levels(const uint32_t* w, uint32_t (&v)[8]) {
         // Bits 2q..2q+1 of each byte of the top-bit words moved to bits 4..5.
         const uint32_t m4 = 0x0f0f0f0fu, m2 = 0x30303030u;
         const uint32_t top[2][4] = {{w[4] << 4, w[4] << 2, w[4], w[4] >> 2}, {w[5] << 4, w[5] << 2, w[5], w[5] >> 2}};
 DS3_UNROLL
         for (int q = 0; q < 4; ++q) {
             // A 6-bit level a per byte to the int8 a − 32: (a + 96) ^ 128, no carries (a ≤ 63).
-            r.v[q] = (((w[q] & m4) | (top[0][q] & m2)) + 0x60606060u) ^ 0x80808080u;
-            r.v[4 + q] = ((((w[q] >> 4) & m4) | (top[1][q] & m2)) + 0x60606060u) ^ 0x80808080u;
+            v[q] = (((w[q] & m4) | (top[0][q] & m2)) + 0x60606060u) ^ 0x80808080u;
+            v[4 + q] = ((((w[q] >> 4) & m4) | (top[1][q] & m2)) + 0x60606060u) ^ 0x80808080u;
         }
     }
     DS3_QHD static float dot(const R& r, int j, const int8_t* xq, const XDs* xd) {
@@ -351,6 +356,17 @@ DS3_UNROLL
         return r.d * xd[j].d * static_cast<float>(r.sc0 * s0 + r.sc1 * s1);
     }
 };
+
+// Lane l's U 16-byte units of an interleaved group's block (unit u at 512·u + 16·l): its
+// row's block, whole, in 4U words.
+template <int U>
+DS3_QHD void load_units(const uint8_t* blk, int l, uint32_t (&w)[4 * U]) {
+DS3_UNROLL
+    for (int u = 0; u < U; ++u) {
+        const uint4 v = ldg<uint4>(blk + 512 * u + 16 * l);
+        w[4 * u] = v.x, w[4 * u + 1] = v.y, w[4 * u + 2] = v.z, w[4 * u + 3] = v.w;
+    }
+}
 
 // Q6_K interleaved on upload (quant.cuh's Q6_KI): a lane's whole block of its group (its
 // row's 256 levels in 12 16-byte units, 16 scales, d), loaded at once; every lane of the
@@ -364,25 +380,14 @@ struct Q6_KI {
     };
     // Lane l's block of a group (blk: the group's block, 16-byte aligned).
     DS3_QHD static void load(const uint8_t* blk, int l, R& r) {
-DS3_UNROLL
-        for (int u = 0; u < 12; ++u) {
-            const uint4 v = ldg<uint4>(blk + 512 * u + 16 * l);
-            r.w[4 * u] = v.x, r.w[4 * u + 1] = v.y, r.w[4 * u + 2] = v.z, r.w[4 * u + 3] = v.w;
-        }
+        load_units<12>(blk, l, r.w);
         const uint4 s = ldg<uint4>(blk + q::Q6_KI::SCALES + 16 * l);
         r.sc[0] = s.x, r.sc[1] = s.y, r.sc[2] = s.z, r.sc[3] = s.w;
         r.d = q::h2f(blk + q::Q6_KI::DS + 2 * l);
     }
     // Chunk c's levels − 32 (elements 4q..4q+3 in v[q], as Q6_KG's) and its two scales.
     DS3_QHD static void levels(const R& r, int c, uint32_t (&v)[8], int& sc0, int& sc1) {
-        const uint32_t* w = r.w + 12 * (c >> 1) + 6 * (c & 1);
-        const uint32_t m4 = 0x0f0f0f0fu, m2 = 0x30303030u;
-        const uint32_t top[2][4] = {{w[4] << 4, w[4] << 2, w[4], w[4] >> 2}, {w[5] << 4, w[5] << 2, w[5], w[5] >> 2}};
-DS3_UNROLL
-        for (int q = 0; q < 4; ++q) {
-            v[q] = (((w[q] & m4) | (top[0][q] & m2)) + 0x60606060u) ^ 0x80808080u;
-            v[4 + q] = ((((w[q] >> 4) & m4) | (top[1][q] & m2)) + 0x60606060u) ^ 0x80808080u;
-        }
+        Q6_KG::levels(r.w + 12 * (c >> 1) + 6 * (c & 1), v);
         const uint32_t s = r.sc[c >> 1] >> (16 * (c & 1));
         sc0 = static_cast<int8_t>(s & 0xff), sc1 = static_cast<int8_t>((s >> 8) & 0xff);
     }
@@ -427,13 +432,7 @@ struct K4GIDot {
     struct R {
         uint32_t w[4 * UNITS];  // the K4G block's bytes
     };
-    DS3_QHD static void load(const uint8_t* blk, int l, R& r) {
-DS3_UNROLL
-        for (int u = 0; u < UNITS; ++u) {
-            const uint4 v = ldg<uint4>(blk + 512 * u + 16 * l);
-            r.w[4 * u] = v.x, r.w[4 * u + 1] = v.y, r.w[4 * u + 2] = v.z, r.w[4 * u + 3] = v.w;
-        }
-    }
+    DS3_QHD static void load(const uint8_t* blk, int l, R& r) { load_units<UNITS>(blk, l, r.w); }
     template <int MR>
     DS3_QHD static void block(const R& r, const int8_t* const (&xq)[MR], const XDs* const (&xd)[MR], float (&acc)[MR]) {
         const uint32_t h[4] = {r.w[0], r.w[1], r.w[2], r.w[3]};  // d, dmin, scales[12]

@@ -692,13 +692,13 @@ bool dot_q8_host(WType t, const void* row, int64_t K, const float* x, float* out
     }
     if (wtype_interleaved(t)) {  // as gemv_i_kernel with one warp: block by block
         const auto* r = static_cast<const uint8_t*>(row);
-        const int l = static_cast<int>(reinterpret_cast<uintptr_t>(r) & 31);
         auto run = [&](auto fmt) {
             using QI = decltype(fmt);
+            using A = q::Interleaved<QI::TS>;
             float acc[1] = {0.0f};
             for (int64_t b = 0; b < K / 256; ++b) {
                 typename QI::R w;
-                QI::load(r - l + b * 32 * QI::TS, l, w);
+                QI::load(r - A::lane(r) + b * A::GROUP_BLOCK, A::lane(r), w);
                 const int8_t* xqb[1] = {xq + 256 * b};
                 const q8::XDs* xdb[1] = {xd.data() + 8 * b};
                 QI::template block<1>(w, xqb, xdb, acc);

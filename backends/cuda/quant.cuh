@@ -251,29 +251,43 @@ DS3_UNROLL
 using Q4_KG = K4G<false>;
 using Q5_KG = K4G<true>;
 
-// Q4_K and Q5_K interleaved on upload (WType::q4_K_i, q5_K_i), as Q6_KI below: rows taken
-// 32 at a time (a group), the group's blocks one after another (32 · TS bytes each), and
-// in a group's block the 16-byte units of its rows' K4G blocks side by side: unit u of row
-// l (its lane) at 512·u + 16·l holds bytes 16u..16u+15 of that row's K4G block (9 units for
-// Q4_K, 11 for Q5_K). Row-addressed as Q6_KI (a group's start, 32-byte aligned, plus the
-// lane); offsets along a row add row_bytes(k) = k/256 · 32 · TS.
-template <bool kFive>
-struct K4GI {
-    static constexpr int QK = 256, TS = K4G<kFive>::TS, UNITS = TS / 16, ROWS = 32, GROUP_BLOCK = ROWS * TS;
+// The row addressing of the interleaved layouts (Q4_KI, Q5_KI, Q6_KI; blocks of 256 values
+// and TS bytes): rows taken 32 at a time (a group), a group's blocks one after another
+// (GROUP_BLOCK = 32 · TS bytes each), so a matrix keeps its size. A row is named by its
+// group's start plus its index in the group (its lane, 0..31) in bytes, so the group's
+// start must be 32-byte aligned (device allocations are; a matrix's groups are
+// GROUP_BLOCK·blocks bytes apart); offsets along a row add row_bytes(k) = k/256 ·
+// GROUP_BLOCK, not k/256 · TS.
+template <int TS_>
+struct Interleaved {
+    static constexpr int QK = 256, TS = TS_, ROWS = 32, GROUP_BLOCK = ROWS * TS;
     DS3_QHD static constexpr int64_t row_bytes(int64_t K) { return K / QK * GROUP_BLOCK; }
+    // Row n of a matrix w with rows of K values.
     DS3_QHD static const uint8_t* row(const uint8_t* w, int64_t n, int64_t K) {
         return w + (n / ROWS) * ROWS * (K / QK * TS) + (n % ROWS);
     }
+    // The lane of a row named by row(): its group's block b starts at row − lane + b · GROUP_BLOCK.
+    DS3_QHD static int lane(const uint8_t* row) { return static_cast<int>(reinterpret_cast<uintptr_t>(row) & (ROWS - 1)); }
+};
+
+// Q4_K and Q5_K interleaved on upload (WType::q4_K_i, q5_K_i): in a group's block the
+// 16-byte units of its rows' K4G blocks side by side: unit u of row l (its lane) at
+// 512·u + 16·l holds bytes 16u..16u+15 of that row's K4G block (9 units for Q4_K, 11 for
+// Q5_K).
+template <bool kFive>
+struct K4GI : Interleaved<K4G<kFive>::TS> {
+    using Base = Interleaved<K4G<kFive>::TS>;
+    static constexpr int UNITS = Base::TS / 16;
     // Row l's plain GGUF block src into a group's block dst.
     DS3_QHD static void pack_lane(const uint8_t* src, int l, uint8_t* dst) {
-        uint8_t g[TS];
+        uint8_t g[Base::TS];
         K4G<kFive>::pack_block(src, g);
         for (int u = 0; u < UNITS; ++u)
             for (int j = 0; j < 16; ++j) dst[512 * u + 16 * l + j] = g[16 * u + j];
     }
     DS3_QHD static void chunk(const uint8_t* row, int64_t i, float (&o)[16]) {
-        const int l = static_cast<int>(reinterpret_cast<uintptr_t>(row) & (ROWS - 1));
-        const uint8_t* p = row - l + (i >> 4) * GROUP_BLOCK + 16 * l;  // unit 0 of the row's block
+        const int l = Base::lane(row);
+        const uint8_t* p = row - l + (i >> 4) * Base::GROUP_BLOCK + 16 * l;  // unit 0 of the row's block
         const int c = static_cast<int>(i & 15), s = c >> 1;
         K4G<kFive>::chunk_at(p, p + 512 * (K4G<kFive>::QS / 16 + s), p + 512 * (1 + (s >> 2)) + 4 * (s & 3), c, o);
     }
@@ -335,6 +349,10 @@ DS3_UNROLL
         for (int k = 0; k < 4; ++k) q[k] = w[16 * k + L];
         const uint32_t hb = w[16 * (4 + half) + L];
         const float dl = h2f(p + 416 + 2 * bi) * static_cast<float>(static_cast<int8_t>(p[384 + 2 * L + half]));
+        values(q, hb, half, dl, o);
+    }
+    // Half `half` of a chunk from its four level words and its word of top bits: dl·(level − 32).
+    DS3_QHD static void values(const uint32_t (&q)[4], uint32_t hb, int half, float dl, float (&o)[16]) {
 DS3_UNROLL
         for (int t = 0; t < 16; ++t) {
             const int k = t >> 2, j = t & 3;
@@ -344,33 +362,24 @@ DS3_UNROLL
     }
 };
 
-// Q6_K interleaved on upload (WType::q6_K_i) for matrices of a multiple of 32 rows, so
-// that a single-token GEMV can give each lane a row and a warp 32 rows: the lanes then
-// read every activation block at the same time (one broadcast load) and each 16-byte load
-// of the warp is 512 contiguous bytes. Rows are taken 32 at a time (a group); a group's
-// blocks follow one another, GROUP_BLOCK = 32 · 210 bytes each, so a matrix keeps its
-// size. Within the block of a group, row l of the group (its lane) owns:
+// Q6_K interleaved on upload (WType::q6_K_i; rows addressed as Interleaved's) for matrices
+// of a multiple of 32 rows, so that a single-token GEMV can give each lane a row and a warp
+// 32 rows: the lanes then read every activation block at the same time (one broadcast
+// load) and each 16-byte load of the warp is 512 contiguous bytes. Within the block of a
+// group, row l of the group (its lane) owns:
 //   units 0..11 (16 bytes at 512·u + 16·l): the levels of chunks 2p and 2p + 1 (elements
 //           64p..64p+63) in units 3p..3p+2, as Q6_KG's six words of each (chunk 2p's
 //           words 0..5, then chunk 2p + 1's);
 //   unit 12 (at 6144 + 16·l): the block's 16 int8 scales, as GGUF keeps them;
 //   d (f16) at 6656 + 2·l.
-// Row-addressed: a row is named by its group's start plus its lane (0..31) in bytes, so
-// the group's start must be 32-byte aligned (device allocations are; a matrix's groups
-// are 6720·blocks bytes apart). Offsets along a row add row_bytes(k) = k/256 · 6720.
-struct Q6_KI {
-    static constexpr int QK = 256, TS = 210, ROWS = 32, GROUP_BLOCK = ROWS * TS, SCALES = 12 * 512, DS = 13 * 512;
-    DS3_QHD static constexpr int64_t row_bytes(int64_t K) { return K / QK * GROUP_BLOCK; }
-    // Row n of a matrix w with rows of K values.
-    DS3_QHD static const uint8_t* row(const uint8_t* w, int64_t n, int64_t K) {
-        return w + (n / ROWS) * ROWS * (K / QK * TS) + (n % ROWS);
-    }
+struct Q6_KI : Interleaved<210> {
+    static constexpr int SCALES = 12 * 512, DS = 13 * 512;
     // Byte offset of word k (0..5) of chunk c (0..7) of lane l in a group's block.
     DS3_QHD static int word_at(int l, int c, int k) {
         const int i = 6 * (c & 1) + k;
         return 512 * (3 * (c >> 1) + (i >> 2)) + 16 * l + 4 * (i & 3);
     }
-    // One group's block: GGUF blocks src + l·src_stride (l = 0..31) to dst[0..6720).
+    // Row l's plain GGUF block src into a group's block dst.
     DS3_QHD static void pack_lane(const uint8_t* src, int l, uint8_t* dst) {
         for (int c = 0; c < 8; ++c) {
             uint32_t w[6];
@@ -384,7 +393,7 @@ struct Q6_KI {
     }
     // Elements 16i..16i+15 of a row (row() of it).
     DS3_QHD static void chunk(const uint8_t* row, int64_t i, float (&o)[16]) {
-        const int l = static_cast<int>(reinterpret_cast<uintptr_t>(row) & (ROWS - 1));
+        const int l = lane(row);
         const uint8_t* p = row - l + (i >> 4) * GROUP_BLOCK;
         const int s16 = static_cast<int>(i & 15), c = s16 >> 1, half = s16 & 1;
         uint32_t q[4];
@@ -392,12 +401,7 @@ DS3_UNROLL
         for (int k = 0; k < 4; ++k) q[k] = *reinterpret_cast<const uint32_t*>(p + word_at(l, c, k));
         const uint32_t hb = *reinterpret_cast<const uint32_t*>(p + word_at(l, c, 4 + half));
         const float dl = h2f(p + DS + 2 * l) * static_cast<float>(static_cast<int8_t>(p[SCALES + 16 * l + 2 * c + half]));
-DS3_UNROLL
-        for (int t = 0; t < 16; ++t) {
-            const int k = t >> 2, j = t & 3;
-            const int v = (((q[k] >> (4 * half + 8 * j)) & 0xF) | (((hb >> (8 * j + 2 * k)) & 3) << 4)) - 32;
-            o[t] = dl * static_cast<float>(v);
-        }
+        Q6_KG::values(q, hb, half, dl, o);
     }
 };
 
