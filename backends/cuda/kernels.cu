@@ -526,23 +526,26 @@ __global__ void get_rows_kernel(const void* w, int64_t cols, int64_t n_vocab, co
                                 DevError* err) {
     dep_wait();  // ids come from earlier work, which may still read y
     dep_trigger();
-    const int64_t r = blockIdx.x;
+    // Row r of the output is grid.y blocks (the first decode kernel of a step: one block's
+    // chain of loads took 7 µs for V3's 7168 columns).
+    const int64_t r = blockIdx.x, t0 = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x,
+                  step = static_cast<int64_t>(gridDim.y) * blockDim.x;
     const int32_t id = ids[r];
     if (id < 0 || id >= n_vocab) {
-        if (threadIdx.x == 0) set_error(err, 1, id, static_cast<int>(n_vocab));
-        for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) y[r * cols + c] = 0.0f;
+        if (t0 == 0) set_error(err, 1, id, static_cast<int>(n_vocab));
+        for (int64_t c = t0; c < cols; c += step) y[r * cols + c] = 0.0f;
         return;
     }
     const uint8_t* row = row_of<L>(w, id, cols);
     if constexpr (L::kQuant) {
-        for (int64_t c = threadIdx.x; c < cols / 16; c += blockDim.x) {
+        for (int64_t c = t0; c < cols / 16; c += step) {
             float v[16];
             L::chunk(row, c, v);
 #pragma unroll
             for (int j = 0; j < 16; ++j) y[r * cols + 16 * c + j] = v[j];
         }
     } else {
-        for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) y[r * cols + c] = L::get(row, c);
+        for (int64_t c = t0; c < cols; c += step) y[r * cols + c] = L::get(row, c);
     }
 }
 
@@ -795,8 +798,12 @@ void get_rows(const void* w, WType wt, int64_t cols, int64_t n_vocab, const int3
               DevError* err, cudaStream_t s) {
     if (n <= 0) return;
     with_loader(wt, [&](auto l) {
-        launch_pdl(get_rows_kernel<decltype(l)>, dim3(static_cast<unsigned>(n)), dim3(256), 0, s, w, cols, n_vocab,
-                   ids, y, err);
+        using L = decltype(l);
+        // A thread a 16-value chunk (quantised rows) or a value: up to 16 blocks a row.
+        const int64_t units = L::kQuant ? cols / 16 : cols;
+        const unsigned parts = static_cast<unsigned>(std::clamp<int64_t>((units + 127) / 128, 1, 16));
+        launch_pdl(get_rows_kernel<L>, dim3(static_cast<unsigned>(n), parts), dim3(128), 0, s, w, cols, n_vocab, ids,
+                   y, err);
     });
 }
 

@@ -77,7 +77,7 @@ const TypeId kTypes[] = {TypeId::F32, TypeId::BF16, TypeId::F16};
 TEST_CASE("cuda: get_rows converts the embedding rows of the ids", "[cuda][ops]") {
     DS3_REQUIRE_CUDA(gpu);
     for (TypeId t : kTypes)
-        for (int64_t cols : {1, 33, 129})
+        for (int64_t cols : {1, 33, 129, 4099})  // 4099: a row over several blocks
             for (int64_t T : {1, 3, 7}) {
                 WeightStore s;
                 const Weight& e = add_weight(s, "embd", t, {cols, 129}, randn(size_t(cols * 129), 1));

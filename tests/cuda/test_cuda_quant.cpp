@@ -951,6 +951,12 @@ TEST_CASE("cuda quant: interleaved products: GEMVs of 1 to 8 rows and gate+up, M
             int in = g.input("ids", DType::i32, 5, 1);
             return g.get_rows("y", q ? *e.q : *e.f, in);
         }, 1e-6, 1e-6);
+        // Rows of 4096 values: two blocks a row (get_rows splits rows of more than 2048).
+        QWeight wide = add_qweight(s, "embd_wide", t, {4096, 64}, 73);
+        check_op(*gpu, t, {{0, ids.data()}}, [&](Graph& g, bool q) {
+            int in = g.input("ids", DType::i32, 5, 1);
+            return g.get_rows("y", q ? *wide.q : *wide.f, in);
+        }, 1e-6, 1e-6);
     }
     }
 }
