@@ -58,6 +58,7 @@ CudaBackend::CudaBackend(const BackendOptions&, std::string name) : name_(std::m
         prof_ = prof_level_ != 0;
     }
     if (const char* p = std::getenv("DS3_CUDA_GRAPHS")) graphs_ = std::atoi(p) != 0;
+    if (const char* p = std::getenv("DS3_CUDA_MAPPED_OUT")) mapped_out_ = std::atoi(p) != 0;
     if (const char* p = std::getenv("DS3_CUDA_STEP_TIMES")) step_times_ = std::atoi(p) != 0;
     if (const char* p = std::getenv("DS3_CUDA_NORM_Q8")) norm_q8_ = std::atoi(p) != 0;
     if (const char* p = std::getenv("DS3_CUDA_STREAMS")) streams_ = std::atoi(p) != 0;

@@ -81,6 +81,7 @@ private:
         std::vector<std::unique_ptr<CudaBuffer>> views;  // per node, on the arena
         Pool::Held held;                               // scratch the capture used
         std::vector<uint8_t> fetched;                  // per node: read back after the step
+        std::vector<uint8_t> mapped;                   // per node: written in its pinned slot
         cudaGraphExec_t exec = nullptr;
         int runs = 0;
         bool eager_only = false;  // the capture failed once: run node by node
@@ -89,7 +90,8 @@ private:
         // Pinned host memory: the input nodes' data (where a captured step copies it from),
         // then the fetched results, in fetch order.
         uint8_t* host = nullptr;
-        std::vector<std::pair<int, size_t>> inputs;  // (input node, offset in host)
+        std::vector<std::pair<int, size_t>> inputs;  // (input node, offset in host and in the arena)
+        size_t in_bytes = 0;                          // the inputs' bytes at the start of host and arena
         size_t out_offset = 0;
         void* input_slot(int node) const {
             for (const auto& [id, off] : inputs)
@@ -107,7 +109,7 @@ private:
     };
     uint64_t graph_key(const Graph& g, KvCache* cache, std::span<const int> fetch);
     GraphExec& exec_for(const Graph& g, KvCache* cache, std::span<const int> fetch);
-    void copy_inputs(const Graph& g, const GraphExec& e);
+    void copy_inputs(const GraphExec& e);
     static int match_add_norm(const Graph& g, int i);
     void launch_add_norm(const Graph& g, GraphExec& e, int i, int covered);
     void* quantised_copy(GraphExec& e, int j, const Node& norm);
@@ -180,6 +182,7 @@ private:
     bool sub_small_ = false;
     std::vector<SubSpan> sub_pending_;
     bool graphs_ = true;
+    bool mapped_out_ = true;  // DS3_CUDA_MAPPED_OUT=0: fetched results copied after the step
     // DS3_CUDA_STEP_TIMES=1: the host's time around each replayed step, and the device's
     // (events: the step with its copies, and the idle time since the step before), printed
     // at exit.

@@ -61,7 +61,7 @@ bool CudaBackend::run_graph(const Graph& g, std::span<const GraphInput> inputs, 
     if (e.exec) {
         DS3_CU(cudaGraphLaunch(e.exec, stream_));
     } else if (e.runs == 0 || e.eager_only) {
-        copy_inputs(g, e);
+        copy_inputs(e);
         record(g, e, cache);
     } else {
         capture(g, e, cache);
@@ -73,7 +73,8 @@ bool CudaBackend::run_graph(const Graph& g, std::span<const GraphInput> inputs, 
     size_t at = 0;
     for (int id : fetch) {
         const Node& n = g.node(id);
-        DS3_CU(cudaMemcpyAsync(e.output_slot(at), e.at(id), n.nbytes(), cudaMemcpyDeviceToHost, stream_));
+        if (!e.mapped[static_cast<size_t>(id)])
+            DS3_CU(cudaMemcpyAsync(e.output_slot(at), e.at(id), n.nbytes(), cudaMemcpyDeviceToHost, stream_));
         at += n.nbytes();
     }
     if (timed) DS3_CU(cudaEventRecord(steps_.end, stream_));
@@ -182,8 +183,19 @@ CudaBackend::GraphExec& CudaBackend::exec_for(const Graph& g, KvCache* cache, st
     size_t total = 0;
     e->fetched.assign(static_cast<size_t>(g.size()), 0);
     for (int id : fetch) e->fetched[static_cast<size_t>(id)] = 1;
+    // The inputs first, laid out as in their pinned slots (16-byte steps), so that one copy
+    // brings them all; then every other node at 256-byte steps.
     e->offset.resize(static_cast<size_t>(g.size()));
+    for (int i = 0; i < g.size(); ++i)
+        if (g.node(i).op == Op::input) {
+            e->inputs.emplace_back(i, total);
+            e->offset[static_cast<size_t>(i)] = total;
+            total += (g.node(i).nbytes() + 15) / 16 * 16;
+        }
+    e->in_bytes = total;
+    total = (total + 255) / 256 * 256;
     for (int i = 0; i < g.size(); ++i) {
+        if (g.node(i).op == Op::input) continue;
         e->offset[static_cast<size_t>(i)] = total;
         total += (std::max<uint64_t>(g.node(i).nbytes(), 4) + 255) / 256 * 256;
     }
@@ -203,7 +215,29 @@ CudaBackend::GraphExec& CudaBackend::exec_for(const Graph& g, KvCache* cache, st
         DS3_CU(cudaMalloc(&arena, total));
     }
     e->arena = arena;
+    size_t host_bytes = e->in_bytes;
+    e->out_offset = host_bytes;
+    for (int id : fetch) host_bytes += g.node(id).nbytes();
+    DS3_CU(cudaMallocHost(reinterpret_cast<void**>(&e->host), std::max<size_t>(host_bytes, 16)));
+    // A fetched node that no other node reads is written by its kernel straight into its
+    // pinned slot (mapped: the device writes it over the bus as it goes), so that no copy
+    // follows the step (the logits' 517 KB took ~11 µs after V3's output head).
+    e->mapped.assign(static_cast<size_t>(g.size()), 0);
+    if (mapped_out_) {
+        std::vector<uint8_t> read(static_cast<size_t>(g.size()), 0);
+        for (const Node& n : g.nodes())
+            for (int src : n.src) read[static_cast<size_t>(src)] = 1;
+        for (int id : fetch)
+            if (g.node(id).op != Op::input && g.node(id).op != Op::view && !read[static_cast<size_t>(id)])
+                e->mapped[static_cast<size_t>(id)] = 1;
+    }
     e->alias.assign(static_cast<size_t>(g.size()), 0);
+    size_t at = 0;
+    std::vector<float*> slot_of(static_cast<size_t>(g.size()), nullptr);
+    for (int id : fetch) {
+        slot_of[static_cast<size_t>(id)] = e->output_slot(at);
+        at += g.node(id).nbytes();
+    }
     for (int i = 0; i < g.size(); ++i) {
         const Node& n = g.node(i);
         void* p = static_cast<uint8_t*>(arena) + e->offset[static_cast<size_t>(i)];
@@ -213,25 +247,16 @@ CudaBackend::GraphExec& CudaBackend::exec_for(const Graph& g, KvCache* cache, st
             p = e->at(n.src[0]) + n.col0;
             e->alias[static_cast<size_t>(i)] = 1;
         }
+        if (e->mapped[static_cast<size_t>(i)]) p = slot_of[static_cast<size_t>(i)];
         e->views.push_back(std::make_unique<CudaBuffer>(p, n.nbytes()));
     }
-    size_t host_bytes = 0;
-    for (int i = 0; i < g.size(); ++i)
-        if (g.node(i).op == Op::input) {
-            e->inputs.emplace_back(i, host_bytes);
-            host_bytes += (g.node(i).nbytes() + 15) / 16 * 16;
-        }
-    e->out_offset = host_bytes;
-    for (int id : fetch) host_bytes += g.node(id).nbytes();
-    DS3_CU(cudaMallocHost(reinterpret_cast<void**>(&e->host), std::max<size_t>(host_bytes, 16)));
     execs_.insert(execs_.begin(), std::move(e));
     return *execs_.front();
 }
 
 // The inputs from their pinned slots to the arena (captured: the step's first nodes).
-void CudaBackend::copy_inputs(const Graph& g, const GraphExec& e) {
-    for (const auto& [id, off] : e.inputs)
-        DS3_CU(cudaMemcpyAsync(e.at(id), e.host + off, g.node(id).nbytes(), cudaMemcpyHostToDevice, stream_));
+void CudaBackend::copy_inputs(const GraphExec& e) {
+    if (e.in_bytes) DS3_CU(cudaMemcpyAsync(e.arena, e.host, e.in_bytes, cudaMemcpyHostToDevice, stream_));
 }
 
 // The residual adds of a layer and the RMS norm after them as one kernel: add → rms_norm
@@ -507,7 +532,7 @@ void CudaBackend::capture(const Graph& g, GraphExec& e, KvCache* cache) {
     pool_->hold(&e.held);
     cudaGraph_t graph = nullptr;
     try {
-        copy_inputs(g, e);
+        copy_inputs(e);
         record(g, e, cache, true);
     } catch (...) {
         pool_->hold(nullptr);
@@ -525,7 +550,7 @@ void CudaBackend::capture(const Graph& g, GraphExec& e, KvCache* cache) {
         cudaGetLastError();
         e.exec = nullptr;
         e.eager_only = true;
-        copy_inputs(g, e);
+        copy_inputs(e);
         record(g, e, cache);
     }
 }

@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <memory>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "backends/backend.h"
@@ -27,6 +28,21 @@ inline std::unique_ptr<Backend> cuda_with_graphs(bool on) {
     ::unsetenv("DS3_CUDA_GRAPHS");
     return b;
 }
+
+// Sets an environment variable for one scope (the backend reads DS3_CUDA_Q6I_ROWS at each
+// upload, most switches at its creation).
+struct EnvGuard {
+    std::string name, old;
+    bool had = false;
+    EnvGuard(const char* n, const char* v) : name(n) {
+        if (const char* o = std::getenv(n)) had = true, old = o;
+        ::setenv(n, v, 1);
+    }
+    ~EnvGuard() {
+        if (had) ::setenv(name.c_str(), old.c_str(), 1);
+        else ::unsetenv(name.c_str());
+    }
+};
 
 // ‖a − ref‖₂ / max(‖ref‖₂, tiny): the normalised error of test-backend-ops.
 inline double nmse_root(std::span<const float> a, std::span<const float> ref) {

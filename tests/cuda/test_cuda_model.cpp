@@ -83,6 +83,13 @@ TEST_CASE("cuda: decode steps replayed from CUDA graphs equal node-by-node runs 
     const auto got = decode_steps(m, *on);
     CHECK(all_finite(got));
     CHECK(max_diff(got, want) == 0.0f);
+    // The logits written by the output head straight into the step's pinned slot (mapped;
+    // the default) are those copied there after the step.
+    {
+        EnvGuard copy("DS3_CUDA_MAPPED_OUT", "0");
+        auto copying = cuda_with_graphs(true);
+        CHECK(max_diff(decode_steps(m, *copying), got) == 0.0f);
+    }
     // eval_last hands back the replayed step's pinned slot: each view holds that step's
     // logits (not the next step's, which reuses the slot) until the next eval.
     {

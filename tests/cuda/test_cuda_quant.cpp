@@ -266,21 +266,6 @@ TEST_CASE("cuda quant: the layouts regrouped on upload (q4_K_g, q5_K_g, q6_K_g) 
     CHECK_FALSE(cuda::decode_row_host(cuda::WType::f32, row.data(), 16, out.data()));
 }
 
-// Sets an environment variable for one scope (the backend reads DS3_CUDA_Q6I_ROWS at each
-// upload).
-struct EnvGuard {
-    std::string name, old;
-    bool had = false;
-    EnvGuard(const char* n, const char* v) : name(n) {
-        if (const char* o = std::getenv(n)) had = true, old = o;
-        setenv(n, v, 1);
-    }
-    ~EnvGuard() {
-        if (had) setenv(name.c_str(), old.c_str(), 1);
-        else unsetenv(name.c_str());
-    }
-};
-
 // Row n of an interleaved matrix (rows of K values, ts bytes a block) at `base` (32-byte
 // aligned), as the kernels name it: its group's start plus its index in the group.
 const uint8_t* irow(const uint8_t* base, int64_t n, int64_t K, int64_t ts) {
