@@ -101,7 +101,7 @@ __device__ inline bool expert_in(const ExpertMask& m, int e) { return (m.bits[e 
 __device__ inline int pair_expert(const float* route, int64_t pair, int k, int n_expert, const ExpertMask& mask,
                                   DevError* err, bool report) {
     const int64_t t = pair / k, j = pair % k;
-    const int e = static_cast<int>(route[t * 2 * k + k + j]);
+    const int e = static_cast<int>(__ldcg(route + t * 2 * k + k + j));
     if (e < 0 || e >= n_expert) {
         if (report && threadIdx.x == 0) set_error(err, 2, e, n_expert);
         return -1;

@@ -16,6 +16,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
@@ -115,6 +116,7 @@ struct QArgs {
     int n_used = 1, n_expert = 1;
     ExpertMask mask;
     DevError* err = nullptr;
+    bool moe_early = false;  // gemv_i_kernel's MoE down: the route read before the wait
 };
 
 // One lane's share of the dot products of NW weight rows with M activation rows: chunks
@@ -275,7 +277,8 @@ __global__ void __launch_bounds__(kThreads) gemv_q8_kernel(QArgs a) {
 // same rows (KP more warps for up), and the MoE pairs' gate/up and down (grid.y the pair,
 // its expert's matrix from the route). Like the dense GEMVs, the dense modes issue the
 // first block's loads before the wait for the kernel that wrote the activations; the MoE
-// modes wait first (the route picks the rows). Rows past M read row M − 1 again (no branch
+// gate/up waits first (the route, the kernel before's output, picks the rows), the MoE down
+// reads its route and loads its first block before the wait. Rows past M read row M − 1 again (no branch
 // in the inner loop, so that the loads of the activation blocks can all be issued at
 // once); they are not written. Measured alone on the H200 against q6_K_g
 // (docs/performance.md, slice 21): V3's wo 7168 x 16384 30.9 → 26.9 µs (KP 8), the output
@@ -284,18 +287,19 @@ __global__ void __launch_bounds__(kThreads) gemv_q8_kernel(QArgs a) {
 // inner loop the head took 218 µs.
 // Registers: ≤ 80 for one row (24 warps an SM; q5_K_i's single matrices ≤ 128: QI::WARPS
 // and WARPS2 for gate + up), 4 warps fewer for the MoE modes (the route's code; they
-// spilled), ≤ 128 for 2 rows; 4 and 8 rows uncapped (at 128 they spilled).
+// spilled), ≤ 128 for 2 rows; 4 and 8 rows uncapped (at 128 they spilled). SMW: the warps
+// an SM the bound is for (12 warps a group: 24 for all three formats, i_kernel_m1).
 template <int MR, int W, int WARPS>
 constexpr int i_min_blocks() {
     constexpr int n = (MR == 1 ? WARPS : MR == 2 ? 16 : 8) / W;
     return n > 0 ? n : 1;
 }
-template <typename QI, int MR, int Mode, int KP, int NW = matrices_of<Mode>()>
-__global__ void __launch_bounds__(32 * KP * NW,
-                                  i_min_blocks<MR, KP * NW,
-                                               (NW == 2 ? QI::WARPS2 : QI::WARPS) -
-                                                   (Mode == kMoeGateUp || Mode == kMoeDown ? 4 : 0)>())
-    gemv_i_kernel(QArgs a) {
+template <typename QI, int Mode>
+constexpr int i_sm_warps() {
+    return (matrices_of<Mode>() == 2 ? QI::WARPS2 : QI::WARPS) - (Mode == kMoeGateUp || Mode == kMoeDown ? 4 : 0);
+}
+template <typename QI, int MR, int Mode, int KP, int SMW = i_sm_warps<QI, Mode>(), int NW = matrices_of<Mode>()>
+__global__ void __launch_bounds__(32 * KP * NW, i_min_blocks<MR, KP * NW, SMW>()) gemv_i_kernel(QArgs a) {
     constexpr int64_t GB = 32 * QI::TS;  // a group's block
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, mat = warp / KP, part = warp % KP;
     const int nb = static_cast<int>(a.K / 256), b0 = part * nb / KP, b1 = (part + 1) * nb / KP;
@@ -303,11 +307,22 @@ __global__ void __launch_bounds__(32 * KP * NW,
     Act x = a.x;
     int64_t yoff = 0;
     if constexpr (Mode == kMoeGateUp || Mode == kMoeDown) {
-        dep_wait();  // the route, like the activations, comes from an earlier kernel
-        dep_trigger();
+        // The gate/up product's route is the kernel before's output: wait first. The down's
+        // was written two kernels back at least (the gate/up product lies between): that
+        // kernel is complete once this one runs (the kernel before waited for it before it
+        // let this one launch), so the route is read, and the first block loaded, before the
+        // wait for the activations (MoeEarly; read through L2).
+        if (Mode == kMoeGateUp || !a.moe_early) {
+            dep_wait();
+            dep_trigger();
+        }
         const int64_t pair = blockIdx.y, t = pair / a.n_used;
         const int e = pair_expert(a.route, pair, a.n_used, a.n_expert, a.mask, a.err, Mode == kMoeGateUp);
-        if (e < 0) return;  // the whole block
+        if (e < 0) {  // the whole block; it still waits, so that the grid ends after the kernels before it
+            dep_wait();
+            dep_trigger();
+            return;
+        }
         w += static_cast<int64_t>(e) * a.N * (a.K / 256 * QI::TS);
         const int64_t xr = Mode == kMoeGateUp ? t : pair;
         x.q += xr * a.K;
@@ -360,10 +375,10 @@ __global__ void __launch_bounds__(32 * KP * NW,
     }
 }
 
-// Warps a group for gemv_i_kernel: 2, or more (4, 8) while the grid has fewer than 2048
-// warps (DS3_CUDA_I_WARPS, read once) and each still has a block (V3: the output head 2,
-// q_b 4, wo and the dense down 8, the 8 routed experts' down 2). N: rows of all the grid's
-// matrices.
+// Warps a group for gemv_i_kernel where one_wave_parts (below) finds none, and for the MoE
+// and many-row products: 2, or more (4, 8) while the grid has fewer than 2048 warps
+// (DS3_CUDA_I_WARPS, read once) and each still has a block (V3: the output head 2, the 8
+// routed experts' gate/up 4 and down 2). N: rows of all the grid's matrices.
 int interleaved_parts(int64_t N, int64_t K) {
     static const int64_t target = [] {
         const int v = env_int("DS3_CUDA_I_WARPS");
@@ -375,11 +390,84 @@ int interleaved_parts(int64_t N, int64_t K) {
     return kp;
 }
 
+// CTAs of Kernel (of `threads` threads) resident at once on the current device (0 where it
+// cannot be told), asked once a device.
+template <auto Kernel>
+int64_t resident_ctas(int threads) {
+    static std::atomic<int64_t> known[kMaxDevices];  // slots + 1; 0: not asked yet
+    int dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= kMaxDevices) {
+        cudaGetLastError();
+        return 0;
+    }
+    if (const int64_t k = known[dev].load(std::memory_order_relaxed)) return k - 1;
+    int n_sm = 0, per_sm = 0;
+    if (cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, Kernel, threads, 0) != cudaSuccess) {
+        cudaGetLastError();
+        n_sm = per_sm = 0;
+    }
+    const int64_t slots = static_cast<int64_t>(n_sm) * per_sm;
+    known[dev].store(slots + 1, std::memory_order_relaxed);
+    return slots;
+}
+
+// DS3_CUDA_MOE_EARLY=0: the MoE down waits before it reads the route (read once).
+bool moe_early_on() {
+    static const bool on = env_on("DS3_CUDA_MOE_EARLY");
+    return on;
+}
+
+// DS3_CUDA_I_KP_PLAIN, _SWIGLU, _MOE_GU, _MOE_DOWN (2, 4, 8, or 12 for one-row plain
+// products; read once): that mode's warps a group instead of the rules below, for
+// measurements.
+int interleaved_kp_forced(int mode) {
+    static const std::array<int, 4> forced = [] {
+        std::array<int, 4> f{};
+        const char* names[4] = {"DS3_CUDA_I_KP_PLAIN", "DS3_CUDA_I_KP_SWIGLU", "DS3_CUDA_I_KP_MOE_GU",
+                                "DS3_CUDA_I_KP_MOE_DOWN"};
+        for (int m = 0; m < 4; ++m) {
+            const int v = env_int(names[m]);
+            f[static_cast<size_t>(m)] = v == 2 || v == 4 || v == 8 || (v == 12 && m == kPlain) ? v : 0;
+        }
+        return f;
+    }();
+    return forced[static_cast<size_t>(mode)];
+}
+
+// The one-row kernel at KP warps a group; KP 12 (plain only) at 24 warps an SM for all three
+// formats (2 CTAs an SM, ≤ 85 registers: none spill).
+template <typename QI, int Mode, int KP>
+constexpr auto i_kernel_m1 = gemv_i_kernel<QI, 1, Mode, KP, KP == 12 ? 24 : i_sm_warps<QI, Mode>()>;
+
+// One-row dense products (plain, gate + up): the most warps a group (plain 12, 8, 4, 2;
+// gate + up 8, 4, 2) that still leaves a block to every warp and makes the grid one wave
+// (every CTA resident at once); 0 where none does (interleaved_parts' then). A second,
+// partly filled wave cost more than the warps gained (slice 22, V3's slice on the H200: the
+// dense gate + up at 2 warps a group, 576 CTAs in one wave, against 4 in 1.45 waves, and
+// wo at 12 warps a group, 224 CTAs in 2 an SM, against 8 at 1.7 of 3 an SM: tg128 +2 %).
+// The MoE products keep interleaved_parts: their one-wave forms were slower (the gate/up
+// at 2 warps a group +30 µs a step, the down at 1 +6).
+template <typename QI, int Mode>
+int one_wave_parts(int64_t groups, int64_t nb) {
+    auto fits = [&](auto kp) {
+        constexpr int KP = decltype(kp)::value;
+        return nb >= KP && groups <= resident_ctas<i_kernel_m1<QI, Mode, KP>>(32 * KP * matrices_of<Mode>());
+    };
+    if constexpr (Mode == kPlain) {
+        if (fits(std::integral_constant<int, 12>{})) return 12;
+    }
+    if (fits(std::integral_constant<int, 8>{})) return 8;
+    if (fits(std::integral_constant<int, 4>{})) return 4;
+    if (fits(std::integral_constant<int, 2>{})) return 2;
+    return 0;
+}
+
 template <typename QI, int Mode, int KP>
 void launch_i_kp(const QArgs& a, unsigned pairs, cudaStream_t s) {
     const dim3 grid(static_cast<unsigned>(a.N / 32), pairs), block(32 * KP * matrices_of<Mode>());
-    if (Mode == kMoeGateUp || Mode == kMoeDown || a.M == 1) launch_pdl(gemv_i_kernel<QI, 1, Mode, KP>, grid, block, 0, s, a);
-    else if constexpr (Mode == kPlain || Mode == kSwiglu) {
+    if (Mode == kMoeGateUp || Mode == kMoeDown || a.M == 1) launch_pdl(i_kernel_m1<QI, Mode, KP>, grid, block, 0, s, a);
+    else if constexpr ((Mode == kPlain || Mode == kSwiglu) && KP != 12) {
         if (a.M == 2) launch_pdl(gemv_i_kernel<QI, 2, Mode, KP>, grid, block, 0, s, a);
         else if (a.M <= 4) launch_pdl(gemv_i_kernel<QI, 4, Mode, KP>, grid, block, 0, s, a);
         else launch_pdl(gemv_i_kernel<QI, 8, Mode, KP>, grid, block, 0, s, a);
@@ -392,9 +480,17 @@ template <int Mode>
 bool launch_interleaved(WType t, const QArgs& a, unsigned pairs, cudaStream_t s) {
     auto go = [&](auto l) {
         using QI = decltype(l);
-        switch (interleaved_parts(a.N * pairs, a.K)) {
+        const int64_t groups = a.N / 32 * pairs, nb = a.K / 256;
+        int kp = interleaved_kp_forced(Mode);
+        if (kp == 12 && a.M > 1) kp = 8;
+        if (!kp && (Mode == kPlain || Mode == kSwiglu) && a.M == 1) kp = one_wave_parts<QI, Mode>(groups, nb);
+        if (!kp) kp = interleaved_parts(a.N * pairs, a.K);
+        switch (kp) {
             case 2: return launch_i_kp<QI, Mode, 2>(a, pairs, s);
             case 4: return launch_i_kp<QI, Mode, 4>(a, pairs, s);
+            case 12:
+                if constexpr (Mode == kPlain) return launch_i_kp<QI, Mode, 12>(a, pairs, s);
+                [[fallthrough]];
             default: return launch_i_kp<QI, Mode, 8>(a, pairs, s);
         }
     };
@@ -477,27 +573,10 @@ void launch_u(QArgs a, unsigned pairs, cudaStream_t s, int lane_div = 1) {
     }
 }
 
-// CTAs of gemv_q8_kernel<Q, 1, kPlain, RW> resident at once on the current device (0 where
-// it cannot be told), asked once a device.
+// CTAs of gemv_q8_kernel<Q, 1, kPlain, RW> resident at once on the current device.
 template <typename Q, int RW>
 int64_t plain_slots() {
-    static std::atomic<int64_t> known[kMaxDevices];  // slots + 1; 0: not asked yet
-    int dev = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= kMaxDevices) {
-        cudaGetLastError();
-        return 0;
-    }
-    if (const int64_t k = known[dev].load(std::memory_order_relaxed)) return k - 1;
-    int n_sm = 0, per_sm = 0;
-    if (cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, gemv_q8_kernel<Q, 1, kPlain, RW>, kThreads, 0) !=
-            cudaSuccess) {
-        cudaGetLastError();
-        n_sm = per_sm = 0;
-    }
-    const int64_t slots = static_cast<int64_t>(n_sm) * per_sm;
-    known[dev].store(slots + 1, std::memory_order_relaxed);
-    return slots;
+    return resident_ctas<gemv_q8_kernel<Q, 1, kPlain, RW>>(kThreads);
 }
 
 // A single-token product of one wave at 4 rows a lane group leaves warp slots empty (wo's
@@ -670,6 +749,7 @@ bool moe_down_q8(const MoeArgs& a, const float* act, const float* route, float* 
     q.N = a.D, q.K = a.F;
     q.x = act_at(base, P, a.F);
     q.y = y, q.ldy = a.D;
+    q.moe_early = moe_early_on();
     if (launch_interleaved<kMoeDown>(a.wt_down, q, static_cast<unsigned>(P), s)) return true;
     return with_q8(a.wt_down, [&](auto l) { launch<decltype(l), kMoeDown>(q, static_cast<unsigned>(P), s); });
 }
