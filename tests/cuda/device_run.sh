@@ -154,28 +154,27 @@ if [[ " $STEPS " == *" v3bench "* ]]; then
   done
 fi
 
-# "ab": ds3 bench on the V3-width slice (8 layers, DS3_AB_TYPE or Q4_K_M), ds3 and ds3-old
-# (when packed) alternating DS3_AB_ROUNDS times (default 3): a ~1 % difference between
-# two binaries is not resolved by fewer (docs/performance.md, slice 18). DS3_AB_ENV:
-# VAR=value settings for ds3's runs; with no ds3-old packed, the rounds then alternate ds3
-# with and without them. One line a run in $OUT/ab.txt.
+# "ab": ds3 bench (DS3_AB_MODEL, default the V3-width slice "--synthetic v3 --layers 8"; type
+# DS3_AB_TYPE or Q4_K_M) over the entries of DS3_AB_SETS, alternating, DS3_AB_ROUNDS times
+# (default 3): a ~1 % difference in tg128 is not resolved by fewer runs (docs/performance.md,
+# slice 18). An entry is comma-separated VAR=value settings for ds3 ("-": none) or "old"
+# (ds3-old); the default is "- old" when ds3-old is packed, else "-". Every run has
+# DS3_CUDA_STEP_TIMES=1 and reports the device µs a replayed step and the idle µs between
+# steps (median), which resolve ~5 µs in one call (slice 22). One line a run in $OUT/ab.txt.
 if [[ " $STEPS " == *" ab "* ]]; then
-  ab() {  # label binary [VAR=value ...]
-    local label=$1 bin=$2
-    shift 2
-    env "$@" timeout 300 "$bin" bench --backend cuda --synthetic v3 --layers 8 --type "${DS3_AB_TYPE:-Q4_K_M}" -r 2 \
-      -p 512 >"$W/ab.out" 2>"$W/ab.err"
-    echo "$label rc=$? $(grep -E '\| (pp|tg)[0-9]+ \|' "$W/ab.out" | awk -F'|' '{printf "%s%s; ", $7, $8}')" |
-      tee -a "$OUT/ab.txt"
-  }
-  read -ra abenv <<<"${DS3_AB_ENV:-}"
+  sets=${DS3_AB_SETS:-$([ -x "$BIN/ds3-old" ] && echo "- old" || echo "-")}
+  read -ra model <<<"${DS3_AB_MODEL:---synthetic v3 --layers 8}"
   for r in $(seq "${DS3_AB_ROUNDS:-3}"); do
-    ab "new$r" "$BIN/ds3" "${abenv[@]}"
-    if [ -x "$BIN/ds3-old" ]; then
-      ab "old$r" "$BIN/ds3-old"
-    elif [ ${#abenv[@]} -gt 0 ]; then
-      ab "plain$r" "$BIN/ds3"
-    fi
+    for e in $sets; do
+      bin=$BIN/ds3 vars=()
+      if [ "$e" = old ]; then bin=$BIN/ds3-old; elif [ "$e" != - ]; then IFS=, read -ra vars <<<"$e"; fi
+      env DS3_CUDA_STEP_TIMES=1 "${vars[@]}" timeout 300 "$bin" bench --backend cuda "${model[@]}" \
+        --type "${DS3_AB_TYPE:-Q4_K_M}" -r 2 -p 512 >"$W/ab.out" 2>"$W/ab.err"
+      rc=$?
+      echo "$e r$r rc=$rc $(grep -E '\| (pp|tg)[0-9]+ \|' "$W/ab.out" | awk -F'|' '{printf "%s%s; ", $7, $8}')" \
+        "device/idle µs $(grep -o 'the step and its copies [0-9.]*, idle before it [0-9.]*' "$W/ab.err" |
+          awk '{print $6, $10}')" | tee -a "$OUT/ab.txt"
+    done
   done
 fi
 
