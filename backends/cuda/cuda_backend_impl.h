@@ -88,7 +88,8 @@ private:
 
         float* at(int i) const { return static_cast<float*>(views[static_cast<size_t>(i)]->dev()); }
         // Pinned host memory: the input nodes' data (where a captured step copies it from),
-        // then the fetched results, in fetch order.
+        // then the fetched results, in fetch order (`mapped` ones written there by their
+        // kernel, the others copied after the step).
         uint8_t* host = nullptr;
         std::vector<std::pair<int, size_t>> inputs;  // (input node, offset in host and in the arena)
         size_t in_bytes = 0;                          // the inputs' bytes at the start of host and arena
