@@ -12,6 +12,9 @@
 
 namespace ds3::cuda {
 
+// Threads of an integer GEMV block (gemv_q8_kernel; time_read_us launches its reads so).
+inline constexpr int kGemvThreads = 128;
+
 // Types with integer block dots (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K).
 bool q8_supported(WType t);
 // Bytes of `rows` quantised activation rows of K values (K a multiple of 32), 16-aligned.
