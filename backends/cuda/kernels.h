@@ -40,8 +40,8 @@ inline bool q6k_groupable(int64_t K) { return K > 0 && K % 512 == 0; }
 // The layout the upload gives `stack` matrices (experts) of type t with N rows of K values
 // each: q4_K, q5_K and q6_K → q4_K_i, q5_K_i, q6_K_i for matrices of a multiple of 32 rows
 // and at least interleave_rows(t) of them, a stack's counted eight times (their
-// single-token GEMV has a warp a group of 32 rows: enough of them to fill the GPU); else q4_K_g, q5_K_g, and q6_K_g where
-// q6k_groupable; other types stay as they are.
+// single-token GEMV has a warp a group of 32 rows: enough of them to fill the GPU); else
+// q4_K_g, q5_K_g, and q6_K_g where q6k_groupable; other types stay as they are.
 WType gpu_layout(WType t, int64_t K, int64_t N = 0, int64_t stack = 1);
 // The fewest rows a matrix of plain type t (q4_K, q5_K, q6_K) needs for its interleaved
 // layout: DS3_CUDA_Q6I_ROWS for q6_K, DS3_CUDA_Q45I_ROWS for q4_K and q5_K (read at every

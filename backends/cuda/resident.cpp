@@ -118,8 +118,8 @@ const Resident::Entry& Resident::get(const Weight& w, bool& replaced) {
     if (e != cudaSuccess)
         throw Error("cuda", w.name + ": cannot keep the weight on the device (" + std::to_string(w.nbytes) +
                                 " bytes): " + cudaGetErrorString(e));
-    if (const WType g = layout_of(w); g != d.wt && regroup_unit(g, w.ne[0]) > 0 &&
-                                        w.nbytes % regroup_unit(g, w.ne[0]) == 0) {
+    const WType g = layout_of(w);
+    if (const int64_t unit = regroup_unit(g, w.ne[0]); g != d.wt && unit > 0 && w.nbytes % unit == 0) {
         try {
             if (upload_regrouped(d.ptr, w, g)) {
                 d.wt = g;
