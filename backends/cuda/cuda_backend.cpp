@@ -67,6 +67,8 @@ CudaBackend::CudaBackend(const BackendOptions&, std::string name) : name_(std::m
     if (const char* p = std::getenv("DS3_CUDA_SHEXP_WAIT")) shexp_wait_ = std::atoi(p) != 0;
     if (const char* p = std::getenv("DS3_CUDA_MLA_ROTATE")) q_unroped_ = std::atoi(p) != 0;
     if (const char* p = std::getenv("DS3_CUDA_PDL_BATCH")) pdl_batch_off_ = std::atoi(p) == 0;
+    if (const char* p = std::getenv("DS3_CUDA_ACT_Q8")) act_q8_ = std::atoi(p) != 0;
+    if (const char* p = std::getenv("DS3_CUDA_MOE_SUM")) moe_sum_ = std::atoi(p) != 0;
 }
 
 namespace {
@@ -249,7 +251,7 @@ void CudaBackend::rms_norm(const Node& n, const float* x, float* y, void* yq) {
                        n.cols, y, stream_, yq);
 }
 
-void CudaBackend::matmul(const Weight& w, const float* x, int64_t rows, float* y) {
+void CudaBackend::matmul(const Weight& w, const float* x, int64_t rows, float* y, const void* xq) {
     cuda::GemmArgs a;
     a.x = x;
     a.ldx = w.ne[0];
@@ -262,7 +264,8 @@ void CudaBackend::matmul(const Weight& w, const float* x, int64_t rows, float* y
     a.N = w.ne[1];
     a.K = w.ne[0];
     std::optional<Scratch> sq;
-    gemv_scratch(a, sq);
+    if (xq) a.xq = xq;
+    else gemv_scratch(a, sq);
     cuda::gemm(a, stream_);
 }
 
@@ -440,7 +443,10 @@ void CudaBackend::mla_attend(const Node& n, const float* q, const float* q_abs, 
     std::optional<Scratch> sb;
     if (vq) b.xq = vq->f();
     else gemv_scratch(b, sb);
-    cuda::gemm(b, stream_);
+    // One token: the output also quantised where record() gave a slot, for the projection
+    // after this node (no quantise launch before it).
+    b.yq = T == 1 ? attn_yq_ : nullptr;
+    if (cuda::gemm(b, stream_) && b.yq) quantised_.push_back({out, b.yq, 1, H * p.v_head});
     sub_mark("mla.v_b");
 }
 
@@ -505,8 +511,13 @@ void CudaBackend::moe_ffn(const Node& n, const float* x, const float* route, flo
         Scratch act(*pool_, static_cast<size_t>(T * k * a.F) * 4);
         Scratch y(*pool_, static_cast<size_t>(T * k * a.D) * 4);
         sub_start(T);
-        cuda::moe_pairs_gate_up(ad, x, route, act.f(), err_, stream_);
+        ad.quantise_act = act_q8_;
+        ad.act_q8 = cuda::moe_pairs_gate_up(ad, x, route, act.f(), err_, stream_);
         sub_mark("moe.gate_up");
+        if (moe_sum_ && cuda::moe_pairs_down_sum(ad, act.f(), route, out, stream_)) {
+            sub_mark("moe.down_sum");
+            return;
+        }
         cuda::moe_pairs_down(ad, act.f(), route, y.f(), stream_);
         sub_mark("moe.down");
         cuda::moe_combine(ad, y.f(), route, nullptr, out, stream_);
@@ -608,10 +619,13 @@ void CudaBackend::shared_ffn(const Node& n, const float* x, float* out) {
         a.M = T;
         a.N = F;
         a.K = n.w[0]->ne[0];
-        std::optional<Scratch> sq;
+        std::optional<Scratch> sq, aq;
         gemv_scratch(a, sq);
-        cuda::gemv_swiglu(a, weight(*n.w[1]), stream_);
-        matmul(*n.w[2], act.f(), T, out);
+        // The down's input quantised by the gate/up kernel where it can (no launch of its own).
+        const size_t aq_bytes = act_q8_ ? cuda::gemv_scratch_bytes(resident(*n.w[2]).wt, T, F) : 0;
+        if (aq_bytes) a.yq = aq.emplace(*pool_, aq_bytes).f();
+        const bool quantised = cuda::gemv_swiglu(a, weight(*n.w[1]), stream_);
+        matmul(*n.w[2], act.f(), T, out, quantised ? a.yq : nullptr);
         return;
     }
     Scratch g(*pool_, static_cast<size_t>(T * F) * 4);

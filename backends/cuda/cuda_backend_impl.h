@@ -114,6 +114,8 @@ private:
     static int match_add_norm(const Graph& g, int i);
     void launch_add_norm(const Graph& g, GraphExec& e, int i, int covered);
     void* quantised_copy(GraphExec& e, int j, const Node& norm);
+    // Node i (MLA) and the product right after it that reads its output.
+    static bool projected_next(const Graph& g, int i);
     void record(const Graph& g, GraphExec& e, KvCache* cache, bool capturing = false);
     template <typename Unit>
     int record_mla_early(const Graph& g, GraphExec& e, KvCache* cache, int i, Unit& unit);
@@ -148,7 +150,8 @@ private:
     const void* weight(const Weight& w) { return resident(w).ptr; }
     const cuda::Resident::Entry& resident(const Weight& w);
     void rms_norm(const Node& n, const float* x, float* y, void* yq = nullptr);
-    void matmul(const Weight& w, const float* x, int64_t rows, float* y);
+    // xq: x already quantised for the integer GEMV (GemmArgs::xq); null: as gemv_scratch finds.
+    void matmul(const Weight& w, const float* x, int64_t rows, float* y, const void* xq = nullptr);
     void gemv_scratch(cuda::GemmArgs& a, std::optional<Scratch>& slot);
     const void* quantised(const float* x, int64_t rows, int64_t cols) const;
     void rope(const Node& n, const float* x, const int32_t* pos, float* y);
@@ -201,6 +204,8 @@ private:
     bool shexp_wait_ = true;    // DS3_CUDA_SHEXP_WAIT=0: an MoE layer's shared experts start beside its router
     bool q_unroped_ = true;     // DS3_CUDA_MLA_ROTATE=0: MLA's early chain ropes the query in a launch of its own
     bool pdl_batch_off_ = true;  // DS3_CUDA_PDL_BATCH=1: a batch's ops with dependent launch too
+    bool act_q8_ = true;   // DS3_CUDA_ACT_Q8=0: the downs quantise their input themselves (not the gate/up)
+    bool moe_sum_ = true;  // DS3_CUDA_MOE_SUM=0: the MoE down's pairs added by moe_combine, not in its kernel
     cudaStream_t side_ = nullptr;  // the second stream of a captured step
     cuda::Branches branches_;
     // The quantised norm outputs of the step being recorded (record()).
@@ -234,6 +239,9 @@ private:
     // The output projection read right after the MLA node being recorded (null: none known);
     // mla_attn asks L2 for its first bytes.
     const Weight* attn_out_ = nullptr;
+    // The arena slot for that node's output quantised (one token; exec_for): v_b's kernel
+    // writes it where it can, and the projection then reads it (quantised_).
+    void* attn_yq_ = nullptr;
     bool stale_graphs_ = false;  // a weight was uploaded afresh: captured graphs may read the old copy
     std::vector<std::unique_ptr<GraphExec>> execs_;  // most recently used first
     std::vector<std::pair<cudaEvent_t, cudaEvent_t>> prof_events_;

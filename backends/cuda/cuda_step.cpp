@@ -199,11 +199,14 @@ CudaBackend::GraphExec& CudaBackend::exec_for(const Graph& g, KvCache* cache, st
         e->offset[static_cast<size_t>(i)] = total;
         total += (std::max<uint64_t>(g.node(i).nbytes(), 4) + 255) / 256 * 256;
     }
-    // Each RMS norm also writes its output quantised for the integer GEMVs that read it.
+    // Each RMS norm also writes its output quantised for the integer GEMVs that read it, and
+    // so may a one-token MLA node for the projection after it (v_b's kernel; attn_yq_).
     e->q8.assign(static_cast<size_t>(g.size()), 0);
-    for (int i = 0; i < g.size() && norm_q8_; ++i) {
+    for (int i = 0; i < g.size(); ++i) {
         const Node& n = g.node(i);
-        if (n.op != Op::rms_norm || n.cols % 32 != 0) continue;
+        const bool norm = n.op == Op::rms_norm && norm_q8_,
+                   attn = n.op == Op::mla_attn && n.rows == 1 && act_q8_ && projected_next(g, i);
+        if (!(norm || attn) || n.cols % 32 != 0) continue;
         e->q8[static_cast<size_t>(i)] = total;
         total += (cuda::q8_rows_bytes(n.rows, n.cols) + 255) / 256 * 256;
     }
@@ -292,6 +295,10 @@ void CudaBackend::launch_add_norm(const Graph& g, GraphExec& e, int i, int cover
     launched(norm.name);
 }
 
+bool CudaBackend::projected_next(const Graph& g, int i) {
+    return i + 1 < g.size() && g.node(i + 1).op == Op::mul_mat && g.node(i + 1).src[0] == i;
+}
+
 // The slot of norm node j's quantised output (null: none), registered so that the
 // products reading that output use it (gemv_scratch).
 void* CudaBackend::quantised_copy(GraphExec& e, int j, const Node& norm) {
@@ -359,9 +366,10 @@ void CudaBackend::record(const Graph& g, GraphExec& e, KvCache* cache, bool capt
         in.clear();
         for (int src : n.src) in.push_back(e.views[static_cast<size_t>(src)].get());
         Buffer* state = n.op == Op::mla_attn ? &cache->layer(n.layer, *this) : nullptr;
-        const bool out_next = n.op == Op::mla_attn && i + 1 < g.size() && g.node(i + 1).op == Op::mul_mat &&
-                              g.node(i + 1).src[0] == i;
+        const bool out_next = n.op == Op::mla_attn && projected_next(g, i);
         attn_out_ = out_next ? g.node(i + 1).w[0] : nullptr;
+        const size_t yq_at = out_next ? e.q8[static_cast<size_t>(i)] : 0;
+        attn_yq_ = yq_at ? static_cast<uint8_t*>(e.arena) + yq_at : nullptr;
         if (n.op == Op::mla_attn && mla_ahead_.node == i) {
             unit(i, i, [&] {
                 if (!mla_ahead_.stored) mla_store(n, e.at(n.src[1]), e.at(n.src[2]), i32(in[3]), *state);
@@ -380,6 +388,7 @@ void CudaBackend::record(const Graph& g, GraphExec& e, KvCache* cache, bool capt
                  shexp_wait_ ? shared_after_route(g, i) : -1);
         }
         attn_out_ = nullptr;
+        attn_yq_ = nullptr;
     }
     if (two) branches_.join();
     quantised_.clear();

@@ -117,6 +117,12 @@ struct QArgs {
     ExpertMask mask;
     DevError* err = nullptr;
     bool moe_early = false;  // gemv_i_kernel's MoE down: the route read before the wait
+    // SwiGLU modes of gemv_i_kernel: y also quantised here (rows of N values: the down
+    // product's input, the bytes quantize_q8_kernel would make of y); null: not. Plain
+    // one-row products of gemv_q8_kernel with 32 rows a CTA (MLA's v_b, a batch of heads):
+    // y's row (batch · N values) quantised as one row, block (yoff + n) / 32 by each CTA.
+    int8_t* yq = nullptr;
+    q8::XDs* yd = nullptr;
 };
 
 // One lane's share of the dot products of NW weight rows with M activation rows: chunks
@@ -257,6 +263,11 @@ __global__ void __launch_bounds__(kThreads) gemv_q8_kernel(QArgs a) {
         }
         return;
     }
+    [[maybe_unused]] float* ys = nullptr;  // the CTA's 32 values of y, for their quantisation
+    if constexpr (Mode == kPlain && MR == 1) {
+        __shared__ float y32[32];
+        if (a.yq) ys = y32;
+    }
 #pragma unroll
     for (int r = 0; r < RW; ++r)
 #pragma unroll
@@ -264,8 +275,20 @@ __global__ void __launch_bounds__(kThreads) gemv_q8_kernel(QArgs a) {
             if (m >= a.M) break;
             float v = group_sum(acc[r][m], lpr);
             if constexpr (NW == 2) v = silu(v) * group_sum(acc[RW + r][m], lpr);
-            if (sub == 0 && n + r < a.N) a.y[yoff + m * a.ldy + n + r] = v;
+            if (sub == 0 && n + r < a.N) {
+                a.y[yoff + m * a.ldy + n + r] = v;
+                if constexpr (Mode == kPlain && MR == 1) {
+                    if (ys) ys[n + r - static_cast<int64_t>(blockIdx.x) * 32] = v;
+                }
+            }
         }
+    if constexpr (Mode == kPlain && MR == 1) {
+        if (ys) {  // launch_u: 32 rows a CTA, N and the batch's y offsets multiples of 32
+            __syncthreads();
+            const int64_t at = yoff + static_cast<int64_t>(blockIdx.x) * 32;
+            if (warp == 0) q8::quantize_warp(ys[lane], true, a.yq + at + lane, a.yd + at / 32);
+        }
+    }
 }
 
 // The interleaved layouts (q4_K_i, q5_K_i, q6_K_i; quant.cuh): a lane takes a row, a warp
@@ -370,9 +393,71 @@ __global__ void __launch_bounds__(32 * KP * NW, i_min_blocks<MR, KP * NW, SMW>()
             for (int p = 0; p < KP; ++p) v[i] += red[i][p][m][lane];
         }
         float out = v[0];
-        if constexpr (NW == 2) out = silu(v[0]) * v[1];
+        if constexpr (NW == 2) {
+            out = silu(v[0]) * v[1];
+            if (a.yq) {  // the warp's 32 values are one block of the row
+                const int64_t row = Mode == kMoeGateUp ? static_cast<int64_t>(blockIdx.y) : m;
+                q8::quantize_warp(out, true, a.yq + row * a.N + n, a.yd + row * (a.N / 32) + blockIdx.x);
+            }
+        }
         a.y[yoff + m * a.ldy + n] = out;
     }
+}
+
+// The MoE down of a token's k ≤ kSumSlots slots and moe_combine's sum of them in one
+// launch (interleaved layouts; decode): a CTA takes 32 output rows, warp j slot j's expert
+// rows of them over all of K, block by block, then warp 0 adds the slots' sums times their
+// weights in slot order, as moe_combine does. No pair rows are written and no combine is
+// launched. A token's grid (N / 32 CTAs: V3's 224) is one wave at 2 CTAs an SM. Measured
+// on the V3 slice (slice 23): asking for the next block before this one's arithmetic (in
+// registers, or in L2) made the step 10-20 µs slower, and 3 CTAs an SM (80 registers:
+// q4_K_i spilled 84 bytes) 10 µs slower. Like the MoE down of gemv_i_kernel,
+// the route is read (two kernels back) and the first block loaded before the wait for the
+// activations (moe_early).
+constexpr int kSumSlots = 8;
+template <typename QI>
+__global__ void __launch_bounds__(32 * kSumSlots, 2) moe_down_sum_kernel(QArgs a, float* out) {
+    constexpr int64_t GB = 32 * QI::TS;
+    const int lane = threadIdx.x & 31, j = threadIdx.x >> 5, k = a.n_used, nb = static_cast<int>(a.K / 256);
+    const int64_t t = blockIdx.y, pair = t * k + j;
+    if (!a.moe_early) {
+        dep_wait();
+        dep_trigger();
+    }
+    const int e = pair_expert(a.route, pair, k, a.n_expert, a.mask, a.err, false);
+    float acc[1] = {0.0f};
+    if (e < 0 || nb == 0) {  // nothing to read; the warp still waits (the grid ends after the kernels before it)
+        dep_wait();
+        dep_trigger();
+    } else {
+        const uint8_t* w =
+            a.w[0] + static_cast<int64_t>(e) * a.N * (nb * QI::TS) + static_cast<int64_t>(blockIdx.x) * nb * GB;
+        const int8_t* xq = a.x.q + pair * a.K;
+        const q8::XDs* xd = a.x.d + pair * (a.K / 32);
+        for (int b = 0; b < nb; ++b) {
+            typename QI::R r;
+            QI::load(w + b * GB, lane, r);
+            if (b == 0) {  // the activations are read from here on
+                dep_wait();
+                dep_trigger();
+            }
+            const int8_t* bq[1] = {xq + 256 * static_cast<int64_t>(b)};
+            const q8::XDs* bd[1] = {xd + 8 * b};
+            QI::template block<1>(r, bq, bd, acc);
+        }
+    }
+    __shared__ float red[kSumSlots][32];
+    red[j][lane] = acc[0];
+    __syncthreads();
+    if (j != 0) return;
+    const float* r = a.route + t * 2 * k;
+    float v = 0.0f;
+    for (int s = 0; s < k; ++s) {
+        const int es = static_cast<int>(r[k + s]);
+        if (es < 0 || es >= a.n_expert || !expert_in(a.mask, es)) continue;
+        v += r[s] * red[s][lane];
+    }
+    out[t * a.N + static_cast<int64_t>(blockIdx.x) * 32 + lane] = v;
 }
 
 // Warps a group for gemv_i_kernel where one_wave_parts (below) finds none, and for the MoE
@@ -545,8 +630,10 @@ int pick_rw(int64_t rows, int M, int matrices, int max_rw) {
 }
 
 // lane_div > 1: a row on that many times fewer lanes than pick_lpr's (fewer_lanes).
+// True: y was also quantised into a.yq (kept only for one-row plain products of 32 rows a
+// CTA; see QArgs).
 template <typename Q, int Mode, int RW>
-void launch_u(QArgs a, unsigned pairs, cudaStream_t s, int lane_div = 1) {
+bool launch_u(QArgs a, unsigned pairs, cudaStream_t s, int lane_div = 1) {
     a.lpr = std::max(1, pick_lpr(a.K / Q::QK * Q::NC, unroll_of<Q, matrices_of<Mode>() * RW>()) / lane_div);
     // Few long rows (kv_a's 576 at V3's width): kWarps warps per row, so that the product
     // still fills the chip and each lane has a round or two (kv_a 7.4 → 5.5 µs on the
@@ -557,6 +644,8 @@ void launch_u(QArgs a, unsigned pairs, cudaStream_t s, int lane_div = 1) {
     const int64_t per_cta = rows_per_cta(a.parts, a.lpr, RW);
     const dim3 grid(static_cast<unsigned>((a.N + per_cta - 1) / per_cta), pairs);
     const dim3 block(kThreads);
+    if (!(Mode == kPlain && a.M == 1 && a.parts == 1 && per_cta == 32 && a.N % 32 == 0 && a.y_bstride % 32 == 0))
+        a.yq = nullptr, a.yd = nullptr;
     if constexpr (Mode == kMoeGateUp || Mode == kMoeDown) {
         launch_pdl(gemv_q8_kernel<Q, 1, Mode, RW>, grid, block, 0, s, a);
     } else {
@@ -564,13 +653,14 @@ void launch_u(QArgs a, unsigned pairs, cudaStream_t s, int lane_div = 1) {
         // M = 1: no other kernels are made.
         const size_t xs = a.xf ? static_cast<size_t>(q8_rows_bytes(1, a.K)) : 0;  // the row quantised in-kernel
         if (a.M == 1) launch_pdl(gemv_q8_kernel<Q, 1, Mode, RW>, grid, block, xs, s, a);
-        else if constexpr (RW == 3) return;
+        else if constexpr (RW == 3) return false;
         else if (a.M == 2) launch_pdl(gemv_q8_kernel<Q, 2, Mode, RW>, grid, block, 0, s, a);
         else if constexpr (RW <= 2) {
             if (a.M <= 4) launch_pdl(gemv_q8_kernel<Q, 4, Mode, RW>, grid, block, 0, s, a);
             else if constexpr (RW == 1) launch_pdl(gemv_q8_kernel<Q, 8, Mode, RW>, grid, block, 0, s, a);
         }
     }
+    return a.yq != nullptr;
 }
 
 // CTAs of gemv_q8_kernel<Q, 1, kPlain, RW> resident at once on the current device.
@@ -620,7 +710,7 @@ int fewer_lanes(int64_t N, int64_t K) {
 }
 
 template <typename Q, int Mode>
-void launch(QArgs a, unsigned pairs, cudaStream_t s) {
+bool launch(QArgs a, unsigned pairs, cudaStream_t s) {
     int rw = pick_rw(a.N * static_cast<int64_t>(pairs), a.M, matrices_of<Mode>(), Q::MAX_RW);
     if constexpr (Mode == kPlain && Q::MAX_RW >= 4) {
         if (a.M == 1 && pairs == 1 && !a.xf) {
@@ -682,7 +772,8 @@ size_t moe_scratch_bytes(const MoeArgs& a) {
            (q8_supported(a.wt_down) ? q8_rows_bytes(a.T * a.n_used, a.F) : 0);
 }
 
-bool gemv_q8(const GemmArgs& a, cudaStream_t s) {
+bool gemv_q8(const GemmArgs& a, cudaStream_t s, bool& quantised) {
+    quantised = false;
     if (!gemv_applies(a)) return false;
     // A batch of single rows is quantised as `batch` rows x_bstride apart.
     const int64_t rows = a.batch > 1 ? a.batch : a.M, ld = a.batch > 1 ? a.x_bstride : a.ldx;
@@ -698,10 +789,17 @@ bool gemv_q8(const GemmArgs& a, cudaStream_t s) {
     q.y = a.y, q.ldy = a.ldy;
     q.w_bstride = a.w_bstride, q.y_bstride = a.y_bstride;
     if (launch_interleaved<kPlain>(a.wt, q, 1, s)) return true;
-    return with_q8(a.wt, [&](auto l) { launch<decltype(l), kPlain>(q, static_cast<unsigned>(a.batch), s); });
+    if (a.yq && a.M == 1 && (a.batch == 1 || a.y_bstride == a.N)) {  // y's row (batch · N values), quantised
+        const Act yq = act_at(a.yq, 1, a.batch * a.N);
+        q.yq = const_cast<int8_t*>(yq.q), q.yd = const_cast<q8::XDs*>(yq.d);
+    }
+    return with_q8(a.wt, [&](auto l) {
+        quantised = launch<decltype(l), kPlain>(q, static_cast<unsigned>(a.batch), s);
+    });
 }
 
-bool gemv_swiglu_q8(const GemmArgs& a, const void* up, cudaStream_t s) {
+bool gemv_swiglu_q8(const GemmArgs& a, const void* up, cudaStream_t s, bool& quantised) {
+    quantised = false;
     if (!gemv_applies(a)) return false;
     if (!a.xq) quantize_rows(a.x, a.ldx, a.M, a.K, a.scratch, s);
     QArgs q;
@@ -710,7 +808,15 @@ bool gemv_swiglu_q8(const GemmArgs& a, const void* up, cudaStream_t s) {
     q.N = a.N, q.K = a.K, q.M = static_cast<int>(a.M);
     q.x = act_at(a.xq ? a.xq : a.scratch, a.M, a.K);
     q.y = a.y, q.ldy = a.ldy;
-    if (launch_interleaved<kSwiglu>(a.wt, q, 1, s)) return true;
+    if (a.yq && a.ldy == a.N) {  // only the interleaved kernel writes it
+        const Act yq = act_at(a.yq, a.M, a.N);
+        q.yq = const_cast<int8_t*>(yq.q), q.yd = const_cast<q8::XDs*>(yq.d);
+    }
+    if (launch_interleaved<kSwiglu>(a.wt, q, 1, s)) {
+        quantised = q.yq != nullptr;
+        return true;
+    }
+    q.yq = nullptr, q.yd = nullptr;
     return with_q8(a.wt, [&](auto l) { launch<decltype(l), kSwiglu>(q, 1, s); });
 }
 
@@ -722,9 +828,30 @@ QArgs moe_qargs(const MoeArgs& a, const float* route) {
     q.mask = a.mask;
     return q;
 }
+
+// The down's part of the scratch (its P = T·k activation rows quantised); null where the
+// down has no integer path.
+void* moe_down_scratch(const MoeArgs& a) {
+    if (!a.scratch || moe_scratch_bytes(a) == 0 || !q8_supported(a.wt_down)) return nullptr;
+    return static_cast<uint8_t*>(a.scratch) + (q8_supported(a.wt) ? q8_rows_bytes(a.T, a.D) : 0);
+}
+
+// The down's arguments, act quantised into its scratch unless the gate/up did (act_q8).
+QArgs moe_down_qargs(const MoeArgs& a, const float* act, const float* route, void* base, cudaStream_t s) {
+    const int64_t P = a.T * a.n_used;
+    if (!a.act_q8) quantize_rows(act, a.F, P, a.F, base, s);
+    QArgs q = moe_qargs(a, route);
+    q.w[0] = static_cast<const uint8_t*>(a.down);
+    q.N = a.D, q.K = a.F;
+    q.x = act_at(base, P, a.F);
+    q.moe_early = moe_early_on();
+    return q;
+}
 }  // namespace
 
-bool moe_gate_up_q8(const MoeArgs& a, const float* x, const float* route, float* act, DevError* err, cudaStream_t s) {
+bool moe_gate_up_q8(const MoeArgs& a, const float* x, const float* route, float* act, DevError* err, cudaStream_t s,
+                    bool& quantised) {
+    quantised = false;
     if (!a.scratch || moe_scratch_bytes(a) == 0 || !q8_supported(a.wt) || (wtype_interleaved(a.wt) && a.F % 32)) return false;
     if (!a.xq) quantize_rows(x, a.D, a.T, a.D, a.scratch, s);
     QArgs q = moe_qargs(a, route);
@@ -734,24 +861,41 @@ bool moe_gate_up_q8(const MoeArgs& a, const float* x, const float* route, float*
     q.x = act_at(a.xq ? a.xq : a.scratch, a.T, a.D);
     q.y = act, q.ldy = a.F;
     q.err = err;
-    if (launch_interleaved<kMoeGateUp>(a.wt, q, static_cast<unsigned>(a.T * a.n_used), s)) return true;
-    return with_q8(a.wt, [&](auto l) { launch<decltype(l), kMoeGateUp>(q, static_cast<unsigned>(a.T * a.n_used), s); });
+    const unsigned P = static_cast<unsigned>(a.T * a.n_used);
+    if (void* base = a.quantise_act ? moe_down_scratch(a) : nullptr) {  // only the interleaved kernel writes it
+        const Act yq = act_at(base, P, a.F);
+        q.yq = const_cast<int8_t*>(yq.q), q.yd = const_cast<q8::XDs*>(yq.d);
+    }
+    if (launch_interleaved<kMoeGateUp>(a.wt, q, P, s)) {
+        quantised = q.yq != nullptr;
+        return true;
+    }
+    q.yq = nullptr, q.yd = nullptr;
+    return with_q8(a.wt, [&](auto l) { launch<decltype(l), kMoeGateUp>(q, P, s); });
 }
 
 bool moe_down_q8(const MoeArgs& a, const float* act, const float* route, float* y, cudaStream_t s) {
-    if (!a.scratch || moe_scratch_bytes(a) == 0 || !q8_supported(a.wt_down) || (wtype_interleaved(a.wt_down) && a.D % 32))
-        return false;
-    void* base = static_cast<uint8_t*>(a.scratch) + (q8_supported(a.wt) ? q8_rows_bytes(a.T, a.D) : 0);
-    const int64_t P = a.T * a.n_used;
-    quantize_rows(act, a.F, P, a.F, base, s);
-    QArgs q = moe_qargs(a, route);
-    q.w[0] = static_cast<const uint8_t*>(a.down);
-    q.N = a.D, q.K = a.F;
-    q.x = act_at(base, P, a.F);
+    void* base = moe_down_scratch(a);
+    if (!base || (wtype_interleaved(a.wt_down) && a.D % 32)) return false;
+    QArgs q = moe_down_qargs(a, act, route, base, s);
     q.y = y, q.ldy = a.D;
-    q.moe_early = moe_early_on();
-    if (launch_interleaved<kMoeDown>(a.wt_down, q, static_cast<unsigned>(P), s)) return true;
-    return with_q8(a.wt_down, [&](auto l) { launch<decltype(l), kMoeDown>(q, static_cast<unsigned>(P), s); });
+    const unsigned P = static_cast<unsigned>(a.T * a.n_used);
+    if (launch_interleaved<kMoeDown>(a.wt_down, q, P, s)) return true;
+    return with_q8(a.wt_down, [&](auto l) { launch<decltype(l), kMoeDown>(q, P, s); });
+}
+
+bool moe_down_sum_q8(const MoeArgs& a, const float* act, const float* route, float* out, cudaStream_t s) {
+    void* base = moe_down_scratch(a);
+    if (!base || !wtype_interleaved(a.wt_down) || a.D % 32 || a.F % 256 || a.n_used < 1 || a.n_used > kSumSlots)
+        return false;
+    const QArgs q = moe_down_qargs(a, act, route, base, s);
+    const dim3 grid(static_cast<unsigned>(a.D / 32), static_cast<unsigned>(a.T)), block(32 * a.n_used);
+    switch (a.wt_down) {
+        case WType::q6_K_i: launch_pdl(moe_down_sum_kernel<q8::Q6_KI>, grid, block, 0, s, q, out); return true;
+        case WType::q4_K_i: launch_pdl(moe_down_sum_kernel<q8::Q4_KI>, grid, block, 0, s, q, out); return true;
+        case WType::q5_K_i: launch_pdl(moe_down_sum_kernel<q8::Q5_KI>, grid, block, 0, s, q, out); return true;
+        default: return false;
+    }
 }
 
 bool dot_q8_host(WType t, const void* row, int64_t K, const float* x, float* out, int rw) {

@@ -20,9 +20,14 @@ bool q8_supported(WType t);
 // Bytes of `rows` quantised activation rows of K values (K a multiple of 32), 16-aligned.
 size_t q8_rows_bytes(int64_t rows, int64_t K);
 
-bool gemv_q8(const GemmArgs& a, cudaStream_t s);
-bool gemv_swiglu_q8(const GemmArgs& a, const void* up, cudaStream_t s);
-bool moe_gate_up_q8(const MoeArgs& a, const float* x, const float* route, float* act, DevError* err, cudaStream_t s);
+// quantised: also y quantised into a.yq (GemmArgs::yq).
+bool gemv_q8(const GemmArgs& a, cudaStream_t s, bool& quantised);
+// quantised: also y (act) quantised into a.yq (the down's scratch, MoeArgs::quantise_act).
+bool gemv_swiglu_q8(const GemmArgs& a, const void* up, cudaStream_t s, bool& quantised);
+bool moe_gate_up_q8(const MoeArgs& a, const float* x, const float* route, float* act, DevError* err, cudaStream_t s,
+                    bool& quantised);
 bool moe_down_q8(const MoeArgs& a, const float* act, const float* route, float* y, cudaStream_t s);
+// moe_pairs_down_sum's kernel (interleaved down types, n_used ≤ 8).
+bool moe_down_sum_q8(const MoeArgs& a, const float* act, const float* route, float* out, cudaStream_t s);
 
 }  // namespace ds3::cuda

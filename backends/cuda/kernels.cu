@@ -782,16 +782,22 @@ thread_local bool g_pdl_suspended = false;
 void set_pdl_suspended(bool on) { g_pdl_suspended = on; }
 bool pdl_suspended() { return g_pdl_suspended; }
 
-void gemm(const GemmArgs& a, cudaStream_t s) {
-    if (a.M <= 0 || a.N <= 0 || a.batch <= 0) return;
-    if (gemv_q8(a, s) || gemv_fp8(a, nullptr, s)) return;
+bool gemm(const GemmArgs& a, cudaStream_t s) {
+    if (a.M <= 0 || a.N <= 0 || a.batch <= 0) return false;
+    bool quantised = false;
+    if (gemv_q8(a, s, quantised)) return quantised;
+    if (gemv_fp8(a, nullptr, s)) return false;
     with_loader(a.wt, [&](auto l) { launch_gemm<decltype(l)>(a, s); });
+    return false;
 }
 
-void gemv_swiglu(const GemmArgs& a, const void* up, cudaStream_t s) {
-    if (a.M <= 0 || a.N <= 0) return;
-    if (gemv_swiglu_q8(a, up, s) || gemv_fp8(a, up, s)) return;
+bool gemv_swiglu(const GemmArgs& a, const void* up, cudaStream_t s) {
+    if (a.M <= 0 || a.N <= 0) return false;
+    bool quantised = false;
+    if (gemv_swiglu_q8(a, up, s, quantised)) return quantised;
+    if (gemv_fp8(a, up, s)) return false;
     with_loader(a.wt, [&](auto l) { launch_gemv_swiglu<decltype(l)>(a, up, s); });
+    return false;
 }
 
 void get_rows(const void* w, WType wt, int64_t cols, int64_t n_vocab, const int32_t* ids, int64_t n, float* y,
@@ -820,14 +826,17 @@ void copy2d(const float* src, int64_t lds, float* dst, int64_t ldd, int64_t rows
         launch_pdl(copy2d_kernel, dim3(grid_for(rows * cols, 256)), dim3(256), 0, s, src, lds, dst, ldd, rows, cols);
 }
 
-void moe_pairs_gate_up(const MoeArgs& a, const float* x, const float* route, float* act, DevError* err,
+bool moe_pairs_gate_up(const MoeArgs& a, const float* x, const float* route, float* act, DevError* err,
                        cudaStream_t s) {
-    if (a.T <= 0) return;
-    if (moe_gate_up_q8(a, x, route, act, err, s) || moe_gate_up_fp8(a, x, route, act, err, s)) return;
+    if (a.T <= 0) return false;
+    bool quantised = false;
+    if (moe_gate_up_q8(a, x, route, act, err, s, quantised)) return quantised;
+    if (moe_gate_up_fp8(a, x, route, act, err, s)) return false;
     dim3 grid(static_cast<unsigned>((a.F + 7) / 8), static_cast<unsigned>(a.T * a.n_used));
     with_loader(a.wt, [&](auto l) {
         launch_pdl(moe_gate_up_kernel<decltype(l)>, grid, dim3(256), 0, s, a, x, route, act, err);
     });
+    return false;
 }
 
 void moe_pairs_down(const MoeArgs& a, const float* act, const float* route, float* y, cudaStream_t s) {
@@ -836,6 +845,10 @@ void moe_pairs_down(const MoeArgs& a, const float* act, const float* route, floa
     dim3 grid(static_cast<unsigned>((a.D + 7) / 8), static_cast<unsigned>(a.T * a.n_used));
     with_loader(a.wt_down,
                 [&](auto l) { launch_pdl(moe_down_kernel<decltype(l)>, grid, dim3(256), 0, s, a, act, route, y); });
+}
+
+bool moe_pairs_down_sum(const MoeArgs& a, const float* act, const float* route, float* out, cudaStream_t s) {
+    return a.T > 0 && moe_down_sum_q8(a, act, route, out, s);
 }
 
 void moe_combine(const MoeArgs& a, const float* y, const float* route, const int* pair_row, float* out,

@@ -104,15 +104,22 @@ struct GemmArgs {
     // quantises its batch row of x itself, as the quantise launch would (no scratch, no
     // launch; MLA's k_b right after the projection that makes q).
     bool quantise_rows = false;
+    // gemv_swiglu (batch 1, ldy = N): also y quantised here (q8_rows_bytes(M, N) bytes, the
+    // layout of `xq`) where its kernel can; gemv_swiglu returns whether it did. gemm, a
+    // batch of single rows (M = 1; MLA's v_b): y's row of batch · N values quantised as one
+    // row (q8_rows_bytes(1, batch · N)) where its kernel takes 32 rows a block; gemm returns
+    // whether it did.
+    void* yq = nullptr;
 };
 constexpr int64_t kInlineRowK = 1024;
 // batch > 1: a strided batch of single rows (M = 1), each quantised apart.
 size_t gemv_scratch_bytes(WType wt, int64_t M, int64_t K, int batch = 1);
-void gemm(const GemmArgs& a, cudaStream_t s);
+bool gemm(const GemmArgs& a, cudaStream_t s);  // true: y also quantised into a.yq
 // The gate and up projections of a SwiGLU MLP for M ≤ 8 rows in one pass: y[m][n] =
 // silu(x[m]·G[n]) · (x[m]·U[n]), where `a` describes G (a.w) and `up` is U, of the same
-// type and shape. No intermediate leaves registers.
-void gemv_swiglu(const GemmArgs& a, const void* up, cudaStream_t s);
+// type and shape. No intermediate leaves registers. True: y was also quantised into a.yq
+// (the interleaved layouts' kernel; the product reading y can take it as its `xq`).
+bool gemv_swiglu(const GemmArgs& a, const void* up, cudaStream_t s);
 
 void get_rows(const void* w, WType wt, int64_t cols, int64_t n_vocab, const int32_t* ids, int64_t n, float* y,
               DevError* err, cudaStream_t s);
@@ -230,6 +237,10 @@ struct MoeArgs {
     ExpertMask mask;
     void* scratch = nullptr;  // device, moe_scratch_bytes(*this) bytes (see GemmArgs::scratch)
     const void* xq = nullptr;  // the T input rows already quantised (see GemmArgs::xq)
+    // Decode pairs: the gate/up also writes act quantised into the down's part of the
+    // scratch where its kernel can (quantise_act; moe_pairs_gate_up then returns true), and
+    // the down reads that (act_q8) instead of quantising act itself.
+    bool quantise_act = false, act_q8 = false;
 };
 size_t moe_scratch_bytes(const MoeArgs& a);
 // Tuning aid (a hidden test prints it on the device): mean µs of one decode product on
@@ -242,10 +253,15 @@ double time_decode_us(int kind, WType t, int64_t M, int64_t N, int64_t K, bool i
 // the GEMVs are): the ceiling a decode product of that size could reach.
 double time_read_us(int64_t bytes, int iters);
 // Decode (few tokens): one (token, slot) pair per grid row, reading only the chosen
-// experts' rows. act [T·k][F], y [T·k][D].
-void moe_pairs_gate_up(const MoeArgs& a, const float* x, const float* route, float* act, DevError* err,
+// experts' rows. act [T·k][F], y [T·k][D]. moe_pairs_gate_up: true where act was also
+// quantised for the down (MoeArgs::quantise_act).
+bool moe_pairs_gate_up(const MoeArgs& a, const float* x, const float* route, float* act, DevError* err,
                        cudaStream_t s);
 void moe_pairs_down(const MoeArgs& a, const float* act, const float* route, float* y, cudaStream_t s);
+// moe_pairs_down and moe_combine (pair_row null) in one launch, out [T][D]: a block takes
+// 32 rows of every slot of a token and adds them itself. Interleaved down types with
+// n_used ≤ 8 only; false: nothing launched.
+bool moe_pairs_down_sum(const MoeArgs& a, const float* act, const float* route, float* out, cudaStream_t s);
 // out[t] = Σ_j weight_j · y[row(t, j)] over the slots whose expert is in the mask; row is
 // pair_row[t·k + j] (−1: skipped) or t·k + j when pair_row is null.
 void moe_combine(const MoeArgs& a, const float* y, const float* route, const int* pair_row, float* out,

@@ -681,8 +681,9 @@ TEST_CASE("cuda quant: mla_attn with quantized k_b / v_b", "[cuda][quant]") {
 }
 
 // In a replayed decode step the RMS norms quantise their outputs for the integer GEMVs
-// that read them, and MLA's merge quantises the attended latent for v_b: the products
-// must see the very bytes their own quantise kernels make node by node.
+// that read them, MLA's merge quantises the attended latent for v_b, and v_b (at V3's 128
+// rows a head: 32 a block) quantises MLA's output for wo: the products must see the very
+// bytes their own quantise kernels make node by node.
 // With a product (wo) reading MLA's output, and v_b in regrouped Q6_K at V3's 128 rows a head.
 TEST_CASE("cuda quant: a replayed decode step (fused quantisation) equals node by node bit for bit",
           "[cuda][quant][graph]") {
@@ -944,6 +945,61 @@ TEST_CASE("cuda quant: interleaved products: GEMVs of 1 to 8 rows and gate+up, M
         }, 1e-6, 1e-6);
     }
     }
+}
+
+// Decode's FFN kernels on the interleaved layouts: the gate/up writes the down's input
+// already quantised (DS3_CUDA_ACT_Q8=0: the down quantises it, to the same bits), and the
+// MoE down adds a token's slots itself (8 slots, one expert masked; rows of 1, 3 and 4
+// blocks for the next-block loads; DS3_CUDA_MOE_SUM=0: the pairs' rows and moe_combine).
+TEST_CASE("cuda quant: interleaved FFN decode: the down's input quantised by the gate/up, the MoE down's own sum",
+          "[cuda][quant]") {
+    DS3_REQUIRE_CUDA(gpu);
+    EnvGuard env("DS3_CUDA_Q6I_ROWS", "32"), env45("DS3_CUDA_Q45I_ROWS", "32");
+    auto with = [](const char* name) {
+        EnvGuard off(name, "0");
+        return create_backend("cuda");
+    };
+    const auto unquantised = with("DS3_CUDA_ACT_Q8"), combined = with("DS3_CUDA_MOE_SUM");
+    const int E = 10, k = 8;
+    const int64_t D = 512;
+    RouteParams p{E, k, 1, 1, ScoringFunc::softmax, TopkMethod::greedy, false, 1.0f};
+    for (auto [t, wi] : kInterleaved)
+        for (int64_t F : {256, 768, 1024}) {
+            WeightStore s;
+            const FfnWeights fw = add_ffn_weights(s, t, D, F, E, 74);
+            for (int64_t T : {1, 2, 3}) {
+                INFO(tname(t) << " F " << F << " T " << T);
+                const std::vector<float> route = test_route(T, k, E);
+                auto xv = randn(size_t(T * D), 75);
+                const std::vector<GraphInput> ins = {{0, xv.data()}, {1, route.data()}};
+                auto moe = [&](Graph& gr, bool q) {
+                    int x = gr.input("x", DType::f32, T, D);
+                    int r = gr.input("r", DType::f32, T, 2 * k);
+                    int m = gr.moe_ffn("m", x, r, q ? *fw.g.q : *fw.g.f, q ? *fw.u.q : *fw.u.f,
+                                       q ? *fw.d.q : *fw.d.f, p);
+                    gr.node(m).experts.assign(size_t(E), 1);
+                    gr.node(m).experts[6] = 0;  // token 0's third slot
+                    return m;
+                };
+                auto shared = [&](Graph& gr, bool q) {
+                    int x = gr.input("x", DType::f32, T, D);
+                    return gr.shared_ffn("sh", x, q ? *fw.sg.q : *fw.sg.f, q ? *fw.su.q : *fw.su.f,
+                                         q ? *fw.sd.q : *fw.sd.f);
+                };
+                check_op(*gpu, t, ins, moe, 0.05, 1e-5, true);
+                const std::vector<GraphInput> x_only = {ins[0]};
+                check_op(*gpu, t, x_only, shared, 0.05, 1e-5, true);
+                auto same = [&](auto&& build, const std::vector<GraphInput>& in) {
+                    Graph g;
+                    const int o = build(g, true);
+                    const auto got = run_on(*gpu, g, in, o);
+                    CHECK(std::memcmp(got.data(), run_on(*unquantised, g, in, o).data(), got.size() * 4) == 0);
+                    CHECK(nmse_root(got, run_on(*combined, g, in, o)) <= 1e-6);
+                };
+                same(moe, ins);
+                same(shared, x_only);
+            }
+        }
 }
 
 // Hidden (run it by name on the device): timings of the decode products at DeepSeek-V3's
