@@ -17,10 +17,12 @@ namespace ds3::cuda {
 namespace {
 
 constexpr int kNormThreads = 1024;  // a decode row is one block: as many loads in flight as possible
-// Or a cluster of kNormCluster blocks of kClusterThreads (sm_90): a quarter of the row each,
+// Or a cluster of kNormCluster blocks of kClusterThreads (sm_90): an eighth of the row each,
 // their sums of squares exchanged through distributed shared memory. One SM issuing the
-// whole row's instructions took ~3.4 µs of a 4.5–6.6 µs norm (Nsight Compute).
-constexpr int kNormCluster = 4, kClusterThreads = 256;
+// whole row's instructions took ~3.4 µs of a 4.5–6.6 µs norm (Nsight Compute); on V3's
+// slice 8 blocks of 256 threads made a step 11 µs shorter than 4 (slice 23: 4 of 128
+// threads +48, 8 of 128 ±0).
+constexpr int kNormCluster = 8, kClusterThreads = 256;
 
 // Sum of v over the block, in double (long rows stay exact enough, as on the CPU).
 __device__ double block_sum(double v) {
@@ -304,19 +306,29 @@ void add_rms_norm(const float* a, const float* b, const float* c, float* mid, fl
     // one block a row; read once). Both launched with programmatic dependent launch
     // (device_util.cuh) where it is on.
     static const bool cluster = env_on_sm90("DS3_CUDA_NORM_CLUSTER");
-    if (cluster && cols % (32 * kNormCluster) == 0 && cols >= 1024) {
+    // DS3_CUDA_NORM_MEMBERS=4|16 (read once): clusters of that many blocks, for measurements.
+    static const int members = [] {
+        const int m = env_int("DS3_CUDA_NORM_MEMBERS");
+        return m == 4 || m == 16 ? m : kNormCluster;
+    }();
+    if (cluster && cols % (32 * members) == 0 && cols >= 1024) {
         cudaLaunchAttribute attr[2];
         attr[0].id = cudaLaunchAttributeClusterDimension;
-        attr[0].val.clusterDim.x = kNormCluster, attr[0].val.clusterDim.y = 1, attr[0].val.clusterDim.z = 1;
+        attr[0].val.clusterDim.x = members, attr[0].val.clusterDim.y = 1, attr[0].val.clusterDim.z = 1;
         cudaLaunchConfig_t cfg = {};
-        cfg.gridDim = dim3(static_cast<unsigned>(rows * kNormCluster));
+        cfg.gridDim = dim3(static_cast<unsigned>(rows * members));
         cfg.blockDim = dim3(kClusterThreads);
         cfg.stream = s;
         cfg.attrs = attr;
         cfg.numAttrs = step_launch_attrs(attr, 1);
-        if (cudaLaunchKernelEx(&cfg, add_rms_norm_kernel<kClusterThreads, kNormCluster>, a, b, c, mid, sum, gain, wt,
-                               eps, cols, y, q, qd) == cudaSuccess)
-            return;
+        auto go = [&](auto kernel) {
+            if (members > 8) cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+            return cudaLaunchKernelEx(&cfg, kernel, a, b, c, mid, sum, gain, wt, eps, cols, y, q, qd);
+        };
+        const cudaError_t e = members == 4    ? go(add_rms_norm_kernel<kClusterThreads, 4>)
+                              : members == 16 ? go(add_rms_norm_kernel<kClusterThreads, 16>)
+                                              : go(add_rms_norm_kernel<kClusterThreads, kNormCluster>);
+        if (e == cudaSuccess) return;
         cudaGetLastError();  // no cluster launch here: one block a row
     }
     launch_pdl(add_rms_norm_kernel<kNormThreads, 1>, dim3(static_cast<unsigned>(rows)), dim3(kNormThreads), 0, s, a,
