@@ -411,9 +411,9 @@ __global__ void __launch_bounds__(32 * KP * NW, i_min_blocks<MR, KP * NW, SMW>()
 // launched. A token's grid (N / 32 CTAs: V3's 224) is one wave at 2 CTAs an SM. Measured
 // on the V3 slice (slice 23): asking for the next block before this one's arithmetic (in
 // registers, or in L2) made the step 10-20 µs slower, and 3 CTAs an SM (80 registers:
-// q4_K_i spilled 84 bytes) 10 µs slower. Like the MoE down of gemv_i_kernel,
-// the route is read (two kernels back) and the first block loaded before the wait for the
-// activations (moe_early).
+// q4_K_i spilled 84 bytes) 10 µs slower. Like the MoE down of gemv_i_kernel, the route is
+// read (two kernels back) and the first block loaded before the wait for the activations
+// (moe_early).
 constexpr int kSumSlots = 8;
 template <typename QI>
 __global__ void __launch_bounds__(32 * kSumSlots, 2) moe_down_sum_kernel(QArgs a, float* out) {
@@ -836,8 +836,9 @@ void* moe_down_scratch(const MoeArgs& a) {
     return static_cast<uint8_t*>(a.scratch) + (q8_supported(a.wt) ? q8_rows_bytes(a.T, a.D) : 0);
 }
 
-// The down's arguments, act quantised into its scratch unless the gate/up did (act_q8).
-QArgs moe_down_qargs(const MoeArgs& a, const float* act, const float* route, void* base, cudaStream_t s) {
+// Launches the quantisation of act into the down's scratch, unless the gate/up wrote it
+// there (act_q8), and returns the down's arguments.
+QArgs prepare_moe_down(const MoeArgs& a, const float* act, const float* route, void* base, cudaStream_t s) {
     const int64_t P = a.T * a.n_used;
     if (!a.act_q8) quantize_rows(act, a.F, P, a.F, base, s);
     QArgs q = moe_qargs(a, route);
@@ -877,7 +878,7 @@ bool moe_gate_up_q8(const MoeArgs& a, const float* x, const float* route, float*
 bool moe_down_q8(const MoeArgs& a, const float* act, const float* route, float* y, cudaStream_t s) {
     void* base = moe_down_scratch(a);
     if (!base || (wtype_interleaved(a.wt_down) && a.D % 32)) return false;
-    QArgs q = moe_down_qargs(a, act, route, base, s);
+    QArgs q = prepare_moe_down(a, act, route, base, s);
     q.y = y, q.ldy = a.D;
     const unsigned P = static_cast<unsigned>(a.T * a.n_used);
     if (launch_interleaved<kMoeDown>(a.wt_down, q, P, s)) return true;
@@ -888,7 +889,7 @@ bool moe_down_sum_q8(const MoeArgs& a, const float* act, const float* route, flo
     void* base = moe_down_scratch(a);
     if (!base || !wtype_interleaved(a.wt_down) || a.D % 32 || a.F % 256 || a.n_used < 1 || a.n_used > kSumSlots)
         return false;
-    const QArgs q = moe_down_qargs(a, act, route, base, s);
+    const QArgs q = prepare_moe_down(a, act, route, base, s);
     const dim3 grid(static_cast<unsigned>(a.D / 32), static_cast<unsigned>(a.T)), block(32 * a.n_used);
     switch (a.wt_down) {
         case WType::q6_K_i: launch_pdl(moe_down_sum_kernel<q8::Q6_KI>, grid, block, 0, s, q, out); return true;
