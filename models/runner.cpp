@@ -37,8 +37,7 @@ std::vector<int> Runner::run(std::span<const int32_t> tokens, bool all_logits, c
             it = graphs_.emplace(std::make_pair(T, all_logits), sched_.place(build_graph(model_, b))).first;
         }
         gp = &it->second;
-        for (Node& n : gp->nodes())
-            if (n.op == Op::mla_attn) n.attn.pos0 = b.pos0;
+        gp->set_attn_pos0(b.pos0);
     } else {
         fresh = sched_.place(build_graph(model_, b));
     }

@@ -49,6 +49,9 @@ struct MlaLatent {
     int lat = -1, kpe = -1;
 };
 MlaLatent mla_latent_nodes(const Graph& g, int m);
+// The part of a replayed step's key that its nodes make (cuda_step.cpp; host only):
+// every node's op, shape, inputs, weights and parameters but attn.pos0.
+uint64_t graph_nodes_key(const Graph& g);
 
 class CudaBackend final : public Backend {
 public:
@@ -109,6 +112,9 @@ private:
         }
     };
     uint64_t graph_key(const Graph& g, KvCache* cache, std::span<const int> fetch);
+    // graph_key's nodes part and MLA nodes for the graph version it was made for.
+    uint64_t key_version_ = 0, key_nodes_ = 0;
+    std::vector<int> key_mla_;
     GraphExec& exec_for(const Graph& g, KvCache* cache, std::span<const int> fetch);
     void copy_inputs(const GraphExec& e);
     static int match_add_norm(const Graph& g, int i);

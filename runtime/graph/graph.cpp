@@ -1,5 +1,6 @@
 #include "runtime/graph/graph.h"
 
+#include <atomic>
 #include <string>
 
 #include "runtime/error.h"
@@ -52,7 +53,18 @@ int Graph::find(const std::string& name) const {
     return it == index_.end() ? -1 : it->second;
 }
 
+uint64_t Graph::next_version() {
+    static std::atomic<uint64_t> last{0};
+    return last.fetch_add(1, std::memory_order_relaxed) + 1;
+}
+
+void Graph::set_attn_pos0(int64_t pos0) {
+    for (Node& n : nodes_)
+        if (n.op == Op::mla_attn) n.attn.pos0 = pos0;
+}
+
 int Graph::push(Node n) {
+    version_ = next_version();
     if (find(n.name) >= 0) shape_error(n.name, "a node of that name already exists");
     for (int s : n.src)
         if (s < 0 || s >= size()) shape_error(n.name, "source index " + std::to_string(s) + " out of range");

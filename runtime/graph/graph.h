@@ -124,10 +124,27 @@ struct Node {
 
 class Graph {
 public:
+    Graph() : version_(next_version()) {}
     const std::vector<Node>& nodes() const { return nodes_; }
-    std::vector<Node>& nodes() { return nodes_; }
+    std::vector<Node>& nodes() {
+        version_ = next_version();
+        return nodes_;
+    }
     const Node& node(int id) const { return nodes_.at(static_cast<size_t>(id)); }
-    Node& node(int id) { return nodes_.at(static_cast<size_t>(id)); }
+    Node& node(int id) {
+        version_ = next_version();
+        return nodes_.at(static_cast<size_t>(id));
+    }
+    // A number, unique in the process, that changes whenever the nodes may change: every
+    // non-const access to them (and every builder) takes a fresh one, and a copy keeps its
+    // source's. A backend may keep what it derives from a graph's nodes for as long as the
+    // number stays (the CUDA backend's replay key). So a reference to a node taken before a
+    // backend ran the graph must not be written through after: take it anew.
+    uint64_t version() const { return version_; }
+    // Every mla_attn node's attn.pos0 (the batch's first position) set to pos0, keeping
+    // version(): what a backend derives from the nodes must not depend on it (a replayed
+    // decode step reads its positions from the device).
+    void set_attn_pos0(int64_t pos0);
     int find(const std::string& name) const;  // -1 when absent
     int size() const { return static_cast<int>(nodes_.size()); }
 
@@ -165,6 +182,8 @@ private:
     std::vector<Node> nodes_;
     std::unordered_map<std::string, int> index_;  // name → node (a 61-layer graph has ~1,500)
     int cur_layer_ = -1;
+    uint64_t version_;
+    static uint64_t next_version();
 };
 
 }  // namespace ds3

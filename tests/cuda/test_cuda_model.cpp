@@ -4,6 +4,7 @@
 #include <catch2/catch.hpp>
 
 #include <cstring>
+#include <utility>
 
 #include "backends/cuda/cuda_backend_impl.h"
 #include "cuda_test.h"
@@ -105,6 +106,38 @@ TEST_CASE("cuda: decode steps replayed from CUDA graphs equal node-by-node runs 
     // The CPU agrees too (the replayed steps are not just self-consistent).
     auto cpu = create_backend("cpu", {2});
     CHECK(max_diff(run_incremental(m, {on.get()}), run_incremental(m, {cpu.get()})) < 1e-4f);
+}
+
+// Host only (CI too): a replayed step's key from its nodes ignores the position (each
+// step's graph is the same but for it) and follows every other field; the backend keeps it
+// for the graph's version (graph.h), so each change here also takes a new version.
+TEST_CASE("cuda: the replay key of a step's nodes ignores the position and follows the rest", "[cuda][graph]") {
+    const Deepseek2Model m = tiny_model({});
+    Graph g = build_graph(m, {1, 5, false});
+    const uint64_t k0 = cuda::graph_nodes_key(g);
+    CHECK(cuda::graph_nodes_key(Graph(g)) == k0);
+    g.set_attn_pos0(9);
+    CHECK(cuda::graph_nodes_key(g) == k0);
+    auto changed = [&](auto&& edit) {
+        Graph h = build_graph(m, {1, 5, false});
+        const uint64_t v = h.version();
+        edit(h);
+        return h.version() != v && cuda::graph_nodes_key(h) != k0;
+    };
+    const int mla = g.find("l0.attn_ctx"), norm = g.find("l0.attn_norm");
+    int moe = -1;
+    for (int i = 0; i < g.size() && moe < 0; ++i)
+        if (std::as_const(g).node(i).op == Op::moe_ffn) moe = i;
+    REQUIRE(mla >= 0);
+    REQUIRE(norm >= 0);
+    REQUIRE(moe >= 0);
+    CHECK(changed([&](Graph& h) { h.node(norm).eps *= 2.0f; }));
+    CHECK(changed([&](Graph& h) { h.node(mla).attn.scale *= 2.0f; }));
+    CHECK(changed([&](Graph& h) { h.node(norm).w[0] = h.node(mla).w[0]; }));
+    CHECK(changed([&](Graph& h) { h.node(norm).src[0] = 0; }));
+    CHECK(changed([&](Graph& h) { h.node(moe).experts.assign(size_t(m.hp.n_expert), 1); }));
+    Graph h = build_graph(m, {1, 5, false});
+    CHECK(cuda::graph_nodes_key(h) == k0);  // built alike: the same key, though a new version
 }
 
 // Host only (CI too): in a decode step's graph each layer's query RoPE leads to its MLA

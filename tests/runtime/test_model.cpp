@@ -138,6 +138,40 @@ TEST_CASE("a runner's reused graphs give the logits of freshly built ones at eve
     }
 }
 
+TEST_CASE("a graph's version changes with every access that may change its nodes", "[graph]") {
+    // Backends keep what they derive from a graph's nodes (the CUDA replay key) for as long
+    // as its version stays: only const access and set_attn_pos0 keep it.
+    const Deepseek2Model m = tiny_model({TypeId::F32});
+    Graph g = build_graph(m, {1, 3, false});
+    const Graph& cg = g;
+    const uint64_t v0 = g.version();
+    CHECK(cg.node(0).op == Op::input);
+    CHECK(cg.nodes().size() == size_t(g.size()));
+    CHECK(g.find("logits") >= 0);
+    CHECK(g.version() == v0);
+    g.set_attn_pos0(7);
+    CHECK(g.version() == v0);
+    int mla = -1;
+    for (int i = 0; i < g.size(); ++i)
+        if (cg.node(i).op == Op::mla_attn) {
+            mla = i;
+            CHECK(cg.node(i).attn.pos0 == 7);
+        }
+    REQUIRE(mla >= 0);
+    const Graph copy = g;  // the same nodes: the same version
+    CHECK(copy.version() == v0);
+    g.node(mla);  // a writable reference: a new version, whether written or not
+    const uint64_t v1 = g.version();
+    CHECK(v1 != v0);
+    g.nodes();
+    CHECK(g.version() != v1);
+    CHECK(copy.version() == v0);
+    // A graph built alike gets a version of its own, never an earlier graph's.
+    const Graph again = build_graph(m, {1, 3, false});
+    CHECK(again.version() != v0);
+    CHECK(again.version() != g.version());
+}
+
 TEST_CASE("experts split across two CPU backends give the unsplit logits", "[model][sched]") {
     auto a = make_cpu_backend({2}, "cpu0");
     auto b = make_cpu_backend({1}, "cpu1");
