@@ -69,6 +69,7 @@ CudaBackend::CudaBackend(const BackendOptions&, std::string name) : name_(std::m
     if (const char* p = std::getenv("DS3_CUDA_PDL_BATCH")) pdl_batch_off_ = std::atoi(p) == 0;
     if (const char* p = std::getenv("DS3_CUDA_ACT_Q8")) act_q8_ = std::atoi(p) != 0;
     if (const char* p = std::getenv("DS3_CUDA_MOE_SUM")) moe_sum_ = std::atoi(p) != 0;
+    if (const char* p = std::getenv("DS3_CUDA_KEY_CACHE")) key_cache_ = std::atoi(p) != 0;
 }
 
 namespace {

@@ -112,9 +112,15 @@ private:
         }
     };
     uint64_t graph_key(const Graph& g, KvCache* cache, std::span<const int> fetch);
-    // graph_key's nodes part and MLA nodes for the graph version it was made for.
-    uint64_t key_version_ = 0, key_nodes_ = 0;
-    std::vector<int> key_mla_;
+    struct GraphFacts {
+        uint64_t version = 0;    // the Graph::version() they were made for (0: none)
+        uint64_t nodes_key = 0;  // graph_nodes_key
+        bool replayable = false;  // every node ≤ 8 rows, every MLA node with its position and cache sources
+        std::vector<int> mla;     // the mla_attn nodes
+    };
+    GraphFacts facts_;
+    bool key_cache_ = true;  // DS3_CUDA_KEY_CACHE=0: facts_of makes them anew each step
+    const GraphFacts& facts_of(const Graph& g);
     GraphExec& exec_for(const Graph& g, KvCache* cache, std::span<const int> fetch);
     void copy_inputs(const GraphExec& e);
     static int match_add_norm(const Graph& g, int i);

@@ -28,10 +28,8 @@ namespace ds3::cuda {
 bool CudaBackend::run_graph(const Graph& g, std::span<const GraphInput> inputs, KvCache* cache,
                             std::span<const int> fetch, Fetched& results) {
     if (!graphs_ || prof_) return false;
-    for (const Node& n : g.nodes()) {
-        if (n.rows > 8) return false;  // prefill: moe_ffn groups tokens on the host
-        if (n.op == Op::mla_attn && (n.src.size() < 4 || !cache)) return false;
-    }
+    const GraphFacts& facts = facts_of(g);
+    if (!facts.replayable || (!facts.mla.empty() && !cache)) return false;
     use_device();
     const auto t_enter = std::chrono::steady_clock::now();
     if (stale_graphs_) {
@@ -159,20 +157,31 @@ uint64_t graph_nodes_key(const Graph& g) {
     return XXH3_64bits(v.data(), v.size() * sizeof(uint64_t));
 }
 
-// graph_nodes_key, kept for the graph's version (hashed once for a decode loop's graph,
-// not each step: ~6 µs for V3's 8-layer slice), then the cache buffers the MLA nodes
-// read, and what is fetched.
-uint64_t CudaBackend::graph_key(const Graph& g, KvCache* cache, std::span<const int> fetch) {
-    if (g.version() != key_version_) {
-        key_nodes_ = graph_nodes_key(g);
-        key_mla_.clear();
-        for (int i = 0; i < g.size(); ++i)
-            if (g.node(i).op == Op::mla_attn) key_mla_.push_back(i);
-        key_version_ = g.version();
+// What run_graph needs of a graph's nodes, kept for the graph's version: made once for a
+// decode loop's graph, not each step (the key alone hashed ~6 µs a step on V3's 8-layer
+// slice). DS3_CUDA_KEY_CACHE=0 makes it anew each step (for measurements).
+const CudaBackend::GraphFacts& CudaBackend::facts_of(const Graph& g) {
+    if (key_cache_ && g.version() == facts_.version) return facts_;
+    facts_.version = g.version();
+    facts_.nodes_key = graph_nodes_key(g);
+    facts_.replayable = true;
+    facts_.mla.clear();
+    for (int i = 0; i < g.size(); ++i) {
+        const Node& n = g.node(i);
+        if (n.rows > 8) facts_.replayable = false;  // prefill: moe_ffn groups tokens on the host
+        if (n.op != Op::mla_attn) continue;
+        if (n.src.size() < 4) facts_.replayable = false;
+        facts_.mla.push_back(i);
     }
-    std::vector<uint64_t> v = {key_nodes_};
-    v.reserve(2 * key_mla_.size() + fetch.size() + 2);
-    for (int i : key_mla_) {
+    return facts_;
+}
+
+// The nodes' part (facts_of), then the cache buffers the MLA nodes read, and what is fetched.
+uint64_t CudaBackend::graph_key(const Graph& g, KvCache* cache, std::span<const int> fetch) {
+    const GraphFacts& facts = facts_of(g);
+    std::vector<uint64_t> v = {facts.nodes_key};
+    v.reserve(2 * facts.mla.size() + fetch.size() + 2);
+    for (int i : facts.mla) {
         Buffer& c = cache->layer(g.node(i).layer, *this);
         v.push_back(reinterpret_cast<uintptr_t>(static_cast<CudaBuffer&>(c).dev()));
         v.push_back(c.size());
@@ -181,7 +190,6 @@ uint64_t CudaBackend::graph_key(const Graph& g, KvCache* cache, std::span<const 
     for (int id : fetch) v.push_back(static_cast<uint64_t>(id));
     return XXH3_64bits(v.data(), v.size() * sizeof(uint64_t));
 }
-
 
 CudaBackend::GraphExec& CudaBackend::exec_for(const Graph& g, KvCache* cache, std::span<const int> fetch) {
     const uint64_t key = graph_key(g, cache, fetch);
