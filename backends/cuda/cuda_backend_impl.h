@@ -188,6 +188,7 @@ private:
     cudaStream_t stream_ = nullptr;
     cuda::DevError* err_ = nullptr;
     cuda::DevError* err_host_ = nullptr;  // pinned: synchronize() reads the error word here
+    bool err_mapped_ = true;  // DS3_CUDA_MAPPED_ERR=0: err_ in device memory, copied to err_host_ in each wait
     std::shared_ptr<Pool> pool_;
     std::unique_ptr<cuda::Resident> weights_;
     bool prof_ = false;
@@ -206,7 +207,9 @@ private:
     struct {
         int64_t n = 0;
         double before = 0, launch = 0, wait = 0, after = 0, device = 0;
-        std::vector<float> idle;  // µs between a timed step's end and the next one's start
+        std::vector<float> idle;     // µs between a timed step's end and the next one's start
+        std::vector<float> outside;  // host µs from a timed step's return to the next one's run_graph
+        std::chrono::steady_clock::time_point exit{};
         cudaEvent_t start = nullptr, end = nullptr, prev_end = nullptr;
     } steps_;
     bool norm_q8_ = true;  // DS3_CUDA_NORM_Q8=0: the norms of a replayed step write no quantised copy

@@ -95,6 +95,8 @@ bool CudaBackend::run_graph(const Graph& g, std::span<const GraphInput> inputs, 
         steps_.launch += us(t_launch, t_launched);
         steps_.wait += us(t_launched, t_synced);
         steps_.after += us(t_synced, t_exit);
+        if (steps_.n > 0) steps_.outside.push_back(static_cast<float>(us(steps_.exit, t_enter)));
+        steps_.exit = t_exit;
         float ms = 0;
         DS3_CU(cudaEventElapsedTime(&ms, steps_.start, steps_.end));
         steps_.device += 1000.0 * ms;

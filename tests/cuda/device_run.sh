@@ -160,7 +160,9 @@ fi
 # slice 18). An entry is comma-separated VAR=value settings for ds3 ("-": none) or "old"
 # (ds3-old); the default is "- old" when ds3-old is packed, else "-". Every run has
 # DS3_CUDA_STEP_TIMES=1 and reports the device µs a replayed step and the idle µs between
-# steps (median), which resolve ~5 µs in one call (slice 22). One line a run in $OUT/ab.txt.
+# steps (median), which resolve ~5 µs in one call (slice 22), and the host's µs around a step
+# (before the launch, the launch, the wait, after it, and outside run_graph between two
+# steps). One line a run in $OUT/ab.txt.
 if [[ " $STEPS " == *" ab "* ]]; then
   sets=${DS3_AB_SETS:-$([ -x "$BIN/ds3-old" ] && echo "- old" || echo "-")}
   read -ra model <<<"${DS3_AB_MODEL:---synthetic v3 --layers 8}"
@@ -173,7 +175,8 @@ if [[ " $STEPS " == *" ab "* ]]; then
       rc=$?
       echo "$e r$r rc=$rc $(grep -E '\| (pp|tg)[0-9]+ \|' "$W/ab.out" | awk -F'|' '{printf "%s%s; ", $7, $8}')" \
         "device/idle µs $(grep -o 'the step and its copies [0-9.]*, idle before it [0-9.]*' "$W/ab.err" |
-          awk '{print $6, $10}')" | tee -a "$OUT/ab.txt"
+          awk '{print $6, $10}'); host µs $(grep -o 'before the launch [0-9.]*, launch [0-9.]*, wait [0-9.]*, after [0-9.]*, outside (from the step before) [0-9.]*' "$W/ab.err" |
+          awk '{print $4, $6, $8, $10, $16}')" | tee -a "$OUT/ab.txt"
     done
   done
 fi
