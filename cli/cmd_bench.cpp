@@ -5,8 +5,9 @@
 //             [--roofline-gbs GBS] [--json]
 // Each repetition clears the cache, runs the prompt of -p random tokens as one batch
 // (ppP, tokens/s) and then -n random tokens one at a time after it (tgN, tokens/s); a
-// warm-up repetition comes first (weight uploads, page faults, buffer pools) and also
-// records the routes the timed repetitions will take (same tokens, same positions).
+// warm-up repetition comes first (weight uploads, page faults, buffer pools, a CUDA
+// graph's capture) and also records the routes the timed repetitions will take (same
+// tokens, same positions): models/bench_loop.h.
 // docs/performance.md "Benchmarks" explains the byte accounting.
 #include <algorithm>
 #include <chrono>
@@ -22,6 +23,7 @@
 
 #include "backends/backend.h"
 #include "cli/command.h"
+#include "models/bench_loop.h"
 #include "models/footprint.h"
 #include "models/presets.h"
 #include "models/runner.h"
@@ -224,50 +226,31 @@ int run_bench(const BenchArgs& a) {
     Runner runner(m, bs, std::max<int64_t>(a.n_prompt + a.n_gen, 1));
     const std::vector<std::string> routes = route_names(m);
 
-    // Warm-up, recording routes: the prompt batch, then up to 8 decode steps.
+    // Warm-up, recording routes: the prompt batch, then up to 8 decode steps; then the
+    // timed loop's own decode step (bench_warm_up).
     std::fprintf(stderr, "bench: %s, %s weights, warm-up...\n", label.c_str(), format_bytes(double(wb.total)).c_str());
-    const auto tw = clock_type::now();
+    const BenchWarmUp warm = bench_warm_up(runner, prompt, gen, routes);
+    const double warmup_s = warm.seconds;
     RouteStats prompt_routes;
+    if (a.n_prompt > 0 && !routes.empty()) prompt_routes = route_stats(m, warm.prompt_dump);
     double experts_per_token = 0;
     int decode_route_steps = 0;
-    if (a.n_prompt > 0) {
-        std::map<std::string, std::vector<float>> dumped;
-        runner.eval(prompt, false, routes, &dumped);
-        if (!routes.empty()) prompt_routes = route_stats(m, dumped);
-    }
-    for (int64_t i = 0; i < std::min<int64_t>(a.n_gen, 8); ++i) {
-        std::map<std::string, std::vector<float>> dumped;
-        runner.eval(std::span<const int32_t>(&gen[static_cast<size_t>(i)], 1), false, routes, &dumped);
-        if (!routes.empty()) {
+    if (!routes.empty())
+        for (const auto& dumped : warm.decode_dumps) {
             experts_per_token += route_stats(m, dumped).distinct_per_layer;
             ++decode_route_steps;
         }
-    }
-    const double warmup_s = seconds_since(tw);
     const bool routes_seen = decode_route_steps > 0;
     if (routes_seen) experts_per_token /= decode_route_steps;
     else experts_per_token = static_cast<double>(m.hp.n_expert_used);  // expected k of n_expert
 
     // Timed repetitions.
-    std::vector<double> pp_ts, tg_ts;
-    double tg_seconds = 0;
-    for (int r = 0; r < a.reps; ++r) {
-        runner.reset();
-        if (a.n_prompt > 0) {
-            const auto t0 = clock_type::now();
-            runner.eval_last(prompt);
-            pp_ts.push_back(static_cast<double>(a.n_prompt) / seconds_since(t0));
-        }
-        if (a.n_gen > 0) {
-            const auto t0 = clock_type::now();
-            // The logits are made and brought back each token, as llama-bench's waits do.
-            for (int32_t t : gen) runner.eval_last(std::span<const int32_t>(&t, 1));
-            const double sec = seconds_since(t0);
-            tg_seconds += sec;
-            tg_ts.push_back(static_cast<double>(a.n_gen) / sec);
-        }
+    const BenchTimes times = bench_timed(runner, prompt, gen, a.reps, [&](int r) {
         std::fprintf(stderr, "bench: repetition %d/%d done\n", r + 1, a.reps);
-    }
+    });
+    const std::vector<double>& pp_ts = times.pp_ts;
+    const std::vector<double>& tg_ts = times.tg_ts;
+    const double tg_seconds = times.tg_seconds;
 
     // Decode bytes and bandwidth.
     const double cache_positions = static_cast<double>(a.n_prompt) + (static_cast<double>(a.n_gen) + 1.0) / 2.0;
