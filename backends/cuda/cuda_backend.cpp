@@ -73,7 +73,7 @@ CudaBackend::CudaBackend(const BackendOptions&, std::string name) : name_(std::m
     if (const char* p = std::getenv("DS3_CUDA_STREAMS")) streams_ = std::atoi(p) != 0;
     if (const char* p = std::getenv("DS3_CUDA_MLA_EARLY")) mla_early_ = std::atoi(p) != 0;
     if (const char* p = std::getenv("DS3_CUDA_MLA_LATENT")) latent_fused_ = std::atoi(p) != 0;
-    if (const char* p = std::getenv("DS3_CUDA_SHEXP_WAIT")) shexp_wait_ = std::atoi(p) != 0;
+    if (const char* p = std::getenv("DS3_CUDA_SHEXP_WAIT")) shexp_wait_ = std::atoi(p) != 0 ? 1 : 0;
     if (const char* p = std::getenv("DS3_CUDA_MLA_ROTATE")) q_unroped_ = std::atoi(p) != 0;
     if (const char* p = std::getenv("DS3_CUDA_PDL_BATCH")) pdl_batch_off_ = std::atoi(p) == 0;
     if (const char* p = std::getenv("DS3_CUDA_ACT_Q8")) act_q8_ = std::atoi(p) != 0;
@@ -416,22 +416,25 @@ void CudaBackend::mla_attend(const Node& n, const float* q, const float* q_abs, 
     if (vq_bytes) vq.emplace(*pool_, vq_bytes);
     // Decode: while the attention's latency-bound kernels run, L2 is asked for v_b (by the
     // split kernel) and for the head of each row of the output projection after this node
-    // (by the merge; record() names it), so that those products start on cached bytes.
-    // DS3_CUDA_L2_AHEAD_MB: the most bytes of the projection asked for (default 24; 0: none
-    // of either); read once.
-    static const int64_t ahead_bytes = [] {
+    // (by the merge; record() names it), up to 24 MiB of it — unless that projection is
+    // interleaved (read by a one-wave kernel at ~4 TB/s: asking ahead made a V3-slice step
+    // ~10 µs slower, slice 24). DS3_CUDA_L2_AHEAD_MB=N: N MiB for every layout (0: neither
+    // weight); read once.
+    static const int64_t ahead_env = [] {
         const char* e = std::getenv("DS3_CUDA_L2_AHEAD_MB");
-        return (e ? std::max<int64_t>(0, std::atoll(e)) : int64_t{24}) << 20;
+        return e ? std::max<int64_t>(0, std::atoll(e)) << 20 : int64_t{-1};
     }();
+    const cuda::Resident::Entry* wo = T <= 8 && attn_out_ && attn_out_->ne[1] > 0 ? &resident(*attn_out_) : nullptr;
+    const int64_t ahead_bytes =
+        ahead_env >= 0 ? ahead_env : wo && cuda::wtype_interleaved(wo->wt) ? 0 : int64_t{24} << 20;
     cuda::L2Ahead split_ahead, merge_ahead;
     if (T <= 8 && ahead_bytes > 0) {
         split_ahead = {vb.ptr, 1, static_cast<int64_t>(vb.nbytes), static_cast<int64_t>(vb.nbytes)};
-        if (attn_out_ && attn_out_->ne[1] > 0) {
-            const cuda::Resident::Entry& wo = resident(*attn_out_);
+        if (wo) {
             // (Interleaved types: a group of 32 rows stands for a row, its blocks one after another.)
-            const int64_t rows = attn_out_->ne[1] / (cuda::wtype_interleaved(wo.wt) ? 32 : 1),
-                          row_bytes = static_cast<int64_t>(wo.nbytes) / rows;
-            merge_ahead = {wo.ptr, rows, row_bytes, std::min(row_bytes, ahead_bytes / rows / 128 * 128)};
+            const int64_t rows = attn_out_->ne[1] / (cuda::wtype_interleaved(wo->wt) ? 32 : 1),
+                          row_bytes = static_cast<int64_t>(wo->nbytes) / rows;
+            merge_ahead = {wo->ptr, rows, row_bytes, std::min(row_bytes, ahead_bytes / rows / 128 * 128)};
         }
     }
     cuda::mla_attend(plan, q_abs, q + p.qk_nope, qdim, cache, width, n_ctx, p.kv_lora, static_cast<int>(H), T,

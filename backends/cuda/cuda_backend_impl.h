@@ -42,6 +42,13 @@ int mla_early_node(const Graph& g, int i);
 // The routing node of the MoE layer whose shared experts are node i (both read one input),
 // which a replayed step makes them wait for (record()); -1 otherwise.
 int shared_after_route(const Graph& g, int i);
+// Whether node i is an MoE layer's shared experts that are wide next to what its routed
+// experts read for a token: more than a quarter of their width (n_used · n_ff_exp). Such a
+// layer's shared experts wait for its routing (launched beside the router, their blocks
+// held the SMs that the routing's one block then waited for: V2-Lite, 2 · 1408 against 6 ·
+// 1408, was ~30 µs a step slower without the wait); narrower ones start beside the router
+// (V3, 2048 against 8 · 2048: ~7 µs a step faster than waiting). Host only.
+bool shared_ffn_wide(const Graph& g, int i);
 // The latent norm and key RoPE nodes of MLA node m that a replayed step launches as one
 // kernel with the cache store (mla_latent): both read views of one kv_a row, only views
 // lie between them, and only m reads them; {-1, -1} otherwise.
@@ -216,7 +223,7 @@ private:
     bool streams_ = true;  // DS3_CUDA_STREAMS=0: a captured step on one stream
     bool mla_early_ = true;     // DS3_CUDA_MLA_EARLY=0: MLA at decode in its node's chain (record_mla_early)
     bool latent_fused_ = true;  // DS3_CUDA_MLA_LATENT=0: the latent side of MLA's early chain as three launches
-    bool shexp_wait_ = true;    // DS3_CUDA_SHEXP_WAIT=0: an MoE layer's shared experts start beside its router
+    int shexp_wait_ = -1;       // DS3_CUDA_SHEXP_WAIT=0|1: the shared experts never / always wait (-1: shared_ffn_wide)
     bool q_unroped_ = true;     // DS3_CUDA_MLA_ROTATE=0: MLA's early chain ropes the query in a launch of its own
     bool pdl_batch_off_ = true;  // DS3_CUDA_PDL_BATCH=1: a batch's ops with dependent launch too
     bool act_q8_ = true;   // DS3_CUDA_ACT_Q8=0: the downs quantise their input themselves (not the gate/up)

@@ -410,10 +410,12 @@ void CudaBackend::record(const Graph& g, GraphExec& e, KvCache* cache, bool capt
             });
             mla_ahead_.reset();
         } else {
-            // An MoE layer's shared experts wait for its routing: launched beside the router,
-            // their blocks held the SMs that the routing's one block then waited for.
+            // An MoE layer's shared experts wait for its routing when they are wide
+            // (shared_ffn_wide; DS3_CUDA_SHEXP_WAIT=0|1: never, always), else start beside
+            // its router.
+            const bool wait = shexp_wait_ < 0 ? shared_ffn_wide(g, i) : shexp_wait_ == 1;
             unit(i, i, [&] { compute_op(n, in, *e.views[static_cast<size_t>(i)], state); },
-                 shexp_wait_ ? shared_after_route(g, i) : -1);
+                 wait ? shared_after_route(g, i) : -1);
         }
         attn_out_ = nullptr;
         attn_yq_ = nullptr;
@@ -429,6 +431,16 @@ int shared_after_route(const Graph& g, int i) {
     for (int j = i - 1; j >= 0 && j >= i - 4; --j)
         if (g.node(j).op == Op::moe_route && g.node(j).src[0] == n.src[0]) return j;
     return -1;
+}
+
+bool shared_ffn_wide(const Graph& g, int i) {
+    const Node& n = g.node(i);
+    if (n.op != Op::shared_ffn) return false;
+    for (int j = std::max(0, i - 4); j < std::min(g.size(), i + 5); ++j) {
+        const Node& m = g.node(j);
+        if (m.op == Op::moe_ffn && m.src[0] == n.src[0]) return 4 * n.w[0]->ne[1] > m.route.n_used * m.w[0]->ne[1];
+    }
+    return false;
 }
 
 int mla_early_node(const Graph& g, int i) {

@@ -175,9 +175,34 @@ TEST_CASE("cuda: a decode step's MLA nodes are found from their query's RoPE", "
             const int route = g.find(l + "moe_route"), sh = g.find(l + (route >= 0 ? "shexp_out" : "ffn_out"));
             REQUIRE(sh >= 0);
             CHECK(cuda::shared_after_route(g, sh) == route);
+            // The tiny model's shared experts (14) are wide next to its 3 routed ones of 14.
+            CHECK(cuda::shared_ffn_wide(g, sh) == (route >= 0));
             moe_layers += route >= 0;
         }
         CHECK(moe_layers > 0);
+    }
+    // Shared experts of width 4 next to 2 routed experts of 8 are not wide (V3's ratio:
+    // they start beside the router); of width 5, they are.
+    {
+        WeightStore s;
+        auto w = [&](const std::string& name, std::vector<int64_t> ne) -> const Weight& {
+            int64_t n = 1;
+            for (int64_t d : ne) n *= d;
+            return s.add_owned(name, TypeId::F32, ne, std::vector<uint8_t>(size_t(n) * 4));
+        };
+        const RouteParams rp{8, 2, 1, 1, ScoringFunc::sigmoid, TopkMethod::greedy, false, 1.0f};
+        for (int64_t fs : {4, 5}) {
+            const std::string f = std::to_string(fs);
+            Graph g;
+            const int x = g.input("x", DType::f32, 1, 16);
+            const int r = g.moe_route("r", x, w("inp" + f, {16, 8}), nullptr, rp);
+            g.moe_ffn("m", x, r, w("g" + f, {16, 8, 8}), w("u" + f, {16, 8, 8}), w("d" + f, {8, 16, 8}), rp);
+            const int sh = g.shared_ffn("sh", x, w("sg" + f, {16, fs}), w("su" + f, {16, fs}), w("sd" + f, {fs, 16}));
+            INFO("shared width " << fs);
+            CHECK(cuda::shared_ffn_wide(g, sh) == (fs == 5));
+            CHECK(cuda::shared_after_route(g, sh) == r);
+            CHECK_FALSE(cuda::shared_ffn_wide(g, x));
+        }
     }
     // One layer's MLA by hand: found; not when the roped query is also read before the MLA
     // node, nor without the positions input.
