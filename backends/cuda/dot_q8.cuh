@@ -268,7 +268,7 @@ DS3_UNROLL
 template <bool kFive>
 struct K4GDot {
     // 4 chunks a lane in flight: with 8, the MoE products and the output head were 3-5 %
-    // slower on the H200 (more registers, fewer warps; docs/performance.md, slice 7).
+    // slower on the H200 (more registers, fewer warps; docs/performance-cuda.md, slice 7).
     static constexpr int QK = 256, TS = kFive ? 176 : 144, NC = 8, UNROLL = 4, MAX_RW = 4;
     struct R {
         uint32_t q[4];

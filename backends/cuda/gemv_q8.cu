@@ -304,7 +304,7 @@ __global__ void __launch_bounds__(kThreads) gemv_q8_kernel(QArgs a) {
 // reads its route and loads its first block before the wait. Rows past M read row M − 1 again (no branch
 // in the inner loop, so that the loads of the activation blocks can all be issued at
 // once); they are not written. Measured alone on the H200 against q6_K_g
-// (docs/performance.md, slice 21): V3's wo 7168 x 16384 30.9 → 26.9 µs (KP 8), the output
+// (docs/performance-cuda.md, slice 21): V3's wo 7168 x 16384 30.9 → 26.9 µs (KP 8), the output
 // head 129280 x 7168 196.1 → 176.2 (KP 2; its read ceiling is 167), q_b 24576 x 1536 12.8 →
 // 10.8 (KP 4); 4 rows: wo 83.6 → 46.2, the head 346.1 → 282.8. With a branch on M in the
 // inner loop the head took 218 µs.
@@ -615,7 +615,7 @@ int pick_lpr(int64_t chunks, int U) {
 // (fewer for small products, which need the blocks more than the shared activation
 // loads), fewer with more activation rows (their accumulators take the registers), and 1
 // for gate+up, whose two matrices already share the loads (measured on the H200: the MoE
-// gate/up pairs take 54 µs with 2 rows against 44 µs with 1; docs/performance.md, slice 5).
+// gate/up pairs take 54 µs with 2 rows against 44 µs with 1; docs/performance-cuda.md, slice 5).
 // DS3_CUDA_Q8_RW=1|2|4 forces it for every single-matrix product (read once).
 int pick_rw(int64_t rows, int M, int matrices, int max_rw) {
     static const int forced = [] {
@@ -676,7 +676,7 @@ int64_t plain_slots() {
 // 80 registers at 2 rows: 896 CTAs, 6 an SM, do not fit) at 3 (598 CTAs, 70 registers), the
 // q5_K_g downs at 2 (896 CTAs, 64 registers, 8 an SM). At 3 rows each lane's chunks are
 // those of 4 (same unroll), so are the bits; at 2 they may split a row over fewer lanes.
-// Measured alone (H200, docs/performance.md slice 16): wo's shape 35.2 → 30.0 µs, q4_K_g
+// Measured alone (H200, docs/performance-cuda.md slice 16): wo's shape 35.2 → 30.0 µs, q4_K_g
 // 18432 x 7168 31.0 → 24.9; tg128 on the V3 slice +1.5–2 %.
 // Returns the rows a lane group; DS3_CUDA_Q8_ONE_WAVE=0: rw (read once).
 template <typename Q>
@@ -696,7 +696,7 @@ int one_wave_rw(int64_t N, int rw) {
 // A single-token product of two waves at 4 rows a lane group whose rows are short enough
 // that a lane has few rounds (q_b at V3's width: 24576 rows of 1536, 1536 CTAs of 792
 // slots, 1.5 rounds a lane) runs as one wave with each row on half the lanes (768 CTAs,
-// 3 rounds a lane). Measured (H200, docs/performance.md slice 16): q_b's shape alone
+// 3 rounds a lane). Measured (H200, docs/performance-cuda.md slice 16): q_b's shape alone
 // 14.0 → 12.5 µs, a traced step −14 µs, tg128 +0.3–1 %. Returns the divisor of the lanes
 // a row (1: as pick_lpr gives); DS3_CUDA_Q8_HALF_LANES=0: always 1 (read once).
 template <typename Q>

@@ -205,7 +205,7 @@ void mla_attend(const MlaPlan& p, const float* q_abs, const float* q_pe, int64_t
 // Launches from this host thread skip programmatic dependent launch while set: the
 // backend sets it around a batch's (prefill's) ops, multi-wave GEMMs for which an early
 // launch buys nothing and which it made slower (pp512 −1.3 % on the V3 slice, −6 % on
-// V2-Lite; docs/performance.md, slice 8).
+// V2-Lite; docs/performance-cuda.md, slice 8).
 void set_pdl_suspended(bool on);
 bool pdl_suspended();
 

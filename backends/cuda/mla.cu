@@ -288,7 +288,7 @@ __global__ void __launch_bounds__(kMlaThreads, 2) mla_split_kernel(const float* 
 // hold more than 16 positions (V3's 16 splits of a 640-position context: 40): at 128
 // registers two blocks take an SM's whole register file, so the merge and v_b, launched
 // early, find no room beside them, which cost V2-Lite (132 splits of 5) ~3 % of tg128.
-// Measured on the H200 (docs/performance.md, slice 17): with the query rows in one trip,
+// Measured on the H200 (docs/performance-cuda.md, slice 17): with the query rows in one trip,
 // four rows at once and the score sums at once, k_b's end → the merge's end 24.9 → 20.8 µs
 // a V3 layer.
 constexpr auto kSplitFour = mla_split_kernel<kMlaRowRegs, 2, 4>;
@@ -307,7 +307,7 @@ constexpr auto kSplitWide = mla_split_kernel<kMlaMaxWidth / 32, 1, 2>;
 //   blocks, and a thread has 33 of the 132 splits. On the H200 the merge now ends ~3.8 µs
 //   after the split; one block a head, each thread summing two dimensions over all 132
 //   splits, took ~15 µs (the same loads in chunks of 16, 27 µs), and V2-Lite's tg128 rose
-//   505 → 576 tok/s (docs/performance.md, slice 18). V3's merge in this form (1024 blocks)
+//   505 → 576 tok/s (docs/performance-cuda.md, slice 18). V3's merge in this form (1024 blocks)
 //   ended 5.6 µs after the split against the few-split form's 5.0.
 // q (a single query, kv_lora a multiple of 32): ctx also quantised there as the rows of
 // the per-head v_b GEMV (gemv_q8.h's layout with H rows), a 32-block per warp and step.

@@ -18,7 +18,7 @@ namespace {
 // order of a sequential top-k that keeps the earlier of equal values (torch.topk, the
 // CPU) — so the group limit and the top-k take one pass over shared memory each, in
 // parallel, instead of k dependent arg-max rounds (a single warp doing those took ~13 µs
-// per decode step on the H200; docs/performance.md, slice 5). The group scores take a warp
+// per decode step on the H200; docs/performance-cuda.md, slice 5). The group scores take a warp
 // a group, and a kept group's experts are ranked against the kept groups' only (slice 20:
 // tg128 +0.5–0.8 % on the V3 slice, faster in 7 of 7 alternating pairs).
 constexpr int kRouteThreads = 256;

@@ -156,13 +156,13 @@ fi
 
 # "ab": ds3 bench (DS3_AB_MODEL, default the V3-width slice "--synthetic v3 --layers 8"; type
 # DS3_AB_TYPE or Q4_K_M) over the entries of DS3_AB_SETS, alternating, DS3_AB_ROUNDS times
-# (default 3): a ~1 % difference in tg128 is not resolved by fewer runs (docs/performance.md,
-# slice 18). An entry is comma-separated VAR=value settings for ds3 ("-": none) or "old"
-# (ds3-old); the default is "- old" when ds3-old is packed, else "-". Every run has
-# DS3_CUDA_STEP_TIMES=1 and reports the device µs a replayed step and the idle µs between
-# steps (median), which resolve ~5 µs in one call (slice 22), and the host's µs around a step
-# (before the launch, the launch, the wait, after it, and outside run_graph between two
-# steps). One line a run in $OUT/ab.txt.
+# (default 3): a ~1 % difference in tg128 is not resolved by fewer runs
+# (docs/performance-cuda.md, slice 18). An entry is comma-separated VAR=value settings for
+# ds3 ("-": none) or "old" (ds3-old); the default is "- old" when ds3-old is packed, else
+# "-". Every run has DS3_CUDA_STEP_TIMES=1 and reports the device µs a replayed step and
+# the idle µs between steps (median), which resolve ~5 µs in one call (slice 22), and the
+# host's µs around a step (before the launch, the launch, the wait, after it, and outside
+# run_graph between two steps). One line a run in $OUT/ab.txt.
 if [[ " $STEPS " == *" ab "* ]]; then
   sets=${DS3_AB_SETS:-$([ -x "$BIN/ds3-old" ] && echo "- old" || echo "-")}
   read -ra model <<<"${DS3_AB_MODEL:---synthetic v3 --layers 8}"

@@ -1047,7 +1047,7 @@ TEST_CASE("cuda quant: decode GEMV timings at V3 shapes", "[.bench]") {
 // Hidden (run it by name on the device): the time a kernel that only streams the bytes
 // takes at the sizes of V3's decode products (launched back to back under dependent launch,
 // as the GEMVs are), against which the GEMV timings above read as a share of what a product
-// of that size could reach (docs/performance.md, slice 20).
+// of that size could reach (docs/performance-cuda.md, slice 20).
 TEST_CASE("cuda quant: decode read ceiling by product size", "[.bench]") {
     DS3_REQUIRE_CUDA(gpu);
     const std::pair<const char*, double> sizes[] = {
@@ -1065,7 +1065,7 @@ TEST_CASE("cuda quant: decode read ceiling by product size", "[.bench]") {
 
 // Hidden (run it by name on the device): one integer GEMV kernel across grid sizes and row
 // lengths, M = 1. The output head (129,280 rows) streams at ~84 % of DRAM peak and `wo`
-// (7168 rows of 16384) at ~57 % with the same kernel and format (docs/performance.md,
+// (7168 rows of 16384) at ~57 % with the same kernel and format (docs/performance-cuda.md,
 // slice 10): this separates the rows a product has (blocks to fill the SMs) from how long
 // they are (rounds a lane makes).
 TEST_CASE("cuda quant: decode GEMV bandwidth by rows and row length", "[.bench]") {
