@@ -17,6 +17,7 @@
 #include <memory>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "quantize/types.h"
@@ -125,6 +126,23 @@ struct Node {
 class Graph {
 public:
     Graph() : version_(next_version()) {}
+    Graph(const Graph&) = default;
+    Graph& operator=(const Graph&) = default;
+    // A moved-from graph takes a fresh version: what a backend derived from the nodes it
+    // had must not be reused for it.
+    Graph(Graph&& o) noexcept
+        : nodes_(std::move(o.nodes_)), index_(std::move(o.index_)), cur_layer_(o.cur_layer_), version_(o.version_) {
+        o.renew();
+    }
+    Graph& operator=(Graph&& o) noexcept {
+        if (this == &o) return *this;
+        nodes_ = std::move(o.nodes_);
+        index_ = std::move(o.index_);
+        cur_layer_ = o.cur_layer_;
+        version_ = o.version_;
+        o.renew();
+        return *this;
+    }
     const std::vector<Node>& nodes() const { return nodes_; }
     std::vector<Node>& nodes() {
         version_ = next_version();
@@ -184,6 +202,12 @@ private:
     int cur_layer_ = -1;
     uint64_t version_;
     static uint64_t next_version();
+    void renew() {
+        nodes_.clear();
+        index_.clear();
+        cur_layer_ = -1;
+        version_ = next_version();
+    }
 };
 
 }  // namespace ds3

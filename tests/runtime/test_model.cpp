@@ -166,10 +166,25 @@ TEST_CASE("a graph's version changes with every access that may change its nodes
     g.nodes();
     CHECK(g.version() != v1);
     CHECK(copy.version() == v0);
+    // A moved-from graph is empty under a version of its own; the graph moved into takes
+    // the nodes and their version.
+    const uint64_t v2 = g.version();
+    const int n_nodes = g.size();
+    Graph moved = std::move(g);
+    CHECK(moved.version() == v2);
+    CHECK(moved.size() == n_nodes);
+    CHECK(g.size() == 0);
+    CHECK(g.version() != v2);
+    Graph assigned;
+    assigned = std::move(moved);
+    CHECK(assigned.version() == v2);
+    CHECK(assigned.size() == n_nodes);
+    CHECK(moved.size() == 0);
+    CHECK(moved.version() != v2);
     // A graph built alike gets a version of its own, never an earlier graph's.
     const Graph again = build_graph(m, {1, 3, false});
     CHECK(again.version() != v0);
-    CHECK(again.version() != g.version());
+    CHECK(again.version() != v2);
 }
 
 TEST_CASE("experts split across two CPU backends give the unsplit logits", "[model][sched]") {
