@@ -159,20 +159,28 @@ fi
 # (default 3): a ~1 % difference in tg128 is not resolved by fewer runs
 # (docs/performance-cuda.md, slice 18). An entry is comma-separated VAR=value settings for
 # ds3 ("-": none) or "old" (ds3-old); the default is "- old" when ds3-old is packed, else
-# "-". Every run has DS3_CUDA_STEP_TIMES=1 and reports the device µs a replayed step and
+# "-". A run has DS3_CUDA_STEP_TIMES=1 and reports the device µs a replayed step and
 # the idle µs between steps (median), which resolve ~5 µs in one call (slice 22), and the
 # host's µs around a step (before the launch, the launch, the wait, after it, and outside
-# run_graph between two steps). One line a run in $OUT/ab.txt.
+# run_graph between two steps). DS3_AB_PLAIN=1: without DS3_CUDA_STEP_TIMES (the events
+# around each step cost ~0.3 % of tg128), tg128 and its % of the roofline only. One line a
+# run in $OUT/ab.txt.
 if [[ " $STEPS " == *" ab "* ]]; then
   sets=${DS3_AB_SETS:-$([ -x "$BIN/ds3-old" ] && echo "- old" || echo "-")}
   read -ra model <<<"${DS3_AB_MODEL:---synthetic v3 --layers 8}"
+  times=DS3_CUDA_STEP_TIMES=$([ "${DS3_AB_PLAIN:-0}" = 1 ] && echo 0 || echo 1)
   for r in $(seq "${DS3_AB_ROUNDS:-3}"); do
     for e in $sets; do
       bin=$BIN/ds3 vars=()
       if [ "$e" = old ]; then bin=$BIN/ds3-old; elif [ "$e" != - ]; then IFS=, read -ra vars <<<"$e"; fi
-      env DS3_CUDA_STEP_TIMES=1 "${vars[@]}" timeout 300 "$bin" bench --backend cuda "${model[@]}" \
+      env "$times" "${vars[@]}" timeout 300 "$bin" bench --backend cuda "${model[@]}" \
         --type "${DS3_AB_TYPE:-Q4_K_M}" -r 2 -p 512 >"$W/ab.out" 2>"$W/ab.err"
       rc=$?
+      if [ "${DS3_AB_PLAIN:-0}" = 1 ]; then
+        echo "$e r$r rc=$rc $(grep -E '\| (pp|tg)[0-9]+ \|' "$W/ab.out" | awk -F'|' '{printf "%s%s; ", $7, $8}')" \
+          "$(grep -o '[0-9.]* % of [0-9]* GB/s' "$W/ab.out")" | tee -a "$OUT/ab.txt"
+        continue
+      fi
       echo "$e r$r rc=$rc $(grep -E '\| (pp|tg)[0-9]+ \|' "$W/ab.out" | awk -F'|' '{printf "%s%s; ", $7, $8}')" \
         "device/idle µs $(grep -o 'the step and its copies [0-9.]*, idle before it [0-9.]*' "$W/ab.err" |
           awk '{print $6, $10}'); host µs $(grep -o 'before the launch [0-9.]*, launch [0-9.]*, wait [0-9.]*, after [0-9.]*, outside (from the step before) [0-9.]*' "$W/ab.err" |
