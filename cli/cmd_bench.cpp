@@ -28,6 +28,7 @@
 #include "models/presets.h"
 #include "models/runner.h"
 #include "models/synthetic.h"
+#include "runtime/clock.h"
 #include "runtime/error.h"
 #include "runtime/progress.h"
 
@@ -35,7 +36,6 @@ namespace ds3::cli {
 namespace {
 
 using json = nlohmann::ordered_json;
-using clock_type = std::chrono::steady_clock;
 
 struct BenchArgs {
     std::string model;
@@ -51,10 +51,6 @@ struct BenchArgs {
     double roofline_gbs = 0;
     bool json = false;
 };
-
-double seconds_since(clock_type::time_point t0) {
-    return std::chrono::duration<double>(clock_type::now() - t0).count();
-}
 
 struct Stat {
     double mean = 0, stddev = 0;
@@ -83,7 +79,7 @@ double measure_cpu_read_gbs(int n_threads) {
     uint64_t sink = 0;
     for (int pass = 0; pass < 3; ++pass) {
         std::vector<uint64_t> sums(static_cast<size_t>(t));
-        const auto t0 = clock_type::now();
+        const auto t0 = Clock::now();
         std::vector<std::thread> th;
         for (int k = 0; k < t; ++k)
             th.emplace_back([&, k] {
@@ -180,7 +176,7 @@ int run_bench(const BenchArgs& a) {
     std::optional<Deepseek2Model> loaded;
     std::string label;
     double build_s = 0;
-    const auto tb = clock_type::now();
+    const auto tb = Clock::now();
     if (!a.synthetic.empty()) {
         std::fprintf(stderr, "bench: building synthetic %s (%s)...\n", a.synthetic.c_str(), a.type.c_str());
         syn.emplace(build_synthetic({a.synthetic, a.type, a.layers, a.seed}));

@@ -1,20 +1,15 @@
 #include "models/bench_loop.h"
 
 #include <algorithm>
-#include <chrono>
+
+#include "runtime/clock.h"
 
 namespace ds3 {
-namespace {
-using clock_type = std::chrono::steady_clock;
-double seconds_since(clock_type::time_point t0) {
-    return std::chrono::duration<double>(clock_type::now() - t0).count();
-}
-}  // namespace
 
 BenchWarmUp bench_warm_up(Runner& r, std::span<const int32_t> prompt, std::span<const int32_t> gen,
                           const std::vector<std::string>& dump) {
     BenchWarmUp w;
-    const auto t0 = clock_type::now();
+    const auto t0 = Clock::now();
     if (!prompt.empty()) r.eval(prompt, false, dump, &w.prompt_dump);
     for (size_t i = 0; i < std::min<size_t>(gen.size(), 8); ++i)
         r.eval(gen.subspan(i, 1), false, dump, &w.decode_dumps.emplace_back());
@@ -32,12 +27,12 @@ BenchTimes bench_timed(Runner& r, std::span<const int32_t> prompt, std::span<con
     for (int rep = 0; rep < reps; ++rep) {
         r.reset();
         if (!prompt.empty()) {
-            const auto t0 = clock_type::now();
+            const auto t0 = Clock::now();
             r.eval_last(prompt);
             t.pp_ts.push_back(static_cast<double>(prompt.size()) / seconds_since(t0));
         }
         if (!gen.empty()) {
-            const auto t0 = clock_type::now();
+            const auto t0 = Clock::now();
             for (size_t i = 0; i < gen.size(); ++i) r.eval_last(gen.subspan(i, 1));
             const double sec = seconds_since(t0);
             t.tg_seconds += sec;

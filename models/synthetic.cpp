@@ -4,7 +4,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -12,6 +11,7 @@
 
 #include "models/presets.h"
 #include "quantize/formats.h"
+#include "runtime/clock.h"
 #include "runtime/error.h"
 #include "runtime/rng.h"
 
@@ -141,7 +141,7 @@ private:
 
 SyntheticModel build_synthetic(const Deepseek2HParams& hp, const quant::Target& target, uint64_t seed,
                                const std::string& name) {
-    const auto t0 = std::chrono::steady_clock::now();
+    const auto t0 = Clock::now();
     hp.validate();
     struct Item {
         const TensorSpec* spec;
@@ -192,7 +192,7 @@ SyntheticModel build_synthetic(const Deepseek2HParams& hp, const quant::Target& 
     sm.preset = name;
     sm.target = target;
     sm.n_layer_full = hp.n_layer;
-    sm.build_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    sm.build_seconds = seconds_since(t0);
     return sm;
 }
 

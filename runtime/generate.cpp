@@ -1,16 +1,11 @@
 #include "runtime/generate.h"
 
 #include <algorithm>
-#include <chrono>
 
+#include "runtime/clock.h"
 #include "runtime/error.h"
 
 namespace ds3 {
-
-namespace {
-using Clock = std::chrono::steady_clock;
-double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
-}  // namespace
 
 const char* to_string(StopReason r) {
     switch (r) {
